@@ -1,0 +1,175 @@
+"""The types plugins use: episodes, settings, the Learner and TaskSuite base classes.
+
+This module imports no torch at start-up, so that listing plugins stays fast; tensors appear
+only in type hints.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, NamedTuple
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+SPLITS = ("train", "val", "test")
+
+
+def episode_seed(suite: str, split: str, setting: str, seed: int, index: int) -> int:
+    """The random seed of one episode: a pure function of (suite, split, setting, seed, index).
+
+    The split sets the top two bits, so the seeds (hence task streams) of different splits are disjoint.
+    """
+    key = f"{suite}|{setting}|{seed}|{index}".encode()
+    low = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & ((1 << 62) - 1)
+    return (SPLITS.index(split) << 62) | low
+
+
+class TaskKind(str, enum.Enum):
+    CLASSIFICATION = "classification"
+    REGRESSION = "regression"
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One few-shot configuration of a suite, e.g. K=10 regression or 5-way 1-shot."""
+
+    name: str
+    shots: int
+    query: int
+    ways: int | None = None
+
+
+class Support(NamedTuple):
+    """What a learner may see of a task: the labelled support set."""
+
+    x: "torch.Tensor"
+    y: "torch.Tensor"
+
+
+class Episode(NamedTuple):
+    """One task: a support set to adapt on and a query set to score on.
+
+    For a batch of episodes every field has a leading batch dimension.
+    """
+
+    support_x: "torch.Tensor"
+    support_y: "torch.Tensor"
+    query_x: "torch.Tensor"
+    query_y: "torch.Tensor"
+
+    @property
+    def support(self) -> Support:
+        return Support(self.support_x, self.support_y)
+
+    def to(self, device: "torch.device | str") -> "Episode":
+        return Episode(*(tensor.to(device) for tensor in self))
+
+
+Predictor = Callable[["torch.Tensor"], "torch.Tensor"]
+"""Maps query inputs to predictions (regression values or class logits)."""
+
+
+class TaskSuite(ABC):
+    """A family of few-shot tasks with disjoint meta-train / meta-val / meta-test splits.
+
+    ``sample_episode`` must be a pure function of (split, setting, seed, index): the protocol
+    relies on it to show every learner the same episodes.
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[TaskKind]
+
+    @abstractmethod
+    def settings(self) -> list[Setting]:
+        """The settings this suite offers, in the order reports list them."""
+
+    @abstractmethod
+    def sample_episode(self, split: str, setting: Setting, seed: int, index: int) -> Episode:
+        """Episode ``index`` of ``split`` (one of SPLITS), on the CPU."""
+
+    @abstractmethod
+    def backbone(self, setting: Setting) -> "nn.Module":
+        """A freshly initialised standard network of the field for this setting."""
+
+    @abstractmethod
+    def loss(self, prediction: "torch.Tensor", target: "torch.Tensor") -> "torch.Tensor":
+        """The differentiable training loss (mean over the batch)."""
+
+    @abstractmethod
+    def metric(self, prediction: "torch.Tensor", target: "torch.Tensor") -> "torch.Tensor":
+        """The reported metric of one episode's predictions, as a 0-d tensor."""
+
+    metric_name: ClassVar[str]
+    lower_is_better: ClassVar[bool]
+
+    def sample_batch(self, split: str, setting: Setting, seed: int, indices: range) -> Episode:
+        """Episodes ``indices`` stacked along a new first dimension.
+
+        Override for speed; the result must equal stacking ``sample_episode`` calls.
+        """
+        import torch
+
+        episodes = [self.sample_episode(split, setting, seed, index) for index in indices]
+        return Episode(*(torch.stack(field) for field in zip(*episodes)))
+
+
+class MetaTrainContext(ABC):
+    """What the host hands a learner for meta-training."""
+
+    suite: TaskSuite
+    setting: Setting
+    device: "torch.device"
+    generator: "torch.Generator"
+    task_budget: int
+
+    @abstractmethod
+    def batches(self, meta_batch: int) -> Iterator[Episode]:
+        """Meta-training episodes in batches, on ``device``, until the task budget is spent."""
+
+    @abstractmethod
+    def backbone(self) -> "nn.Module":
+        """The suite's standard backbone for this setting, initialised from ``generator``, on ``device``."""
+
+    @abstractmethod
+    def log(self, loss: "torch.Tensor") -> None:
+        """Report the latest training loss; a non-finite loss fails the cell."""
+
+
+class Learner(ABC):
+    """A few-shot learner: meta-trains on one suite setting, then adapts to test tasks.
+
+    Subclasses set ``name``, a docstring whose first line describes them, and a ``Config``
+    dataclass of typed hyper-parameters with defaults (overridable with ``--set name.key=value``).
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    @classmethod
+    def description(cls) -> str:
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+    @classmethod
+    def unsupported_reason(cls, suite: TaskSuite) -> str | None:
+        """Why this learner cannot run on ``suite`` (its cells are reported "n/a"), or None."""
+        return None
+
+    @abstractmethod
+    def meta_train(self, ctx: MetaTrainContext) -> None:
+        """Learn from the meta-training split only, within ``ctx.task_budget`` tasks."""
+
+    @abstractmethod
+    def adapt(self, support: Support, steps: int) -> Iterator[Predictor]:
+        """Adapt to one task; yield a predictor after each of 0..steps adaptation steps."""
+
+
+def config_fields(config_class: type) -> dict[str, dataclasses.Field]:
+    """The hyper-parameters of a learner's Config dataclass, by name."""
+    return {field.name: field for field in dataclasses.fields(config_class)}

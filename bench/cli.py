@@ -1,0 +1,177 @@
+"""The ``bench`` command. Heavy imports (torch, plugins) happen inside the subcommands that need them."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from bench.errors import BenchError
+
+EXIT_OK, EXIT_CELLS_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _add_plugin_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--strict", action="store_true", help="fail when any plugin fails to load")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench", description="metabench: benchmark few-shot meta-learners under one paired episodic protocol.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="meta-train and evaluate learners on suites", description="Meta-train and evaluate every learner on every suite setting, then print the summary tables.")
+    run.add_argument("--learners", help="'all' or comma-separated learner names (default: all)")
+    run.add_argument("--suites", help="'all' or comma-separated suite names (default: sinusoid)")
+    run.add_argument("--profile", help="budget profile: smoke, quick (default) or paper")
+    run.add_argument("--seeds", help="number of seeds, 0..N-1 (default: 1)")
+    run.add_argument("--shots", help="only the settings with these shots, comma-separated (default: all)")
+    run.add_argument("--steps", help="adaptation steps at test time (default: the profile's, 10)")
+    run.add_argument("--episodes", help="test episodes per cell (default: the profile's)")
+    run.add_argument("--tasks", help="meta-training budget per cell in tasks seen (default: the profile's)")
+    run.add_argument("--device", help="auto (default: CUDA when present), cpu or cuda")
+    run.add_argument("--out", help="run folder (default: results/<time>-<suites>-<profile>); an existing run folder of the same configuration is resumed")
+    run.add_argument("--config", type=Path, help="TOML or YAML file with the same keys as these flags (flags win)")
+    run.add_argument("--set", action="append", default=[], metavar="LEARNER.KEY=VALUE", help="override a learner hyper-parameter, e.g. maml.inner_lr=0.01 (repeatable)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_plugin_flags(run)
+
+    plugins = sub.add_parser("plugins", help="list installed learners and suites", description="List every registered learner and suite and any plugin that failed to load.")
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_plugin_flags(plugins)
+
+    report = sub.add_parser("report", help="print (and rewrite) the summary tables of a run folder")
+    report.add_argument("run_dir", type=Path)
+    return parser
+
+
+def _load_registry(strict: bool):
+    from bench.plugins import load_plugins
+
+    registry = load_plugins(strict=strict)
+    for problem in registry.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    return registry
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    registry = _load_registry(args.strict)
+    entries = [
+        {"kind": reg.kind, "name": reg.name, "description": reg.description,
+         "plugin": reg.source.name, "distribution": reg.source.distribution, "version": reg.source.version}
+        for kind in ("learner", "suite") for _, reg in sorted(registry.of_kind(kind).items())
+    ]
+    problems = [{"plugin": p.source.name, "target": p.source.target, "distribution": p.source.distribution, "problem": p.message}
+                for p in registry.problems]
+    if args.json:
+        print(json.dumps({"plugins": entries, "problems": problems}, indent=2))
+        return EXIT_OK
+    rows = [[e["kind"], e["name"], e["description"], f"{e['plugin']} ({e['distribution']} {e['version']})"] for e in entries]
+    print(tabulate(rows, headers=["kind", "name", "description", "plugin"], tablefmt="simple"))
+    if problems:
+        print("\nPlugins that failed to load:")
+        for problem in registry.problems:
+            print(f"  {problem}")
+    return EXIT_OK
+
+
+def _run_config(args: argparse.Namespace):
+    """The file's values (validated alone, so errors name the file), then the given flags on top."""
+    from bench.config import ConfigError, build_run_config, parse_set_option, read_config_file
+
+    values: dict[str, Any] = {}
+    if args.config:
+        values = read_config_file(args.config)
+        build_run_config(values, origin=f"config file {args.config}")
+    for key in ("learners", "suites", "profile", "seeds", "shots", "steps", "episodes", "tasks", "device", "out"):
+        given = getattr(args, key)
+        if given is not None:
+            values[key] = given
+    if args.set:
+        table = values.setdefault("set", {})
+        for option in args.set:
+            learner, key, value = parse_set_option(option)
+            if not isinstance(table.get(learner, {}), dict):
+                raise ConfigError(f"set.{learner}: expected a table of hyper-parameters")
+            table.setdefault(learner, {})[key] = value
+    return build_run_config(values, origin="command line")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _run_config(args)
+    registry = _load_registry(args.strict)
+
+    import dataclasses
+
+    from bench.environment import environment
+    from bench.runner import default_run_dir, learner_configs, plan, resolve_device, run_cells
+    from bench.store import RunStore
+
+    cells = plan(config, registry)
+    hyperparameters = learner_configs(config, registry)
+    device = resolve_device(config.device)
+    run_dir = Path(config.out) if config.out else default_run_dir(config)
+    resolved = {**dataclasses.asdict(config), "out": str(run_dir), "budget": dataclasses.asdict(config.budget),
+                "hyperparameters": {name: dataclasses.asdict(h) for name, h in hyperparameters.items()}}
+    store = RunStore(run_dir)
+    env = environment(registry, device)
+    store.open(resolved, env)
+    done = len(store.finished_cells() & {cell.cell_id for cell in cells})
+    print(f"metabench: {len(cells)} cells ({done} already finished) on {env['device_name']} -> {run_dir}", file=sys.stderr)
+
+    def on_cell(cell, metadata: dict[str, Any]) -> None:
+        status = metadata["status"]
+        detail = f": {metadata['error']}" if status != "ok" else f" ({metadata['meta_train_seconds']:.1f} s meta-training)"
+        print(f"  {status:6} {cell.label}{detail}", file=sys.stderr)
+
+    try:
+        run_cells(cells, hyperparameters, config, store, device, show_progress=not args.no_progress, on_cell=on_cell)
+    except KeyboardInterrupt:
+        store.write_run_file(resolved, env, status="interrupted")
+        print(f"\ninterrupted: finished cells are kept in {run_dir}; run the same command with --out {run_dir} to resume",
+              file=sys.stderr)
+        return 130
+    report = _write_report(store)
+    failed = sum(cell["status"] == "failed" for cell in store.cells())
+    store.write_run_file(resolved, env, status="finished" if not failed else "finished with failed cells")
+    print(report.tables(table_format="simple"))
+    print(f"Results: {run_dir}")
+    return EXIT_CELLS_FAILED if failed else EXIT_OK
+
+
+def _write_report(store):
+    """Aggregate a run folder's cells; save records.csv and summary.md; return the report."""
+    from bench.report import Report
+
+    records = store.records()
+    report = Report(records, store.cells())
+    store.write_summary(records, report.tables(table_format="github"))
+    return report
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench.store import RunStore
+
+    store = RunStore(args.run_dir)
+    store.run_info()
+    report = _write_report(store)
+    print(report.tables(table_format="simple"))
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "plugins": cmd_plugins, "report": cmd_report}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except BenchError as error:
+        print(f"bench {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

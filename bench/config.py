@@ -1,0 +1,182 @@
+"""Run configuration: profiles, the config file (TOML or YAML), ``--set`` overrides, validation.
+
+The file and the command line share one set of keys; the command line wins. Every mistake is a
+``ConfigError`` whose message names the key and what was expected.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.api import config_fields
+from bench.errors import BenchError
+
+
+class ConfigError(BenchError, ValueError):
+    """A configuration value that cannot be used; the message says which and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """A named budget: meta-training tasks per cell, test episodes, adaptation steps at test."""
+
+    name: str
+    meta_train_tasks: int
+    test_episodes: int
+    test_steps: int
+    description: str
+
+
+PROFILES = {
+    profile.name: profile
+    for profile in (
+        Profile("smoke", 500, 25, 10, "seconds: tests and CI"),
+        Profile("quick", 50_000, 600, 10, "minutes on a laptop CPU (the default)"),
+        Profile("paper", 1_750_000, 600, 10, "published budgets (MAML: 70,000 iterations x 25 tasks), for a GPU"),
+    )
+}
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Everything that defines a run; saved resolved in run.json so a run can be repeated."""
+
+    learners: list[str] = dataclasses.field(default_factory=lambda: ["all"])
+    suites: list[str] = dataclasses.field(default_factory=lambda: ["sinusoid"])
+    profile: str = "quick"
+    seeds: int = 1
+    shots: list[int] | None = None
+    steps: int | None = None
+    episodes: int | None = None
+    tasks: int | None = None
+    device: str = "auto"
+    out: str | None = None
+    set: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ConfigError(f"profile: unknown profile {self.profile!r}; valid: {', '.join(PROFILES)}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"device: expected one of {', '.join(DEVICES)}, got {self.device!r}")
+        for key in ("seeds", "steps", "episodes", "tasks"):
+            value = getattr(self, key)
+            if value is not None and value < (0 if key == "steps" else 1):
+                raise ConfigError(f"{key}: must be {'>= 0' if key == 'steps' else 'positive'}, got {value}")
+
+    @property
+    def budget(self) -> Profile:
+        """The profile with this run's overrides applied."""
+        base = PROFILES[self.profile]
+        return dataclasses.replace(
+            base,
+            meta_train_tasks=self.tasks or base.meta_train_tasks,
+            test_episodes=self.episodes or base.test_episodes,
+            test_steps=base.test_steps if self.steps is None else self.steps,
+        )
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", str(annotation)).replace("typing.", "")
+
+
+def coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Convert ``value`` (a string from the command line or a value from a file) to ``annotation``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [arg for arg in args if arg is not type(None)]
+        return coerce(value, inner[0], where)
+    if origin is list:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [coerce(item.strip() if isinstance(item, str) else item, args[0], where) for item in items]
+    if origin is dict or annotation is Any:
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if annotation in (int, float):
+        if isinstance(value, bool) or (annotation is int and isinstance(value, float)):
+            raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
+        try:
+            return annotation(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}") from None
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {_type_name(annotation)}")
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read a TOML or YAML config file into a dict (never executes anything from it)."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"config file {path}: cannot read: {error.strerror}") from None
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"config file {path}: expected a .toml, .yaml or .yml file")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(f"config file {path}: not valid {path.suffix[1:].upper()}: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a table of keys at the top level")
+    return data
+
+
+def build_run_config(values: dict[str, Any], origin: str) -> RunConfig:
+    """Validate ``values`` (keys of RunConfig) and make a RunConfig; ``origin`` prefixes errors."""
+    hints = typing.get_type_hints(RunConfig)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise ConfigError(f"{origin}: unknown key {', '.join(unknown)}; valid keys: {', '.join(hints)}")
+    typed = {key: coerce(value, hints[key], f"{origin}: {key}") for key, value in values.items()}
+    if "set" in typed:
+        typed["set"] = _check_set_table(typed["set"], origin)
+    return RunConfig(**typed)
+
+
+def _check_set_table(table: Any, origin: str) -> dict[str, dict[str, Any]]:
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise ConfigError(f"{origin}: set: expected a table per learner, e.g. [set.maml] inner_lr = 0.01")
+    return table
+
+
+def parse_set_option(option: str) -> tuple[str, str, str]:
+    """Split ``learner.key=value`` into its three parts."""
+    target, sep, value = option.partition("=")
+    learner, dot, key = target.strip().partition(".")
+    if not sep or not dot or not learner or not key:
+        raise ConfigError(f"--set {option!r}: expected LEARNER.KEY=VALUE, e.g. maml.inner_lr=0.01")
+    return learner, key.strip(), value.strip()
+
+
+def learner_config(learner: str, config_class: type, overrides: dict[str, Any]) -> Any:
+    """Instantiate a learner's Config dataclass with overrides, naming any bad key or value."""
+    fields = config_fields(config_class)
+    hints = typing.get_type_hints(config_class)
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"--set {learner}.{unknown[0]}: learner '{learner}' has no hyper-parameter {unknown[0]!r}; "
+            f"valid: {', '.join(fields)}"
+        )
+    typed = {key: coerce(value, hints[key], f"--set {learner}.{key}") for key, value in overrides.items()}
+    return config_class(**typed)

@@ -1,0 +1,5 @@
+"""The errors a user can cause; the CLI prints each as one line and exits with status 2."""
+
+
+class BenchError(Exception):
+    """Bad input (flag, configuration, plugin name, results folder); the message says what and where."""

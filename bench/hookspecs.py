@@ -1,0 +1,20 @@
+"""The whole plugin contract: the hooks a metabench plugin may implement."""
+from __future__ import annotations
+
+from typing import Callable
+
+import pluggy
+
+PROJECT = "metabench"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_learners(register: Callable[[str, type], None]) -> None:
+    """Register learner classes: ``register("maml", MAML)``. Each must subclass bench.api.Learner."""
+
+
+@hookspec
+def register_suites(register: Callable[[str, type], None]) -> None:
+    """Register task-suite classes: ``register("sinusoid", Sinusoid)``. Each must subclass bench.api.TaskSuite."""

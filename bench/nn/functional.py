@@ -1,0 +1,69 @@
+"""Inner loops as pure functions of parameters (``torch.func``), shared by gradient-based learners.
+
+Parameters are split into *fast* weights, which the inner loop adapts (all of them for MAML, a
+context vector for the adaptation-layer learner), and *slow* weights, which stay fixed within a
+task. ``forward(fast, slow, x)`` is the model as a pure function of both.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, Iterator
+
+import torch
+from torch.func import grad, vmap
+
+from bench.api import Predictor, Support
+
+Params = dict[str, torch.Tensor]
+Forward = Callable[[Params, Params, torch.Tensor], torch.Tensor]
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def detached(params: Params) -> Params:
+    return {name: tensor.detach() for name, tensor in params.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class InnerLoop:
+    """Plain SGD on the support loss: ``fast <- fast - lr * grad_fast L(fast, slow, support)``."""
+
+    forward: Forward
+    loss: Loss
+    lr: float
+
+    def support_loss(self, fast: Params, slow: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss(self.forward(fast, slow, x), y)
+
+    def step(self, fast: Params, slow: Params, x: torch.Tensor, y: torch.Tensor, first_order: bool) -> Params:
+        """One SGD step; differentiable through the gradient itself unless ``first_order``."""
+        grads = grad(self.support_loss)(fast, slow, x, y)
+        if first_order:
+            grads = detached(grads)
+        return {name: tensor - self.lr * grads[name] for name, tensor in fast.items()}
+
+    def run(self, fast: Params, slow: Params, x: torch.Tensor, y: torch.Tensor, steps: int, first_order: bool) -> Params:
+        for _ in range(steps):
+            fast = self.step(fast, slow, x, y, first_order)
+        return fast
+
+    def query_loss(self, fast: Params, slow: Params, episode, steps: int, first_order: bool) -> torch.Tensor:
+        """Loss on the query set after ``steps`` inner steps on the support set (one episode)."""
+        adapted = self.run(fast, slow, episode.support_x, episode.support_y, steps, first_order)
+        return self.loss(self.forward(adapted, slow, episode.query_x), episode.query_y)
+
+    def meta_loss(self, fast: Params, slow: Params, batch, steps: int, first_order: bool) -> torch.Tensor:
+        """Mean query loss over a batch of episodes, vectorised with ``vmap`` (no per-task loop)."""
+        task_loss = functools.partial(self.query_loss, steps=steps, first_order=first_order)
+        return vmap(task_loss, in_dims=(None, None, 0))(fast, slow, batch).mean()
+
+    def trajectory(self, fast: Params, slow: Params, support: Support, steps: int) -> Iterator[Predictor]:
+        """Test-time adaptation of one task: a predictor after each of 0..steps SGD steps."""
+        fast, slow = detached(fast), detached(slow)
+        yield self._predictor(fast, slow)
+        for _ in range(steps):
+            fast = detached(self.step(fast, slow, support.x, support.y, first_order=True))
+            yield self._predictor(fast, slow)
+
+    def _predictor(self, fast: Params, slow: Params) -> Predictor:
+        return lambda x: self.forward(fast, slow, x)

@@ -1,0 +1,215 @@
+"""Plugin discovery: built-ins and third-party packages through the ``metabench`` entry points.
+
+Every problem with one plugin (import error, misspelled hook, a hook that raises, a class of the
+wrong type, a duplicate name) becomes one line in ``Registry.problems`` and the other plugins still
+load; ``strict=True`` turns any problem into a ``PluginLoadError``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import re
+from importlib.metadata import EntryPoint, entry_points
+from types import ModuleType
+from typing import Callable, Iterable
+
+import pluggy
+
+from bench import hookspecs
+from bench.api import Learner, TaskSuite
+from bench.errors import BenchError
+
+ENTRY_POINT_GROUP = hookspecs.PROJECT
+DISABLE_ENV = "METABENCH_DISABLE_PLUGINS"
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+KINDS = {"learner": ("register_learners", Learner), "suite": ("register_suites", TaskSuite)}
+
+
+class PluginLoadError(BenchError, RuntimeError):
+    """Raised in strict mode when any plugin failed to load."""
+
+
+class UnknownNameError(BenchError, ValueError):
+    """A learner or suite name that no plugin registered."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginSource:
+    """Where a plugin came from: its entry point and the distribution that declared it."""
+
+    name: str
+    target: str
+    distribution: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"plugin '{self.name}' ({self.target}, {self.distribution} {self.version})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Registration:
+    kind: str
+    name: str
+    cls: type
+    source: PluginSource
+
+    @property
+    def description(self) -> str:
+        doc = inspect.getdoc(self.cls) or ""
+        return doc.splitlines()[0] if doc else ""
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginProblem:
+    source: PluginSource
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.message}"
+
+
+@dataclasses.dataclass
+class Registry:
+    learners: dict[str, Registration] = dataclasses.field(default_factory=dict)
+    suites: dict[str, Registration] = dataclasses.field(default_factory=dict)
+    problems: list[PluginProblem] = dataclasses.field(default_factory=list)
+
+    def of_kind(self, kind: str) -> dict[str, Registration]:
+        return self.learners if kind == "learner" else self.suites
+
+    def select(self, kind: str, names: str | Iterable[str]) -> list[Registration]:
+        """Resolve ``"all"`` or a list / comma-separated string of names, in the order given."""
+        available = self.of_kind(kind)
+        if isinstance(names, str):
+            names = [part.strip() for part in names.split(",") if part.strip()]
+        names = list(names)
+        if names == ["all"]:
+            return [available[name] for name in sorted(available)]
+        unknown = [name for name in names if name not in available]
+        if unknown or not names:
+            valid = ", ".join(sorted(available)) or "none installed"
+            what = ", ".join(repr(name) for name in unknown) or "nothing"
+            raise UnknownNameError(f"unknown {kind} {what}; valid {kind}s: all, {valid}")
+        return [available[name] for name in dict.fromkeys(names)]
+
+
+def _source_of(entry_point: EntryPoint) -> PluginSource:
+    dist = entry_point.dist
+    return PluginSource(
+        name=entry_point.name,
+        target=entry_point.value,
+        distribution=dist.name if dist else "unknown",
+        version=dist.version if dist else "unknown",
+    )
+
+
+def _discover() -> list[EntryPoint]:
+    """The group's entry points, the built-ins (this distribution) first, each once."""
+    unique = {(ep.name, ep.value): ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return sorted(unique.values(), key=lambda ep: (_source_of(ep).distribution != "metabench", ep.name))
+
+
+def _disabled() -> set[str]:
+    return {name.strip() for name in os.environ.get(DISABLE_ENV, "").split(",") if name.strip()}
+
+
+def _check_class(kind: str, name: object, cls: object) -> str | None:
+    """Why this registration is invalid, or None."""
+    base = KINDS[kind][1]
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        return f"{kind} name {name!r} is not a lower-case identifier (letters, digits, '-', '_', '.')"
+    if not (inspect.isclass(cls) and issubclass(cls, base)):
+        return f"registered {kind} '{name}' as {cls!r}, which is not a subclass of bench.api.{base.__name__}"
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(cls.__abstractmethods__))
+        return f"{kind} '{name}' ({cls.__qualname__}) does not implement {missing}"
+    if kind == "learner" and not dataclasses.is_dataclass(getattr(cls, "Config", None)):
+        return f"learner '{name}' ({cls.__qualname__}) needs a Config dataclass of hyper-parameters"
+    return None
+
+
+class _Loader:
+    def __init__(self) -> None:
+        self.manager = pluggy.PluginManager(hookspecs.PROJECT)
+        self.manager.add_hookspecs(hookspecs)
+        self.registry = Registry()
+        self.sources: dict[str, PluginSource] = {}
+
+    def add(self, source: PluginSource, load: Callable[[], ModuleType]) -> None:
+        try:
+            module = load()
+        except Exception as error:  # any failure of third-party code is reported, not raised
+            self._problem(source, f"failed to import: {type(error).__name__}: {error}")
+            return
+        try:
+            self.manager.register(module, name=source.name)
+        except Exception as error:
+            self._problem(source, f"cannot be registered: {error}")
+            return
+        self.sources[source.name] = source
+
+    def _problem(self, source: PluginSource, message: str) -> None:
+        self.registry.problems.append(PluginProblem(source, message))
+
+    def _drop_unknown_hooks(self) -> None:
+        """Unregister plugins that implement hooks the contract does not have (likely misspelled)."""
+        while True:
+            try:
+                self.manager.check_pending()
+                return
+            except pluggy.PluginValidationError as error:
+                name = self.manager.get_name(error.plugin)
+                unknown = sorted(
+                    hook for hook in dir(self.manager.hook)
+                    if not hook.startswith("_")
+                    and not getattr(self.manager.hook, hook).has_spec()
+                    and any(impl.plugin_name == name for impl in getattr(self.manager.hook, hook).get_hookimpls())
+                )
+                valid = ", ".join(sorted(KINDS[kind][0] for kind in KINDS))
+                self._problem(self.sources[name], f"implements unknown hook {', '.join(unknown)} (valid hooks: {valid})")
+                self.manager.unregister(name=name)
+
+    def collect(self) -> Registry:
+        self._drop_unknown_hooks()
+        for kind, (hook_name, _) in KINDS.items():
+            for plugin_name, source in self.sources.items():
+                if self.manager.get_plugin(plugin_name) is not None:
+                    self._collect_from(kind, hook_name, source)
+        return self.registry
+
+    def _collect_from(self, kind: str, hook_name: str, source: PluginSource) -> None:
+        others = [plugin for name, plugin in self.manager.list_name_plugin() if name != source.name]
+        caller = self.manager.subset_hook_caller(hook_name, remove_plugins=others)
+        offered: list[tuple[object, object]] = []
+        try:
+            caller(register=lambda name, cls: offered.append((name, cls)))
+        except Exception as error:
+            self._problem(source, f"hook {hook_name} raised {type(error).__name__}: {error}")
+            return
+        registered = self.registry.of_kind(kind)
+        for name, cls in offered:
+            why = _check_class(kind, name, cls)
+            if why:
+                self._problem(source, why)
+            elif name in registered:
+                first = registered[name].source
+                self._problem(source, f"{kind} '{name}' is also registered by {first}; keeping the one from '{first.name}'")
+            else:
+                registered[name] = Registration(kind, name, cls, source)
+
+
+def load_plugins(strict: bool = False, extra: Iterable[tuple[PluginSource, ModuleType]] = ()) -> Registry:
+    """Discover and validate every plugin; ``extra`` adds in-process plugin modules (tests, notebooks)."""
+    loader = _Loader()
+    disabled = _disabled()
+    for entry_point in _discover():
+        source = _source_of(entry_point)
+        if source.name not in disabled and source.distribution not in disabled:
+            loader.add(source, entry_point.load)
+    for source, module in extra:
+        loader.add(source, lambda module=module: module)
+    registry = loader.collect()
+    if strict and registry.problems:
+        raise PluginLoadError("plugin problems (strict mode):\n" + "\n".join(f"  {p}" for p in registry.problems))
+    return registry

@@ -1,0 +1,235 @@
+"""The grid of cells (suite x setting x learner x seed), meta-training under a shared budget, evaluation.
+
+Each cell runs in isolation: an exception or a non-finite training loss fails that cell (error and
+traceback kept in its metadata) and the run goes on. Every finished cell is written at once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import psutil
+import torch
+from tqdm.auto import tqdm
+
+from bench.api import Episode, Learner, MetaTrainContext, Setting, TaskSuite
+from bench.config import ConfigError, RunConfig, learner_config
+from bench.plugins import Registration, Registry
+from bench.protocol import evaluate
+from bench.store import RunStore
+
+TRAIN_SPLIT = "train"
+LOSS_CHECK_EVERY = 20
+
+
+class NonFiniteLossError(RuntimeError):
+    """A learner reported a NaN or infinite training loss."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda was requested but torch sees no CUDA device (use --device cpu or auto)")
+    return torch.device(name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    suite: Registration
+    setting: Setting
+    setting_index: int
+    learner: Registration
+    seed: int
+
+    @property
+    def cell_id(self) -> str:
+        raw = f"{self.suite.name}__{self.setting.name}__{self.learner.name}__seed{self.seed}"
+        return re.sub(r"[^A-Za-z0-9_.=-]", "-", raw)
+
+    @property
+    def label(self) -> str:
+        return f"{self.learner.name} | {self.suite.name} {self.setting.name} | seed {self.seed}"
+
+
+def plan(config: RunConfig, registry: Registry) -> list[Cell]:
+    """Every cell of the run, in the order they run: suite, setting, seed, learner."""
+    learners = registry.select("learner", config.learners)
+    cells = []
+    for suite in registry.select("suite", config.suites):
+        settings = suite.cls().settings()
+        if config.shots:
+            settings = [setting for setting in settings if setting.shots in config.shots]
+            if not settings:
+                offered = sorted({setting.shots for setting in suite.cls().settings()})
+                raise ConfigError(f"shots: suite '{suite.name}' has no setting with shots {config.shots}; it offers {offered}")
+        for setting in settings:
+            index = suite.cls().settings().index(setting)
+            for seed in range(config.seeds):
+                cells.extend(Cell(suite, setting, index, learner, seed) for learner in learners)
+    return cells
+
+
+def learner_configs(config: RunConfig, registry: Registry) -> dict[str, Any]:
+    """The resolved hyper-parameters of every selected learner (validates ``--set`` first)."""
+    selected = {registration.name: registration for registration in registry.select("learner", config.learners)}
+    for name in config.set:
+        if name not in registry.learners:
+            raise ConfigError(f"--set {name}.*: unknown learner '{name}'; valid learners: {', '.join(sorted(registry.learners))}")
+    return {name: learner_config(name, reg.cls.Config, config.set.get(name, {})) for name, reg in selected.items()}
+
+
+class HostContext(MetaTrainContext):
+    """The meta-training context: the budgeted episode stream, the seeded backbone, loss checks."""
+
+    def __init__(self, suite: TaskSuite, setting: Setting, seed: int, task_budget: int, device: torch.device,
+                 progress: Callable[[int, float | None], None]) -> None:
+        self.suite, self.setting, self.seed = suite, setting, seed
+        self.task_budget, self.device = task_budget, device
+        self.generator = torch.Generator().manual_seed(seed)
+        self.tasks_seen = 0
+        self._progress = progress
+        self._losses_logged = 0
+        self._last_loss: torch.Tensor | None = None
+
+    def batches(self, meta_batch: int) -> Iterator[Episode]:
+        if meta_batch < 1:
+            raise ValueError(f"meta-batch must be positive, got {meta_batch}")
+        while self.tasks_seen < self.task_budget:
+            indices = range(self.tasks_seen, min(self.tasks_seen + meta_batch, self.task_budget))
+            batch = self.suite.sample_batch(TRAIN_SPLIT, self.setting, self.seed, indices).to(self.device)
+            self.tasks_seen = indices.stop
+            yield batch
+            self._progress(len(indices), None)
+        self.check_loss()
+
+    def backbone(self) -> torch.nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(2**62, (1,), generator=self.generator)))
+            return self.suite.backbone(self.setting).to(self.device)
+
+    def log(self, loss: torch.Tensor) -> None:
+        self._last_loss = loss
+        self._losses_logged += 1
+        if self._losses_logged % LOSS_CHECK_EVERY == 0:
+            self._progress(0, self.check_loss())
+
+    def check_loss(self) -> float | None:
+        """Raise if the latest logged loss is not finite; return it (this syncs with the device)."""
+        if self._last_loss is None:
+            return None
+        value = float(self._last_loss)
+        if not np.isfinite(value):
+            raise NonFiniteLossError(f"training loss became {value} after {self.tasks_seen} tasks")
+        return value
+
+
+class PeakMemory:
+    """Peak resident memory of this process (sampled) and peak CUDA memory, in MiB, over a block."""
+
+    def __init__(self, device: torch.device, interval: float = 0.01) -> None:
+        self.device, self.interval = device, interval
+        self.process = psutil.Process()
+        self.peak_rss = 0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak_rss = max(self.peak_rss, self.process.memory_info().rss)
+
+    def __enter__(self) -> "PeakMemory":
+        self.peak_rss = self.process.memory_info().rss
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_rss = max(self.peak_rss, self.process.memory_info().rss)
+
+    def as_dict(self) -> dict[str, float | None]:
+        cuda = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None
+        return {"peak_rss_mib": self.peak_rss / 2**20, "peak_cuda_mib": cuda}
+
+
+def run_cell(cell: Cell, hyperparameters: Any, config: RunConfig, device: torch.device,
+             show_progress: bool) -> tuple[dict[str, Any], pd.DataFrame | None]:
+    """Meta-train and evaluate one cell. Failures are returned in the metadata, never raised."""
+    budget = config.budget
+    metadata: dict[str, Any] = {
+        "cell_id": cell.cell_id, "suite": cell.suite.name, "setting": cell.setting.name,
+        "setting_index": cell.setting_index,
+        "shots": cell.setting.shots, "ways": cell.setting.ways, "learner": cell.learner.name, "seed": cell.seed,
+        "hyperparameters": dataclasses.asdict(hyperparameters), "device": str(device),
+        "learner_plugin": dataclasses.asdict(cell.learner.source), "suite_plugin": dataclasses.asdict(cell.suite.source),
+        "task_budget": budget.meta_train_tasks, "test_episodes": budget.test_episodes, "test_steps": budget.test_steps,
+    }
+    suite: TaskSuite = cell.suite.cls()
+    reason = cell.learner.cls.unsupported_reason(suite)
+    if reason:
+        return {**metadata, "status": "n/a", "error": reason}, None
+    bar = tqdm(total=budget.meta_train_tasks, desc=f"meta-train {cell.label}", unit="task",
+               disable=not show_progress, leave=False, dynamic_ncols=True)
+
+    def progress(tasks: int, loss: float | None) -> None:
+        bar.update(tasks)
+        if loss is not None:
+            bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+
+    context = HostContext(suite, cell.setting, cell.seed, budget.meta_train_tasks, device, progress)
+    try:
+        with PeakMemory(device) as memory:
+            learner: Learner = cell.learner.cls(hyperparameters)
+            start = time.perf_counter()
+            learner.meta_train(context)
+            context.check_loss()
+            meta_train_seconds = time.perf_counter() - start
+            bar.close()
+            bar = tqdm(total=budget.test_episodes, desc=f"evaluate   {cell.label}", unit="episode",
+                       disable=not show_progress, leave=False, dynamic_ncols=True)
+            metric, seconds = evaluate(learner, suite, cell.setting, cell.seed, budget.test_episodes,
+                                       budget.test_steps, device, on_episode=lambda: bar.update(1))
+    except Exception as error:  # a plugin's failure fails its cell, not the run
+        return {**metadata, "status": "failed", "error": f"{type(error).__name__}: {error}",
+                "traceback": traceback.format_exc(), "tasks_seen": context.tasks_seen}, None
+    finally:
+        bar.close()
+    episodes, steps = np.meshgrid(np.arange(metric.shape[0]), np.arange(metric.shape[1]), indexing="ij")
+    records = pd.DataFrame({
+        "suite": cell.suite.name, "setting": cell.setting.name, "learner": cell.learner.name, "seed": cell.seed,
+        "episode": episodes.ravel(), "step": steps.ravel(), "metric": metric.ravel(),
+    })
+    metadata.update(
+        status="ok", tasks_seen=context.tasks_seen, meta_train_seconds=meta_train_seconds,
+        adapt_ms_per_episode=float(seconds.mean() * 1000), metric_name=suite.metric_name,
+        lower_is_better=suite.lower_is_better, **memory.as_dict(),
+    )
+    return metadata, records
+
+
+def run_cells(cells: list[Cell], hyperparameters: dict[str, Any], config: RunConfig, store: RunStore,
+              device: torch.device, show_progress: bool = True,
+              on_cell: Callable[[Cell, dict[str, Any]], None] = lambda cell, metadata: None) -> None:
+    """Run the cells not yet finished in ``store``, writing each as soon as it completes."""
+    finished = store.finished_cells()
+    for cell in cells:
+        if cell.cell_id in finished:
+            continue
+        metadata, records = run_cell(cell, hyperparameters[cell.learner.name], config, device, show_progress)
+        store.write_cell(cell.cell_id, metadata, records)
+        on_cell(cell, metadata)
+
+
+def default_run_dir(config: RunConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("results") / f"{stamp}-{'-'.join(config.suites)}-{config.profile}"

@@ -1,0 +1,147 @@
+"""The results folder: ``run.json``, one record file and one metadata file per finished cell, atomic writes.
+
+Layout of ``results/<run-id>/``::
+
+    run.json              resolved configuration, environment and versions, status
+    cells/<cell>.csv      tidy records of one cell: one row per episode x step
+    cells/<cell>.json     the cell's metadata (status, timings, memory, configuration); written last,
+                          so its presence marks the cell finished
+    records.csv           all cells' records together (written at the end of a run)
+    summary.md            the summary tables
+
+Everything is CSV or JSON: data anyone can open, never pickles. A run folder can be re-entered:
+finished cells are kept and skipped, and a folder holding a different configuration is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.errors import BenchError
+
+FORMAT_VERSION = 1
+RUN_FILE = "run.json"
+CELLS_DIR = "cells"
+RECORDS_FILE = "records.csv"
+SUMMARY_FILE = "summary.md"
+
+
+class StoreError(BenchError, RuntimeError):
+    """The results folder cannot be used; the message names the path and the problem."""
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader sees the old file or the new one, never a part."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise StoreError(f"{path} is unreadable or corrupt ({error}); move it away to re-run that part") from None
+
+
+class RunStore:
+    """One run folder."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.cells_dir = path / CELLS_DIR
+
+    def open(self, config: dict[str, Any], environment: dict[str, Any]) -> None:
+        """Create the folder, or re-enter it when it holds a run of the same configuration."""
+        run_file = self.path / RUN_FILE
+        digest = config_hash(config)
+        if run_file.exists():
+            existing = _read_json(run_file)
+            if existing.get("format_version", 0) > FORMAT_VERSION:
+                raise StoreError(f"{self.path} was written by a newer metabench (format {existing['format_version']})")
+            if existing.get("config_hash") != digest:
+                changed = sorted(
+                    key for key in set(config) | set(existing.get("config", {}))
+                    if config.get(key) != existing.get("config", {}).get(key)
+                )
+                raise StoreError(
+                    f"{self.path} holds a run with a different configuration (differs in: {', '.join(changed)}); "
+                    "choose another --out or remove that folder"
+                )
+        elif self.path.exists() and any(self.path.iterdir()):
+            raise StoreError(f"{self.path} exists and is not a metabench run folder; choose another --out")
+        try:
+            self.cells_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.cells_dir / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as error:
+            raise StoreError(f"cannot write to {self.path}: {error.strerror}") from None
+        self.write_run_file(config, environment, status="running")
+
+    def write_run_file(self, config: dict[str, Any], environment: dict[str, Any], status: str) -> None:
+        atomic_write_json(
+            self.path / RUN_FILE,
+            {
+                "format_version": FORMAT_VERSION,
+                "status": status,
+                "config": config,
+                "config_hash": config_hash(config),
+                "environment": environment,
+            },
+        )
+
+    def run_info(self) -> dict[str, Any]:
+        run_file = self.path / RUN_FILE
+        if not run_file.exists():
+            raise StoreError(f"{self.path} is not a metabench run folder (no {RUN_FILE})")
+        return _read_json(run_file)
+
+    def finished_cells(self) -> set[str]:
+        return {path.stem for path in self.cells_dir.glob("*.json")}
+
+    def write_cell(self, cell_id: str, metadata: dict[str, Any], records: pd.DataFrame | None) -> None:
+        """Records first, metadata last: a cell counts as finished only once both are in place."""
+        if records is not None:
+            atomic_write_text(self.cells_dir / f"{cell_id}.csv", records.to_csv(index=False))
+        atomic_write_json(self.cells_dir / f"{cell_id}.json", metadata)
+
+    def write_summary(self, records: pd.DataFrame, summary_markdown: str) -> None:
+        atomic_write_text(self.path / RECORDS_FILE, records.to_csv(index=False))
+        atomic_write_text(self.path / SUMMARY_FILE, summary_markdown)
+
+    def cells(self) -> list[dict[str, Any]]:
+        return [_read_json(path) for path in sorted(self.cells_dir.glob("*.json"))]
+
+    def records(self) -> pd.DataFrame:
+        frames = []
+        for cell in self.cells():
+            if cell["status"] != "ok":
+                continue
+            path = self.cells_dir / f"{cell['cell_id']}.csv"
+            try:
+                frames.append(pd.read_csv(path))
+            except (OSError, ValueError) as error:
+                raise StoreError(f"{path} is unreadable or corrupt ({error}); delete it and its .json to re-run that cell") from None
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -1,0 +1,14 @@
+"""Built-in learners, registered through the ``metabench`` entry points like any plugin."""
+from bench import hookimpl
+
+
+@hookimpl
+def register_learners(register):
+    from bench_plugins.learners.adaptation_layer import AdaptationLayer
+    from bench_plugins.learners.finetune import Finetune
+    from bench_plugins.learners.maml import MAML, FirstOrderMAML
+
+    register("maml", MAML)
+    register("fomaml", FirstOrderMAML)
+    register("adaptation-layer", AdaptationLayer)
+    register("finetune", Finetune)

@@ -1,0 +1,59 @@
+"""The meta-training loop shared by the gradient-based meta-learners (MAML family, adaptation layer).
+
+Subclasses build their model in ``build`` and say which parameters the inner loop adapts (*fast*)
+and which stay fixed within a task (*slow*); the outer loop here is the same for all of them:
+Adam on the mean query loss of a vectorised meta-batch, differentiating through the inner loop.
+"""
+from __future__ import annotations
+
+import dataclasses
+from abc import abstractmethod
+from typing import TYPE_CHECKING, ClassVar, Iterator
+
+from bench.api import Episode, Learner, MetaTrainContext, Predictor, Support
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.nn.functional import InnerLoop, Params
+
+
+@dataclasses.dataclass
+class GradientConfig:
+    inner_lr: float = 0.01
+    inner_steps: int = 1
+    meta_batch: int = 25
+    outer_lr: float = 1e-3
+
+
+class GradientMetaLearner(Learner):
+    first_order: ClassVar[bool] = False
+    loop: "InnerLoop"
+    fast: "Params"
+    slow: "Params"
+
+    @abstractmethod
+    def build(self, ctx: MetaTrainContext) -> None:
+        """Create the model and set ``loop``, ``fast`` (initial adapted weights) and ``slow``."""
+
+    def meta_parameters(self) -> list["torch.Tensor"]:
+        return [tensor for tensor in (*self.fast.values(), *self.slow.values()) if tensor.requires_grad]
+
+    def meta_loss(self, batch: Episode) -> "torch.Tensor":
+        """Mean query loss of a batch of episodes after the inner loop; its gradient is the meta-gradient."""
+        return self.loop.meta_loss(self.fast, self.slow, batch, self.config.inner_steps, self.first_order)
+
+    def meta_train(self, ctx: MetaTrainContext) -> None:
+        import torch
+
+        self.build(ctx)
+        optimizer = torch.optim.Adam(self.meta_parameters(), lr=self.config.outer_lr)
+        for batch in ctx.batches(self.config.meta_batch):
+            loss = self.meta_loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            ctx.log(loss.detach())
+
+    def adapt(self, support: Support, steps: int) -> Iterator[Predictor]:
+        return self.loop.trajectory(self.fast, self.slow, support, steps)
