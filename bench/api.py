@@ -12,20 +12,31 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, NamedTuple
 
 if TYPE_CHECKING:
+    import numpy
     import torch
     from torch import nn
 
 SPLITS = ("train", "val", "test")
 
 
-def episode_seed(suite: str, split: str, setting: str, seed: int, index: int) -> int:
-    """The random seed of one episode: a pure function of (suite, split, setting, seed, index).
+def episode_entropy(suite: str, split: str, setting: str, seed: int, index: int) -> tuple[int, int]:
+    """The seed of one episode, a pure function of (suite, split, setting, seed, index).
 
-    The split sets the top two bits, so the seeds (hence task streams) of different splits are disjoint.
+    Its first word is the split's number, so the seeds of different splits are disjoint by
+    construction; the second is a 128-bit hash of the rest.
     """
     key = f"{suite}|{setting}|{seed}|{index}".encode()
-    low = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & ((1 << 62) - 1)
-    return (SPLITS.index(split) << 62) | low
+    return SPLITS.index(split), int.from_bytes(hashlib.blake2b(key, digest_size=16).digest(), "little")
+
+
+def episode_rng(suite: str, split: str, setting: str, seed: int, index: int) -> "numpy.random.Generator":
+    """A random generator for one episode, seeded with its full 128-bit-plus entropy.
+
+    (torch's CPU generator keeps only 32 bits of a seed, which would make episodes collide.)
+    """
+    import numpy
+
+    return numpy.random.default_rng(list(episode_entropy(suite, split, setting, seed, index)))
 
 
 class TaskKind(str, enum.Enum):

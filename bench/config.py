@@ -37,7 +37,7 @@ PROFILES = {
     profile.name: profile
     for profile in (
         Profile("smoke", 500, 25, 10, "seconds: tests and CI"),
-        Profile("quick", 50_000, 600, 10, "minutes on a laptop CPU (the default)"),
+        Profile("quick", 100_000, 600, 10, "minutes on a laptop CPU (the default)"),
         Profile("paper", 1_750_000, 600, 10, "published budgets (MAML: 70,000 iterations x 25 tasks), for a GPU"),
     )
 }

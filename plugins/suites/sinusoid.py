@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, ClassVar
 
-from bench.api import Episode, Setting, TaskKind, TaskSuite, episode_seed
+from bench.api import Episode, Setting, TaskKind, TaskSuite, episode_rng
 
 if TYPE_CHECKING:
     import torch
@@ -32,18 +32,14 @@ class Sinusoid(TaskSuite):
         return [Setting(name=f"K={shots}", shots=shots, query=self.TEST_QUERY) for shots in self.SHOTS]
 
     def sample_episode(self, split: str, setting: Setting, seed: int, index: int) -> Episode:
+        import numpy as np
         import torch
 
-        generator = torch.Generator().manual_seed(episode_seed(self.name, split, setting.name, seed, index))
+        rng = episode_rng(self.name, split, setting.name, seed, index)
         query = setting.query if split == "test" else setting.shots
-
-        def uniform(bounds: tuple[float, float], *shape: int) -> torch.Tensor:
-            low, high = bounds
-            return low + (high - low) * torch.rand(*shape, generator=generator)
-
-        amplitude, phase = uniform(self.AMPLITUDE, 1), uniform(self.PHASE, 1)
-        x = uniform(self.INPUT, setting.shots + query, 1)
-        y = amplitude * torch.sin(x - phase)
+        amplitude, phase = rng.uniform(*self.AMPLITUDE), rng.uniform(*self.PHASE)
+        x = rng.uniform(*self.INPUT, size=(setting.shots + query, 1))
+        x, y = (torch.from_numpy(values.astype(np.float32)) for values in (x, amplitude * np.sin(x - phase)))
         return Episode(x[: setting.shots], y[: setting.shots], x[setting.shots :], y[setting.shots :])
 
     def backbone(self, setting: Setting) -> "nn.Module":

@@ -1,0 +1,49 @@
+"""Shared fixtures: the --runslow switch, the built-in registry, a factory for on-disk plugin packages."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bench.plugins import load_plugins
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", help="also run the slow learning checks (minutes)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow (make test-slow)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def registry():
+    return load_plugins(strict=True)
+
+
+@pytest.fixture
+def plugin_dist(tmp_path: Path):
+    """Make an installed-looking distribution on a path entry: modules plus metabench entry points.
+
+    Returns the folder to put on PYTHONPATH; importlib.metadata discovers it like a pip install.
+    """
+
+    def make(name: str, modules: dict[str, str], entry_points: dict[str, str], version: str = "0.1") -> Path:
+        root = tmp_path / f"site-{name}"
+        root.mkdir()
+        for module, source in modules.items():
+            (root / f"{module}.py").write_text(textwrap.dedent(source))
+        dist_info = root / f"{name.replace('-', '_')}-{version}.dist-info"
+        dist_info.mkdir()
+        (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        lines = "\n".join(f"{ep} = {target}" for ep, target in entry_points.items())
+        (dist_info / "entry_points.txt").write_text(f"[metabench]\n{lines}\n")
+        return root
+
+    return make

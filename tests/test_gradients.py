@@ -1,0 +1,150 @@
+"""The meta-gradients of the gradient-based learners against references computed other ways (float64)."""
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from bench.api import Episode
+from bench.nn.backbones import mlp
+from bench_plugins.learners.adaptation_layer import AdaptationLayer
+from bench_plugins.learners.maml import MAML, FirstOrderMAML
+from bench_plugins.suites.sinusoid import Sinusoid
+
+TOLERANCE = 1e-8
+
+
+def tiny_batch(tasks: int = 4, shots: int = 5) -> Episode:
+    suite = Sinusoid()
+    setting = suite.settings()[0]
+    batch = suite.sample_batch("train", setting, seed=3, indices=range(tasks))
+    return Episode(*(field.double() for field in batch))
+
+
+def build(learner_class, **overrides):
+    torch.manual_seed(0)
+    network = mlp([1, 8, 8, 1]).double()
+    learner = learner_class(learner_class.Config(**overrides))
+    context = types.SimpleNamespace(backbone=lambda: network, suite=Sinusoid(), device=torch.device("cpu"),
+                                    generator=torch.Generator().manual_seed(1))
+    learner.build(context)
+    if learner_class is AdaptationLayer:
+        learner.slow = {name: tensor.double() for name, tensor in learner.slow.items()}
+        learner.fast = {name: tensor.double() for name, tensor in learner.fast.items()}
+    return learner, network
+
+
+def manual_mlp(weights: list[torch.Tensor], x: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
+    """The 1-8-8-1 ReLU network written out by hand; ``shift`` is added to the first pre-activation."""
+    w1, b1, w2, b2, w3, b3 = weights
+    hidden = x @ w1.T + b1 + (0 if shift is None else shift)
+    hidden = torch.relu(hidden) @ w2.T + b2
+    return torch.relu(hidden) @ w3.T + b3
+
+
+def unrolled_maml_loss(weights, batch: Episode, lr: float, steps: int, first_order: bool) -> torch.Tensor:
+    """MAML's meta-loss with an explicit per-task loop and torch.autograd.grad(create_graph=True)."""
+    losses = []
+    for task in range(batch.support_x.shape[0]):
+        fast = list(weights)
+        for _ in range(steps):
+            support_loss = F.mse_loss(manual_mlp(fast, batch.support_x[task]), batch.support_y[task])
+            grads = torch.autograd.grad(support_loss, fast, create_graph=not first_order)
+            fast = [w - lr * g for w, g in zip(fast, grads)]
+        losses.append(F.mse_loss(manual_mlp(fast, batch.query_x[task]), batch.query_y[task]))
+    return torch.stack(losses).mean()
+
+
+def flat_grad(loss: torch.Tensor, tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([g.flatten() for g in torch.autograd.grad(loss, tensors)])
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("learner_class", [MAML, FirstOrderMAML])
+def test_maml_meta_gradient_matches_unrolled_reference(learner_class, steps):
+    learner, network = build(learner_class, inner_lr=0.05, inner_steps=steps)
+    batch = tiny_batch()
+    weights = list(network.parameters())
+    ours = flat_grad(learner.meta_loss(batch), weights)
+    reference = flat_grad(unrolled_maml_loss(weights, batch, 0.05, steps, learner_class.first_order), weights)
+    assert torch.allclose(ours, reference, atol=TOLERANCE, rtol=0), (ours - reference).abs().max()
+
+
+def test_second_order_differs_from_first_order():
+    """Guards the reference test above: the two orders must not coincide by construction."""
+    maml, network = build(MAML, inner_lr=0.05, inner_steps=2)
+    batch = tiny_batch()
+    weights = list(network.parameters())
+    second = flat_grad(maml.meta_loss(batch), weights)
+    first = flat_grad(unrolled_maml_loss(weights, batch, 0.05, 2, first_order=True), weights)
+    assert (second - first).abs().max() > 1e-4
+
+
+def test_first_order_gradient_is_query_gradient_at_adapted_weights():
+    learner, network = build(FirstOrderMAML, inner_lr=0.05, inner_steps=2)
+    batch = tiny_batch(tasks=1)
+    weights = list(network.parameters())
+    ours = flat_grad(learner.meta_loss(batch), weights)
+    fast = [w.detach().clone() for w in weights]
+    for _ in range(2):
+        fast = [w.requires_grad_() for w in fast]
+        grads = torch.autograd.grad(F.mse_loss(manual_mlp(fast, batch.support_x[0]), batch.support_y[0]), fast)
+        fast = [(w - 0.05 * g).detach() for w, g in zip(fast, grads)]
+    fast = [w.requires_grad_() for w in fast]
+    query_gradient = flat_grad(F.mse_loss(manual_mlp(fast, batch.query_x[0]), batch.query_y[0]), fast)
+    assert torch.allclose(ours, query_gradient, atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("learner_class", [MAML, FirstOrderMAML, AdaptationLayer])
+def test_vmapped_meta_batch_equals_mean_of_single_tasks(learner_class):
+    learner, _ = build(learner_class, inner_steps=2)
+    batch = tiny_batch(tasks=5)
+    parameters = learner.meta_parameters()
+    batched = flat_grad(learner.meta_loss(batch), parameters)
+    singles = torch.stack([
+        flat_grad(learner.meta_loss(Episode(*(field[task : task + 1] for field in batch))), parameters)
+        for task in range(5)
+    ])
+    assert torch.allclose(batched, singles.mean(0), atol=TOLERANCE, rtol=0)
+
+
+def test_adaptation_layer_meta_gradient_matches_unrolled_reference():
+    learner, network = build(AdaptationLayer, inner_lr=1.0, inner_steps=2, context_dim=3)
+    batch = tiny_batch()
+    weights = list(network.parameters())
+    context_map = learner.slow["context_map.weight"]
+    parameters = [*weights, context_map]
+    losses = []
+    for task in range(batch.support_x.shape[0]):
+        context = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+        for _ in range(2):
+            loss = F.mse_loss(manual_mlp(weights, batch.support_x[task], context_map @ context), batch.support_y[task])
+            (grad,) = torch.autograd.grad(loss, context, create_graph=True)
+            context = context - 1.0 * grad
+        losses.append(F.mse_loss(manual_mlp(weights, batch.query_x[task], context_map @ context), batch.query_y[task]))
+    reference = flat_grad(torch.stack(losses).mean(), parameters)
+    ours = flat_grad(learner.meta_loss(batch), [learner.slow[name] for name in learner.slow])
+    # our parameter order is head.0, tail..., context_map: the same tensors as `parameters`
+    assert torch.allclose(ours, reference, atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_maml_meta_gradient_matches_learn2learn(first_order):
+    l2l = pytest.importorskip("learn2learn")
+    learner_class = FirstOrderMAML if first_order else MAML
+    learner, network = build(learner_class, inner_lr=0.05, inner_steps=2)
+    batch = tiny_batch()
+    weights = list(network.parameters())
+    ours = flat_grad(learner.meta_loss(batch), weights)
+
+    reference_maml = l2l.algorithms.MAML(network, lr=0.05, first_order=first_order)
+    losses = []
+    for task in range(batch.support_x.shape[0]):
+        clone = reference_maml.clone()
+        for _ in range(2):
+            clone.adapt(F.mse_loss(clone(batch.support_x[task]), batch.support_y[task]))
+        losses.append(F.mse_loss(clone(batch.query_x[task]), batch.query_y[task]))
+    reference = flat_grad(torch.stack(losses).mean(), weights)
+    assert torch.allclose(ours, reference, atol=TOLERANCE, rtol=0)
