@@ -105,12 +105,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     import dataclasses
 
-    from bench.environment import environment
-    from bench.runner import default_run_dir, learner_configs, plan, resolve_device, run_cells
-    from bench.store import RunStore
+    from bench.grid import learner_configs, plan
 
     cells = plan(config, registry)
     hyperparameters = learner_configs(config, registry)
+
+    from bench.environment import environment
+    from bench.runner import default_run_dir, resolve_device, run_cells
+    from bench.store import RunStore
+
     device = resolve_device(config.device)
     run_dir = Path(config.out) if config.out else default_run_dir(config)
     resolved = {**dataclasses.asdict(config), "out": str(run_dir), "budget": dataclasses.asdict(config.budget),

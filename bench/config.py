@@ -95,9 +95,10 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
         inner = [arg for arg in args if arg is not type(None)]
         return coerce(value, inner[0], where)
     if origin is list:
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if isinstance(value, str):
+            items = value.split(",")
+        else:  # a single value stands for a list of one
+            items = value if isinstance(value, list) else [value]
         return [coerce(item.strip() if isinstance(item, str) else item, args[0], where) for item in items]
     if origin is dict or annotation is Any:
         return value

@@ -6,7 +6,6 @@ traceback kept in its metadata) and the run goes on. Every finished cell is writ
 from __future__ import annotations
 
 import dataclasses
-import re
 import threading
 import time
 import traceback
@@ -20,8 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.api import Episode, Learner, MetaTrainContext, Setting, TaskSuite
-from bench.config import ConfigError, RunConfig, learner_config
-from bench.plugins import Registration, Registry
+from bench.config import ConfigError, RunConfig
+from bench.grid import Cell
 from bench.protocol import evaluate
 from bench.store import RunStore
 
@@ -39,51 +38,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: cuda was requested but torch sees no CUDA device (use --device cpu or auto)")
     return torch.device(name)
-
-
-@dataclasses.dataclass(frozen=True)
-class Cell:
-    suite: Registration
-    setting: Setting
-    setting_index: int
-    learner: Registration
-    seed: int
-
-    @property
-    def cell_id(self) -> str:
-        raw = f"{self.suite.name}__{self.setting.name}__{self.learner.name}__seed{self.seed}"
-        return re.sub(r"[^A-Za-z0-9_.=-]", "-", raw)
-
-    @property
-    def label(self) -> str:
-        return f"{self.learner.name} | {self.suite.name} {self.setting.name} | seed {self.seed}"
-
-
-def plan(config: RunConfig, registry: Registry) -> list[Cell]:
-    """Every cell of the run, in the order they run: suite, setting, seed, learner."""
-    learners = registry.select("learner", config.learners)
-    cells = []
-    for suite in registry.select("suite", config.suites):
-        settings = suite.cls().settings()
-        if config.shots:
-            settings = [setting for setting in settings if setting.shots in config.shots]
-            if not settings:
-                offered = sorted({setting.shots for setting in suite.cls().settings()})
-                raise ConfigError(f"shots: suite '{suite.name}' has no setting with shots {config.shots}; it offers {offered}")
-        for setting in settings:
-            index = suite.cls().settings().index(setting)
-            for seed in range(config.seeds):
-                cells.extend(Cell(suite, setting, index, learner, seed) for learner in learners)
-    return cells
-
-
-def learner_configs(config: RunConfig, registry: Registry) -> dict[str, Any]:
-    """The resolved hyper-parameters of every selected learner (validates ``--set`` first)."""
-    selected = {registration.name: registration for registration in registry.select("learner", config.learners)}
-    for name in config.set:
-        if name not in registry.learners:
-            raise ConfigError(f"--set {name}.*: unknown learner '{name}'; valid learners: {', '.join(sorted(registry.learners))}")
-    return {name: learner_config(name, reg.cls.Config, config.set.get(name, {})) for name, reg in selected.items()}
 
 
 class HostContext(MetaTrainContext):

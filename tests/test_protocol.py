@@ -15,7 +15,8 @@ from bench.api import SPLITS, Learner, episode_entropy
 from bench.config import RunConfig
 from bench.plugins import PluginSource, load_plugins
 from bench.report import summarize
-from bench.runner import HostContext, learner_configs, plan, run_cells
+from bench.grid import learner_configs, plan
+from bench.runner import HostContext, run_cells
 from bench.store import RunStore
 from bench_plugins.suites.sinusoid import Sinusoid
 

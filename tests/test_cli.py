@@ -1,0 +1,202 @@
+"""The ``bench`` command as a user runs it: listings, runs, results, and one clear line for bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from helpers import run_bench
+
+SMOKE = ("--profile", "smoke", "--tasks", "50", "--episodes", "3", "--steps", "2", "--shots", "5", "--no-progress")
+BUILTIN_LEARNERS = "adaptation-layer, finetune, fomaml, maml"
+
+GOOD_LEARNER = '''
+    import dataclasses
+    from bench import hookimpl
+    from bench.api import Learner
+
+    @dataclasses.dataclass
+    class Config:
+        value: float = 0.0
+
+    class ZeroShot(Learner):
+        """Predicts a constant; never adapts."""
+        Config = Config
+
+        def meta_train(self, ctx):
+            for _ in ctx.batches(10):
+                pass
+
+        def adapt(self, support, steps):
+            import torch
+            for _ in range(steps + 1):
+                yield lambda x: torch.full_like(x, self.config.value)
+
+    @hookimpl
+    def register_learners(register):
+        register("zero-shot", ZeroShot)
+'''
+BROKEN = {
+    "raising": ("from bench import hookimpl\n@hookimpl\ndef register_learners(register):\n    raise ValueError('no GPU today')\n",
+                "hook register_learners raised ValueError: no GPU today"),
+    "wrongtype": ("from bench import hookimpl\n@hookimpl\ndef register_learners(register):\n    register('not-a-learner', dict)\n",
+                  "registered learner 'not-a-learner' as <class 'dict'>, which is not a subclass of bench.api.Learner"),
+    "misspelled": ("from bench import hookimpl\n@hookimpl\ndef register_learner(register):\n    pass\n",
+                   "implements unknown hook register_learner"),
+    "unimportable": ("import no_such_module_here\n", "failed to import: ModuleNotFoundError: No module named 'no_such_module_here'"),
+    "duplicate": ("from bench import hookimpl\nfrom bench_plugins.learners.maml import MAML\n"
+                  "@hookimpl\ndef register_learners(register):\n    register('maml', MAML)\n",
+                  "learner 'maml' is also registered by plugin 'learners'"),
+}
+
+
+@pytest.fixture
+def third_party(plugin_dist):
+    modules = {"good_plugin": GOOD_LEARNER, **{f"{name}_plugin": source for name, (source, _) in BROKEN.items()}}
+    entry_points = {"good": "good_plugin", **{name: f"{name}_plugin" for name in BROKEN}}
+    return plugin_dist("fixture-plugins", modules, entry_points, version="1.2")
+
+
+def test_help_and_plugins_do_not_import_torch():
+    code = ("import sys; from bench.cli import main; main(['plugins']); "
+            "assert 'torch' not in sys.modules and 'learn2learn' not in sys.modules, 'heavy import at start-up'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_plugins_lists_builtins_with_their_distribution():
+    result = run_bench("plugins", "--json")
+    assert result.returncode == 0, result.stderr
+    listed = json.loads(result.stdout)
+    names = {(entry["kind"], entry["name"]) for entry in listed["plugins"]}
+    assert names == {("learner", "maml"), ("learner", "fomaml"), ("learner", "adaptation-layer"),
+                     ("learner", "finetune"), ("suite", "sinusoid")}
+    assert all(entry["distribution"] == "metabench" and entry["description"] for entry in listed["plugins"])
+    assert listed["problems"] == []
+    table = run_bench("plugins").stdout
+    assert "maml" in table and "(metabench " in table
+
+
+def test_broken_plugins_are_each_one_line_and_the_rest_load(third_party):
+    result = run_bench("plugins", pythonpath=[third_party])
+    assert result.returncode == 0, result.stderr
+    for name, (_, message) in BROKEN.items():
+        lines = [line for line in result.stderr.splitlines() if f"plugin '{name}'" in line]
+        assert len(lines) == 1 and message in lines[0], (name, result.stderr)
+        assert "fixture-plugins 1.2" in lines[0]
+    assert "zero-shot" in result.stdout and "good (fixture-plugins 1.2)" in result.stdout
+    assert "maml" in result.stdout and "sinusoid" in result.stdout
+
+
+def test_strict_makes_plugin_problems_fatal(third_party):
+    result = run_bench("plugins", "--strict", pythonpath=[third_party])
+    assert result.returncode == 2
+    assert "strict" in result.stderr and "no GPU today" in result.stderr
+
+
+def test_disable_plugins_by_entry_point_name(third_party):
+    disabled = ",".join(BROKEN)
+    result = run_bench("plugins", "--json", pythonpath=[third_party], env={"METABENCH_DISABLE_PLUGINS": disabled})
+    listed = json.loads(result.stdout)
+    assert listed["problems"] == []
+    assert "zero-shot" in {entry["name"] for entry in listed["plugins"]}
+
+
+def test_smoke_run_writes_results_and_resumes(tmp_path, third_party):
+    out = tmp_path / "run"
+    result = run_bench("run", "--learners", "all", *SMOKE, "--out", str(out), pythonpath=[third_party])
+    assert result.returncode == 0, result.stderr
+    assert f"Results: {out}" in result.stdout
+    for learner in ("maml", "fomaml", "adaptation-layer", "finetune", "zero-shot"):
+        assert learner in result.stdout
+    run_info = json.loads((out / "run.json").read_text())
+    assert run_info["status"] == "finished"
+    assert run_info["config"]["hyperparameters"]["maml"]["inner_lr"] == 0.01
+    assert run_info["environment"]["libraries"]["torch"] and run_info["environment"]["plugins"]["good"] == "fixture-plugins 1.2"
+    records = pd.read_csv(out / "records.csv")
+    assert len(records) == 5 * 3 * 3  # learners x episodes x steps 0..2
+    assert set(records.columns) >= {"suite", "setting", "learner", "seed", "episode", "step", "metric"}
+    assert "## Accuracy" in (out / "summary.md").read_text()
+    assert not list(out.rglob("*.pkl")) and not list(out.rglob("*.pt"))
+
+    again = run_bench("run", "--learners", "all", *SMOKE, "--out", str(out), pythonpath=[third_party])
+    assert again.returncode == 0 and "5 cells (5 already finished)" in again.stderr
+    changed = run_bench("run", "--learners", "all", *SMOKE, "--seeds", "2", "--out", str(out), pythonpath=[third_party])
+    assert changed.returncode == 2 and "holds a run with a different configuration (differs in: seeds)" in changed.stderr
+
+
+def test_config_file_and_overrides(tmp_path):
+    config = tmp_path / "bench.toml"
+    config.write_text('learners = ["maml"]\nprofile = "smoke"\ntasks = 50\nepisodes = 2\nsteps = 1\nshots = [5]\n'
+                      '[set.maml]\ninner_lr = 0.02\n')
+    out = tmp_path / "run"
+    result = run_bench("run", "--config", str(config), "--set", "maml.inner_steps=2", "--out", str(out), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    hyperparameters = json.loads((out / "run.json").read_text())["config"]["hyperparameters"]
+    assert hyperparameters == {"maml": {"inner_lr": 0.02, "inner_steps": 2, "meta_batch": 25, "outer_lr": 0.001}}
+    yaml_config = tmp_path / "bench.yaml"
+    yaml_config.write_text("learners: maml\nprofile: smoke\ntasks: 50\nepisodes: 2\nshots: 5\n")
+    result = run_bench("run", "--config", str(yaml_config), "--out", str(tmp_path / "yaml"), "--no-progress")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--learners", "mamll"], f"unknown learner 'mamll'; valid learners: all, {BUILTIN_LEARNERS}"),
+        (["--suites", "omniglotx"], "unknown suite 'omniglotx'; valid suites: all, sinusoid"),
+        (["--set", "maml.innr_lr=0.1"], "--set maml.innr_lr: learner 'maml' has no hyper-parameter 'innr_lr'; valid: inner_lr, inner_steps, meta_batch, outer_lr"),
+        (["--set", "maml.inner_lr=fast"], "--set maml.inner_lr: expected float, got 'fast'"),
+        (["--set", "maml.inner_steps=1.5"], "--set maml.inner_steps: expected int, got '1.5'"),
+        (["--set", "inner_lr=0.1"], "expected LEARNER.KEY=VALUE"),
+        (["--set", "reptile.lr=0.1"], "unknown learner 'reptile'"),
+        (["--profile", "huge"], "unknown profile 'huge'; valid: smoke, quick, paper"),
+        (["--seeds", "two"], "seeds: expected int, got 'two'"),
+        (["--seeds", "0"], "seeds: must be positive, got 0"),
+        (["--device", "tpu"], "device: expected one of auto, cpu, cuda, got 'tpu'"),
+        (["--shots", "7"], "suite 'sinusoid' has no setting with shots [7]; it offers [5, 10, 20]"),
+    ],
+)
+def test_bad_input_gives_one_clear_line(tmp_path, args, message):
+    result = run_bench("run", *args, "--out", str(tmp_path / "run"), "--no-progress")
+    assert result.returncode == 2
+    assert result.stderr.count("error:") == 1 and message in result.stderr, result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_unwritable_out_is_refused(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run_bench("run", *SMOKE, "--out", str(blocker / "run"))
+    assert result.returncode == 2 and f"cannot write to {blocker / 'run'}" in result.stderr
+
+
+def test_bad_config_files_name_the_problem(tmp_path):
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text('learner = "maml"\n')
+    result = run_bench("run", "--config", str(unknown))
+    assert result.returncode == 2 and f"config file {unknown}: unknown key learner; valid keys:" in result.stderr
+    wrong_type = tmp_path / "wrong.yaml"
+    wrong_type.write_text("seeds: many\n")
+    result = run_bench("run", "--config", str(wrong_type))
+    assert result.returncode == 2 and f"config file {wrong_type}: seeds: expected int, got 'many'" in result.stderr
+    broken = tmp_path / "broken.toml"
+    broken.write_text("learners = [\n")
+    result = run_bench("run", "--config", str(broken))
+    assert result.returncode == 2 and "not valid TOML" in result.stderr
+
+
+def test_a_failing_cell_sets_the_exit_status(tmp_path, plugin_dist):
+    failing = plugin_dist("failing", {"failing_plugin": GOOD_LEARNER.replace(
+        "for _ in ctx.batches(10):\n                pass", "raise RuntimeError('diverged on purpose')")},
+        {"failing": "failing_plugin"})
+    out = tmp_path / "run"
+    result = run_bench("run", "--learners", "zero-shot,maml", *SMOKE, "--out", str(out), pythonpath=[failing])
+    assert result.returncode == 1
+    assert "failed: RuntimeError: diverged on purpose" in result.stdout + result.stderr
+    cells = {json.loads(path.read_text())["learner"]: json.loads(path.read_text()) for path in (out / "cells").glob("*.json")}
+    assert cells["zero-shot"]["status"] == "failed" and cells["maml"]["status"] == "ok"
+    assert json.loads((out / "run.json").read_text())["status"] == "finished with failed cells"
