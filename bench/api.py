@@ -88,7 +88,7 @@ class TaskSuite(ABC):
     """A family of few-shot tasks with disjoint meta-train / meta-val / meta-test splits.
 
     ``sample_episode`` must be a pure function of (split, setting, seed, index): the protocol
-    relies on it to show every learner the same episodes.
+    relies on it to show every learner the same episodes. ``name`` must be the registered name.
     """
 
     name: ClassVar[str]
@@ -153,19 +153,15 @@ class MetaTrainContext(ABC):
 class Learner(ABC):
     """A few-shot learner: meta-trains on one suite setting, then adapts to test tasks.
 
-    Subclasses set ``name``, a docstring whose first line describes them, and a ``Config``
-    dataclass of typed hyper-parameters with defaults (overridable with ``--set name.key=value``).
+    Subclasses set a docstring whose first line describes them and a ``Config`` dataclass of
+    typed hyper-parameters with defaults (overridable with ``--set NAME.KEY=VALUE``); the name is
+    the one they are registered under.
     """
 
-    name: ClassVar[str]
     Config: ClassVar[type]
 
     def __init__(self, config: Any) -> None:
         self.config = config
-
-    @classmethod
-    def description(cls) -> str:
-        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
 
     @classmethod
     def unsupported_reason(cls, suite: TaskSuite) -> str | None:

@@ -121,6 +121,8 @@ def _check_class(kind: str, name: object, cls: object) -> str | None:
         return f"{kind} name {name!r} is not a lower-case identifier (letters, digits, '-', '_', '.')"
     if not (inspect.isclass(cls) and issubclass(cls, base)):
         return f"registered {kind} '{name}' as {cls!r}, which is not a subclass of bench.api.{base.__name__}"
+    if kind == "suite" and getattr(cls, "name", None) != name:
+        return f"suite '{name}' ({cls.__qualname__}) must set name = '{name}' (it seeds the suite's episodes)"
     if inspect.isabstract(cls):
         missing = ", ".join(sorted(cls.__abstractmethods__))
         return f"{kind} '{name}' ({cls.__qualname__}) does not implement {missing}"

@@ -133,7 +133,7 @@ def run_cell(cell: Cell, hyperparameters: Any, config: RunConfig, device: torch.
     if reason:
         return {**metadata, "status": "n/a", "error": reason}, None
     bar = tqdm(total=budget.meta_train_tasks, desc=f"meta-train {cell.label}", unit="task",
-               disable=not show_progress, leave=False, dynamic_ncols=True)
+               disable=None if show_progress else True, leave=False, dynamic_ncols=True)
 
     def progress(tasks: int, loss: float | None) -> None:
         bar.update(tasks)
@@ -150,7 +150,7 @@ def run_cell(cell: Cell, hyperparameters: Any, config: RunConfig, device: torch.
             meta_train_seconds = time.perf_counter() - start
             bar.close()
             bar = tqdm(total=budget.test_episodes, desc=f"evaluate   {cell.label}", unit="episode",
-                       disable=not show_progress, leave=False, dynamic_ncols=True)
+                       disable=None if show_progress else True, leave=False, dynamic_ncols=True)
             metric, seconds = evaluate(learner, suite, cell.setting, cell.seed, budget.test_episodes,
                                        budget.test_steps, device, on_episode=lambda: bar.update(1))
     except Exception as error:  # a plugin's failure fails its cell, not the run

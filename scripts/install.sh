@@ -8,10 +8,12 @@ cd "$(dirname "$0")/.."
 
 VENV=${METABENCH_VENV:-.venv}
 PYTHON=${PYTHON:-python3.11}
-TORCH_PINS=(torch==2.14.1 torchvision==0.29.1)   # on local disk here; see README "Set-up"
+# torch + torchvision (learn2learn imports torchvision). Override for another platform, e.g.
+# METABENCH_TORCH="torch==2.9.1 torchvision==0.24.1" (aarch64) or a CUDA build of your choice.
+read -r -a TORCH_PINS <<< "${METABENCH_TORCH:-torch==2.14.1 torchvision==0.29.1}"
 L2L_VERSION=0.2.0
 
-fingerprint=$(cat pyproject.toml scripts/install.sh | sha256sum | cut -d' ' -f1)
+fingerprint=$( (cat pyproject.toml scripts/install.sh; echo "${TORCH_PINS[*]}") | sha256sum | cut -d' ' -f1)
 stamp="$VENV/.metabench-installed"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$fingerprint" ]]; then
     exit 0

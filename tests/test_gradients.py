@@ -148,3 +148,41 @@ def test_maml_meta_gradient_matches_learn2learn(first_order):
         losses.append(F.mse_loss(clone(batch.query_x[task]), batch.query_y[task]))
     reference = flat_grad(torch.stack(losses).mean(), weights)
     assert torch.allclose(ours, reference, atol=TOLERANCE, rtol=0)
+
+
+def test_conv4_batch_norm_second_order_meta_gradient_under_vmap_matches_unbatched_reference():
+    """The torch.func + vmap batch-norm pitfall (ENVIRONMENT.md): vmapped vs per-task unrolled autograd, float64."""
+    from torch.func import functional_call
+
+    from bench.nn.backbones import conv4
+
+    torch.manual_seed(0)
+    network = conv4(in_channels=1, filters=8, ways=3, image_size=16).double()
+    learner = MAML(MAML.Config(inner_lr=0.4, inner_steps=2))
+    context = types.SimpleNamespace(backbone=lambda: network, suite=types.SimpleNamespace(loss=F.cross_entropy),
+                                    device=torch.device("cpu"), generator=torch.Generator().manual_seed(1))
+    learner.build(context)
+    generator = torch.Generator().manual_seed(2)
+    tasks = 4
+    batch = Episode(
+        torch.randn(tasks, 6, 1, 16, 16, generator=generator, dtype=torch.float64),
+        torch.randint(0, 3, (tasks, 6), generator=generator),
+        torch.randn(tasks, 9, 1, 16, 16, generator=generator, dtype=torch.float64),
+        torch.randint(0, 3, (tasks, 9), generator=generator),
+    )
+    names, weights = zip(*network.named_parameters())
+    ours = flat_grad(learner.meta_loss(batch), list(weights))
+
+    def forward(fast, x):
+        return functional_call(network, dict(zip(names, fast)), (x,))
+
+    losses = []
+    for task in range(tasks):
+        fast = list(weights)
+        for _ in range(2):
+            support_loss = F.cross_entropy(forward(fast, batch.support_x[task]), batch.support_y[task])
+            grads = torch.autograd.grad(support_loss, fast, create_graph=True)
+            fast = [w - 0.4 * g for w, g in zip(fast, grads)]
+        losses.append(F.cross_entropy(forward(fast, batch.query_x[task]), batch.query_y[task]))
+    reference = flat_grad(torch.stack(losses).mean(), list(weights))
+    assert torch.allclose(ours, reference, atol=1e-10, rtol=1e-8), (ours - reference).abs().max()

@@ -1,6 +1,7 @@
 """Standard backbones of the field, as plain ``nn.Sequential`` stacks (easy to split and to call functionally)."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -11,4 +12,41 @@ def mlp(sizes: list[int]) -> nn.Sequential:
         if index:
             layers.append(nn.ReLU())
         layers.append(nn.Linear(fan_in, fan_out))
+    return nn.Sequential(*layers)
+
+
+class EpisodeBatchNorm(nn.Module):
+    """Batch norm that always normalises with the statistics of the batch it is given.
+
+    This is how the MAML papers use batch norm (transductive: no running statistics, the same in
+    meta-training and at test time). Written with plain tensor ops: ``torch.func`` transforms of
+    ``F.batch_norm`` in training mode gave wrong second-order meta-gradients under ``vmap`` in torch
+    2.14 (see tests/test_gradients.py for the check against an unbatched reference).
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = [0, *range(2, x.dim())]
+        mean = x.mean(dim=dims, keepdim=True)
+        var = x.var(dim=dims, unbiased=False, keepdim=True)
+        shape = [1, -1, *[1] * (x.dim() - 2)]
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
+
+
+def conv4(in_channels: int, filters: int, ways: int, image_size: int) -> nn.Sequential:
+    """The 4-block conv net of MAML / ProtoNets: (3x3 conv, batch norm, ReLU, 2x2 max-pool) x 4, then a linear head.
+
+    Modules per block: conv, norm, relu, pool (indices 4b..4b+3); then flatten and the head.
+    """
+    layers: list[nn.Module] = []
+    channels, size = in_channels, image_size
+    for _ in range(4):
+        layers += [nn.Conv2d(channels, filters, 3, padding=1), EpisodeBatchNorm(filters), nn.ReLU(), nn.MaxPool2d(2)]
+        channels, size = filters, size // 2
+    layers += [nn.Flatten(), nn.Linear(filters * size * size, ways)]
     return nn.Sequential(*layers)

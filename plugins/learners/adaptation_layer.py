@@ -26,7 +26,6 @@ class AdaptationLayer(GradientMetaLearner):
     order. The initial phi stays zero, as in CAVIA (a learned one would duplicate the layer's bias).
     """
 
-    name = "adaptation-layer"
     Config = AdaptationLayerConfig
 
     def build(self, ctx: MetaTrainContext) -> None:

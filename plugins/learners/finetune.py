@@ -24,7 +24,6 @@ class Finetune(Learner):
     time all weights take ``steps`` plain SGD steps on the support loss.
     """
 
-    name = "finetune"
     Config = FinetuneConfig
 
     @classmethod

@@ -19,7 +19,6 @@ class MAML(GradientMetaLearner):
     ``vmap``, and the meta-gradient differentiates through the inner SGD steps.
     """
 
-    name = "maml"
     Config = MAMLConfig
 
     def build(self, ctx: MetaTrainContext) -> None:
@@ -40,5 +39,4 @@ class MAML(GradientMetaLearner):
 class FirstOrderMAML(MAML):
     """First-order MAML: as maml, but the meta-gradient ignores second derivatives (the query gradient at the adapted weights)."""
 
-    name = "fomaml"
     first_order = True
