@@ -12,6 +12,8 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, NamedTuple
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import numpy
     import torch
     from torch import nn
@@ -64,13 +66,16 @@ class Support(NamedTuple):
 class Episode(NamedTuple):
     """One task: a support set to adapt on and a query set to score on.
 
-    For a batch of episodes every field has a leading batch dimension.
+    For classification, labels are 0..ways-1 within the episode and ``classes[label]`` is that
+    class's index in the split (what a pre-training baseline needs); for regression ``classes``
+    is empty. For a batch of episodes every field has a leading batch dimension.
     """
 
     support_x: "torch.Tensor"
     support_y: "torch.Tensor"
     query_x: "torch.Tensor"
     query_y: "torch.Tensor"
+    classes: "torch.Tensor"
 
     @property
     def support(self) -> Support:
@@ -93,6 +98,11 @@ class TaskSuite(ABC):
 
     name: ClassVar[str]
     kind: ClassVar[TaskKind]
+    budgets: ClassVar[dict[str, dict[str, int]]] = {}
+    """Per profile name, budget fields (``meta_train_tasks``, ``test_episodes``) where the suite differs from the defaults."""
+
+    def __init__(self, data_dir: "Path | None" = None) -> None:
+        self.data_dir = data_dir
 
     @abstractmethod
     def settings(self) -> list[Setting]:
@@ -116,6 +126,18 @@ class TaskSuite(ABC):
 
     metric_name: ClassVar[str]
     lower_is_better: ClassVar[bool]
+
+    def prepare(self) -> None:
+        """Load or check the suite's data before a run; raise ``bench.errors.DataError`` with a clear message."""
+
+    def num_classes(self, split: str) -> int:
+        """How many classes ``split`` has (classification suites)."""
+        raise NotImplementedError(f"suite '{self.name}' has no classes")
+
+    @classmethod
+    def download(cls, target: "Path") -> None:
+        """Fetch and stage the suite's data under ``target`` (``bench data NAME --download DIR``)."""
+        raise NotImplementedError(f"suite '{cls.name}' has no downloader")
 
     def sample_batch(self, split: str, setting: Setting, seed: int, indices: range) -> Episode:
         """Episodes ``indices`` stacked along a new first dimension.
@@ -162,6 +184,11 @@ class Learner(ABC):
 
     def __init__(self, config: Any) -> None:
         self.config = config
+
+    @classmethod
+    def suite_defaults(cls, suite: TaskSuite, setting: Setting) -> dict[str, Any]:
+        """Hyper-parameter defaults for one suite setting (e.g. the paper's), before ``--set`` overrides."""
+        return {}
 
     @classmethod
     def unsupported_reason(cls, suite: TaskSuite) -> str | None:

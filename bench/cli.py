@@ -26,11 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--profile", help="budget profile: smoke, quick (default) or paper")
     run.add_argument("--seeds", help="number of seeds, 0..N-1 (default: 1)")
     run.add_argument("--shots", help="only the settings with these shots, comma-separated (default: all)")
+    run.add_argument("--ways", help="only the settings with these ways, comma-separated (classification suites)")
     run.add_argument("--steps", help="adaptation steps at test time (default: the profile's, 10)")
     run.add_argument("--episodes", help="test episodes per cell (default: the profile's)")
     run.add_argument("--tasks", help="meta-training budget per cell in tasks seen (default: the profile's)")
     run.add_argument("--device", help="auto (default: CUDA when present), cpu or cuda")
     run.add_argument("--out", help="run folder (default: results/<time>-<suites>-<profile>); an existing run folder of the same configuration is resumed")
+    run.add_argument("--data-dir", help="where suites look for their data sets (default: $METABENCH_DATA_DIR)")
     run.add_argument("--config", type=Path, help="TOML or YAML file with the same keys as these flags (flags win)")
     run.add_argument("--set", action="append", default=[], metavar="LEARNER.KEY=VALUE", help="override a learner hyper-parameter, e.g. maml.inner_lr=0.01 (repeatable)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -42,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="print (and rewrite) the summary tables of a run folder")
     report.add_argument("run_dir", type=Path)
+
+    data = sub.add_parser("data", help="fetch a suite's data set", description="Download and stage a suite's data set (where the suite has a downloader).")
+    data.add_argument("suite", help="suite name, e.g. omniglot")
+    data.add_argument("--download", type=Path, required=True, metavar="DIR", help="data folder to stage into; then run with --data-dir DIR")
+    _add_plugin_flags(data)
     return parser
 
 
@@ -85,7 +92,7 @@ def _run_config(args: argparse.Namespace):
     if args.config:
         values = read_config_file(args.config)
         build_run_config(values, origin=f"config file {args.config}")
-    for key in ("learners", "suites", "profile", "seeds", "shots", "steps", "episodes", "tasks", "device", "out"):
+    for key in ("learners", "suites", "profile", "seeds", "shots", "ways", "steps", "episodes", "tasks", "device", "out", "data_dir"):
         given = getattr(args, key)
         if given is not None:
             values[key] = given
@@ -105,10 +112,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     import dataclasses
 
-    from bench.grid import learner_configs, plan
+    from bench.grid import plan
 
     cells = plan(config, registry)
-    hyperparameters = learner_configs(config, registry)
+    for suite in {cell.suite.name: cell.suite for cell in cells}.values():  # data problems: one line, before any work
+        suite.cls(data_dir=Path(config.data_dir) if config.data_dir else None).prepare()
 
     from bench.environment import environment
     from bench.runner import default_run_dir, resolve_device, run_cells
@@ -116,8 +124,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     device = resolve_device(config.device)
     run_dir = Path(config.out) if config.out else default_run_dir(config)
-    resolved = {**dataclasses.asdict(config), "out": str(run_dir), "budget": dataclasses.asdict(config.budget),
-                "hyperparameters": {name: dataclasses.asdict(h) for name, h in hyperparameters.items()}}
+    resolved = {
+        **dataclasses.asdict(config), "out": str(run_dir),
+        "budgets": {suite.name: dataclasses.asdict(config.budget_for(suite.cls)) for suite in {c.suite.name: c.suite for c in cells}.values()},
+        "hyperparameters": {f"{c.learner.name} @ {c.suite.name} {c.setting.name}": dataclasses.asdict(c.hyperparameters) for c in cells},
+    }
     store = RunStore(run_dir)
     env = environment(registry, device)
     store.open(resolved, env)
@@ -130,7 +141,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  {status:6} {cell.label}{detail}", file=sys.stderr)
 
     try:
-        run_cells(cells, hyperparameters, config, store, device, show_progress=not args.no_progress, on_cell=on_cell)
+        run_cells(cells, config, store, device, show_progress=not args.no_progress, on_cell=on_cell)
     except KeyboardInterrupt:
         store.write_run_file(resolved, env, status="interrupted")
         print(f"\ninterrupted: finished cells are kept in {run_dir}; run the same command with --out {run_dir} to resume",
@@ -164,7 +175,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "plugins": cmd_plugins, "report": cmd_report}
+def cmd_data(args: argparse.Namespace) -> int:
+    registry = _load_registry(args.strict)
+    (suite,) = registry.select("suite", [args.suite])
+    try:
+        suite.cls.download(args.download)
+    except NotImplementedError as error:
+        raise BenchError(str(error)) from None
+    print(f"{suite.name}: data staged in {args.download}; use --data-dir {args.download}")
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "plugins": cmd_plugins, "report": cmd_report, "data": cmd_data}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -53,11 +53,13 @@ class RunConfig:
     profile: str = "quick"
     seeds: int = 1
     shots: list[int] | None = None
+    ways: list[int] | None = None
     steps: int | None = None
     episodes: int | None = None
     tasks: int | None = None
     device: str = "auto"
     out: str | None = None
+    data_dir: str | None = None
     set: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -70,10 +72,9 @@ class RunConfig:
             if value is not None and value < (0 if key == "steps" else 1):
                 raise ConfigError(f"{key}: must be {'>= 0' if key == 'steps' else 'positive'}, got {value}")
 
-    @property
-    def budget(self) -> Profile:
-        """The profile with this run's overrides applied."""
-        base = PROFILES[self.profile]
+    def budget_for(self, suite: type) -> Profile:
+        """The profile for one suite (with the suite's own budgets, where it names any) and this run's overrides."""
+        base = dataclasses.replace(PROFILES[self.profile], **suite.budgets.get(self.profile, {}))
         return dataclasses.replace(
             base,
             meta_train_tasks=self.tasks or base.meta_train_tasks,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 from typing import Any
 
 from bench.api import Setting
@@ -21,6 +22,7 @@ class Cell:
     setting_index: int
     learner: Registration
     seed: int
+    hyperparameters: Any
 
     @property
     def cell_id(self) -> str:
@@ -33,26 +35,36 @@ class Cell:
 
 
 def plan(config: RunConfig, registry: Registry) -> list[Cell]:
-    """Every cell of the run, in the order they run: suite, setting, seed, learner."""
+    """Every cell of the run, in the order they run (suite, setting, seed, learner), with its hyper-parameters.
+
+    A learner's hyper-parameters for a cell are its defaults, then its defaults for that suite
+    setting (``Learner.suite_defaults``), then the run's ``--set`` overrides.
+    """
     learners = registry.select("learner", config.learners)
-    cells = []
-    for suite in registry.select("suite", config.suites):
-        settings = suite.cls().settings()
-        chosen = [i for i, setting in enumerate(settings) if not config.shots or setting.shots in config.shots]
-        if not chosen:
-            offered = sorted({setting.shots for setting in settings})
-            raise ConfigError(f"shots: suite '{suite.name}' has no setting with shots {config.shots}; it offers {offered}")
-        for index in chosen:
-            setting = settings[index]
-            for seed in range(config.seeds):
-                cells.extend(Cell(suite, setting, index, learner, seed) for learner in learners)
-    return cells
-
-
-def learner_configs(config: RunConfig, registry: Registry) -> dict[str, Any]:
-    """The resolved hyper-parameters of every selected learner (validates ``--set`` first)."""
-    selected = {registration.name: registration for registration in registry.select("learner", config.learners)}
     for name in config.set:
         if name not in registry.learners:
             raise ConfigError(f"--set {name}.*: unknown learner '{name}'; valid learners: {', '.join(sorted(registry.learners))}")
-    return {name: learner_config(name, reg.cls.Config, config.set.get(name, {})) for name, reg in selected.items()}
+    for learner in learners:  # validate every override once, before any suite defaults are mixed in
+        learner_config(learner.name, learner.cls.Config, config.set.get(learner.name, {}))
+    cells = []
+    for suite in registry.select("suite", config.suites):
+        instance = suite.cls(data_dir=Path(config.data_dir) if config.data_dir else None)
+        settings = instance.settings()
+        chosen = [i for i, setting in enumerate(settings)
+                  if (not config.shots or setting.shots in config.shots) and (not config.ways or setting.ways in config.ways)]
+        if not chosen:
+            offered = ", ".join(setting.name for setting in settings)
+            wanted = " and ".join(f"{key} {value}" for key, value in (("shots", config.shots), ("ways", config.ways)) if value)
+            raise ConfigError(f"suite '{suite.name}' has no setting with {wanted}; it offers: {offered}")
+        for index in chosen:
+            setting = settings[index]
+            hyperparameters = {
+                learner.name: learner_config(
+                    learner.name, learner.cls.Config,
+                    {**learner.cls.suite_defaults(instance, setting), **config.set.get(learner.name, {})},
+                )
+                for learner in learners
+            }
+            for seed in range(config.seeds):
+                cells.extend(Cell(suite, setting, index, learner, seed, hyperparameters[learner.name]) for learner in learners)
+    return cells

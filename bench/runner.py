@@ -116,10 +116,11 @@ class PeakMemory:
         return {"peak_rss_mib": self.peak_rss / 2**20, "peak_cuda_mib": cuda}
 
 
-def run_cell(cell: Cell, hyperparameters: Any, config: RunConfig, device: torch.device,
+def run_cell(cell: Cell, config: RunConfig, device: torch.device,
              show_progress: bool) -> tuple[dict[str, Any], pd.DataFrame | None]:
     """Meta-train and evaluate one cell. Failures are returned in the metadata, never raised."""
-    budget = config.budget
+    budget = config.budget_for(cell.suite.cls)
+    hyperparameters = cell.hyperparameters
     metadata: dict[str, Any] = {
         "cell_id": cell.cell_id, "suite": cell.suite.name, "setting": cell.setting.name,
         "setting_index": cell.setting_index,
@@ -128,7 +129,7 @@ def run_cell(cell: Cell, hyperparameters: Any, config: RunConfig, device: torch.
         "learner_plugin": dataclasses.asdict(cell.learner.source), "suite_plugin": dataclasses.asdict(cell.suite.source),
         "task_budget": budget.meta_train_tasks, "test_episodes": budget.test_episodes, "test_steps": budget.test_steps,
     }
-    suite: TaskSuite = cell.suite.cls()
+    suite: TaskSuite = cell.suite.cls(data_dir=Path(config.data_dir) if config.data_dir else None)
     reason = cell.learner.cls.unsupported_reason(suite)
     if reason:
         return {**metadata, "status": "n/a", "error": reason}, None
@@ -171,7 +172,7 @@ def run_cell(cell: Cell, hyperparameters: Any, config: RunConfig, device: torch.
     return metadata, records
 
 
-def run_cells(cells: list[Cell], hyperparameters: dict[str, Any], config: RunConfig, store: RunStore,
+def run_cells(cells: list[Cell], config: RunConfig, store: RunStore,
               device: torch.device, show_progress: bool = True,
               on_cell: Callable[[Cell, dict[str, Any]], None] = lambda cell, metadata: None) -> None:
     """Run the cells not yet finished in ``store``, writing each as soon as it completes."""
@@ -179,7 +180,7 @@ def run_cells(cells: list[Cell], hyperparameters: dict[str, Any], config: RunCon
     for cell in cells:
         if cell.cell_id in finished:
             continue
-        metadata, records = run_cell(cell, hyperparameters[cell.learner.name], config, device, show_progress)
+        metadata, records = run_cell(cell, config, device, show_progress)
         store.write_cell(cell.cell_id, metadata, records)
         on_cell(cell, metadata)
 

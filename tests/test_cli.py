@@ -73,7 +73,7 @@ def test_plugins_lists_builtins_with_their_distribution():
     listed = json.loads(result.stdout)
     names = {(entry["kind"], entry["name"]) for entry in listed["plugins"]}
     assert names == {("learner", "maml"), ("learner", "fomaml"), ("learner", "adaptation-layer"),
-                     ("learner", "finetune"), ("suite", "sinusoid")}
+                     ("learner", "finetune"), ("suite", "omniglot"), ("suite", "sinusoid")}
     assert all(entry["distribution"] == "metabench" and entry["description"] for entry in listed["plugins"])
     assert listed["problems"] == []
     table = run_bench("plugins").stdout
@@ -114,7 +114,7 @@ def test_smoke_run_writes_results_and_resumes(tmp_path, third_party):
         assert learner in result.stdout
     run_info = json.loads((out / "run.json").read_text())
     assert run_info["status"] == "finished"
-    assert run_info["config"]["hyperparameters"]["maml"]["inner_lr"] == 0.01
+    assert run_info["config"]["hyperparameters"]["maml @ sinusoid K=5"]["inner_lr"] == 0.01
     assert run_info["environment"]["libraries"]["torch"] and run_info["environment"]["plugins"]["good"] == "fixture-plugins 1.2"
     records = pd.read_csv(out / "records.csv")
     assert len(records) == 5 * 3 * 3  # learners x episodes x steps 0..2
@@ -136,7 +136,7 @@ def test_config_file_and_overrides(tmp_path):
     result = run_bench("run", "--config", str(config), "--set", "maml.inner_steps=2", "--out", str(out), "--no-progress")
     assert result.returncode == 0, result.stderr
     hyperparameters = json.loads((out / "run.json").read_text())["config"]["hyperparameters"]
-    assert hyperparameters == {"maml": {"inner_lr": 0.02, "inner_steps": 2, "meta_batch": 25, "outer_lr": 0.001}}
+    assert hyperparameters == {"maml @ sinusoid K=5": {"inner_lr": 0.02, "inner_steps": 2, "meta_batch": 25, "outer_lr": 0.001}}
     yaml_config = tmp_path / "bench.yaml"
     yaml_config.write_text("learners: maml\nprofile: smoke\ntasks: 50\nepisodes: 2\nshots: 5\n")
     result = run_bench("run", "--config", str(yaml_config), "--out", str(tmp_path / "yaml"), "--no-progress")
@@ -147,7 +147,7 @@ def test_config_file_and_overrides(tmp_path):
     ("args", "message"),
     [
         (["--learners", "mamll"], f"unknown learner 'mamll'; valid learners: all, {BUILTIN_LEARNERS}"),
-        (["--suites", "omniglotx"], "unknown suite 'omniglotx'; valid suites: all, sinusoid"),
+        (["--suites", "omniglotx"], "unknown suite 'omniglotx'; valid suites: all, omniglot, sinusoid"),
         (["--set", "maml.innr_lr=0.1"], "--set maml.innr_lr: learner 'maml' has no hyper-parameter 'innr_lr'; valid: inner_lr, inner_steps, meta_batch, outer_lr"),
         (["--set", "maml.inner_lr=fast"], "--set maml.inner_lr: expected float, got 'fast'"),
         (["--set", "maml.inner_steps=1.5"], "--set maml.inner_steps: expected int, got '1.5'"),
@@ -157,7 +157,7 @@ def test_config_file_and_overrides(tmp_path):
         (["--seeds", "two"], "seeds: expected int, got 'two'"),
         (["--seeds", "0"], "seeds: must be positive, got 0"),
         (["--device", "tpu"], "device: expected one of auto, cpu, cuda, got 'tpu'"),
-        (["--shots", "7"], "suite 'sinusoid' has no setting with shots [7]; it offers [5, 10, 20]"),
+        (["--shots", "7"], "suite 'sinusoid' has no setting with shots [7]; it offers: K=5, K=10, K=20"),
     ],
 )
 def test_bad_input_gives_one_clear_line(tmp_path, args, message):

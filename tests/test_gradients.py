@@ -20,7 +20,8 @@ def tiny_batch(tasks: int = 4, shots: int = 5) -> Episode:
     suite = Sinusoid()
     setting = suite.settings()[0]
     batch = suite.sample_batch("train", setting, seed=3, indices=range(tasks))
-    return Episode(*(field.double() for field in batch))
+    return batch._replace(support_x=batch.support_x.double(), support_y=batch.support_y.double(),
+                          query_x=batch.query_x.double(), query_y=batch.query_y.double())
 
 
 def build(learner_class, **overrides):
@@ -114,7 +115,7 @@ def test_adaptation_layer_meta_gradient_matches_unrolled_reference():
     learner, network = build(AdaptationLayer, inner_lr=1.0, inner_steps=2, context_dim=3)
     batch = tiny_batch()
     weights = list(network.parameters())
-    context_map = learner.slow["context_map.weight"]
+    context_map = learner.slow["shift.weight"]
     parameters = [*weights, context_map]
     losses = []
     for task in range(batch.support_x.shape[0]):
@@ -126,7 +127,7 @@ def test_adaptation_layer_meta_gradient_matches_unrolled_reference():
         losses.append(F.mse_loss(manual_mlp(weights, batch.query_x[task], context_map @ context), batch.query_y[task]))
     reference = flat_grad(torch.stack(losses).mean(), parameters)
     ours = flat_grad(learner.meta_loss(batch), [learner.slow[name] for name in learner.slow])
-    # our parameter order is head.0, tail..., context_map: the same tensors as `parameters`
+    # our parameter order is head.0, tail..., shift: the same tensors as `parameters`
     assert torch.allclose(ours, reference, atol=TOLERANCE, rtol=0)
 
 
@@ -169,6 +170,7 @@ def test_conv4_batch_norm_second_order_meta_gradient_under_vmap_matches_unbatche
         torch.randint(0, 3, (tasks, 6), generator=generator),
         torch.randn(tasks, 9, 1, 16, 16, generator=generator, dtype=torch.float64),
         torch.randint(0, 3, (tasks, 9), generator=generator),
+        torch.zeros(tasks, 0, dtype=torch.long),
     )
     names, weights = zip(*network.named_parameters())
     ours = flat_grad(learner.meta_loss(batch), list(weights))

@@ -15,7 +15,7 @@ from bench.api import SPLITS, Learner, episode_entropy
 from bench.config import RunConfig
 from bench.plugins import PluginSource, load_plugins
 from bench.report import summarize
-from bench.grid import learner_configs, plan
+from bench.grid import plan
 from bench.runner import HostContext, run_cells
 from bench.store import RunStore
 from bench_plugins.suites.sinusoid import Sinusoid
@@ -105,7 +105,7 @@ def run(tmp_path, learners, **overrides):
     config = RunConfig(**{**values, **overrides})
     store = RunStore(tmp_path / "run")
     store.open({"test": True}, {})
-    run_cells(plan(config, registry), learner_configs(config, registry), config, store, torch.device("cpu"),
+    run_cells(plan(config, registry), config, store, torch.device("cpu"),
               show_progress=False)
     return store
 

@@ -3,38 +3,59 @@ from __future__ import annotations
 
 import dataclasses
 
-from bench.api import MetaTrainContext
+from typing import Any
+
+from bench.api import MetaTrainContext, Setting, TaskKind, TaskSuite
 from bench_plugins.learners._gradient import GradientConfig, GradientMetaLearner
+from bench_plugins.learners.maml import MAML
 
 
 @dataclasses.dataclass
 class AdaptationLayerConfig(GradientConfig):
-    """CAVIA's sinusoid defaults: 5 context parameters, inner lr 1.0, 1 inner step, 25 tasks, Adam 1e-3."""
+    """CAVIA's sinusoid defaults: 5 context parameters shifting the first layer, inner lr 1.0, 1 inner step, 25 tasks, Adam 1e-3."""
 
     inner_lr: float = 1.0
     context_dim: int = 5
     layer: int = 0
+    scale: bool = False
+
+
+IMAGE_DEFAULTS = {
+    # CAVIA's image design: 100 context parameters, FiLM (scale and shift) after the third block's
+    # batch norm (module 9 of the standard Conv-4: conv, norm, relu, pool per block), inner lr 1.0.
+    # Inner steps and meta-batch follow MAML's paper settings for the same suite setting.
+    "context_dim": 100, "layer": 9, "scale": True, "inner_lr": 1.0,
+}
 
 
 class AdaptationLayer(GradientMetaLearner):
     """Adaptation layer (CAVIA): a meta-learned network; each task adapts only a small context vector.
 
     Design: a context vector phi (``context_dim`` numbers) is reset to zero for every task and
-    shifts the output of backbone module ``layer`` by ``W @ phi`` (for the first layer this is
-    exactly CAVIA's concatenation of phi to the input). Inner loop: phi <- phi - beta * grad_phi
-    L(theta, phi; support). Outer loop: Adam on theta (backbone and W) through the inner loop, second
-    order. The initial phi stays zero, as in CAVIA (a learned one would duplicate the layer's bias).
+    modulates the output of backbone module ``layer``: a shift ``W_shift @ phi`` (sinusoid default:
+    the first layer, exactly CAVIA's concatenation of phi to the input), with ``scale`` also a FiLM
+    scale ``1 + W_scale @ phi`` (image default: 100 context numbers after the third conv block's batch
+    norm, as CAVIA). Inner loop: phi <- phi - beta * grad_phi L(theta, phi; support). Outer loop: Adam on
+    theta (backbone and W) through the inner loop, second order. The initial phi stays zero, as in
+    CAVIA (a learned one would duplicate the layer's bias).
     """
 
     Config = AdaptationLayerConfig
+
+    @classmethod
+    def suite_defaults(cls, suite: TaskSuite, setting: Setting) -> dict[str, Any]:
+        if suite.kind is not TaskKind.CLASSIFICATION:
+            return {}
+        return {**MAML.suite_defaults(suite, setting), **IMAGE_DEFAULTS}
 
     def build(self, ctx: MetaTrainContext) -> None:
         from torch.func import functional_call
 
         from bench.nn.functional import InnerLoop
-        from bench.nn.modulation import ContextShifted
+        from bench.nn.modulation import ContextModulated
 
-        network = ContextShifted(ctx.backbone(), self.config.context_dim, self.config.layer, ctx.generator)
+        config = self.config
+        network = ContextModulated(ctx.backbone(), config.context_dim, config.layer, config.scale, ctx.generator)
         network.to(ctx.device)
         self.loop = InnerLoop(
             forward=lambda fast, slow, x: functional_call(network, slow, (x, fast["context"])),

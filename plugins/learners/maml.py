@@ -2,14 +2,24 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
-from bench.api import MetaTrainContext
+from bench.api import MetaTrainContext, Setting, TaskSuite
 from bench_plugins.learners._gradient import GradientConfig, GradientMetaLearner
 
 
 @dataclasses.dataclass
 class MAMLConfig(GradientConfig):
     """Defaults of the MAML paper's sinusoid experiment: alpha 0.01, 1 inner step, 25 tasks, Adam 1e-3."""
+
+
+PAPER_DEFAULTS = {
+    # Finn et al. 2017, classification: (suite, ways, shots) -> inner lr, inner steps, meta-batch.
+    ("omniglot", 5): {"inner_lr": 0.4, "inner_steps": 1, "meta_batch": 32},
+    ("omniglot", 20): {"inner_lr": 0.1, "inner_steps": 5, "meta_batch": 16},
+    ("miniimagenet", 5, 1): {"inner_lr": 0.01, "inner_steps": 5, "meta_batch": 4},
+    ("miniimagenet", 5, 5): {"inner_lr": 0.01, "inner_steps": 5, "meta_batch": 2},
+}
 
 
 class MAML(GradientMetaLearner):
@@ -20,6 +30,12 @@ class MAML(GradientMetaLearner):
     """
 
     Config = MAMLConfig
+
+    @classmethod
+    def suite_defaults(cls, suite: TaskSuite, setting: Setting) -> dict[str, Any]:
+        """The paper's settings for Omniglot and mini-ImageNet; the sinusoid ones otherwise."""
+        return dict(PAPER_DEFAULTS.get((suite.name, setting.ways, setting.shots))
+                    or PAPER_DEFAULTS.get((suite.name, setting.ways), {}))
 
     def build(self, ctx: MetaTrainContext) -> None:
         from torch.func import functional_call

@@ -40,7 +40,8 @@ class Sinusoid(TaskSuite):
         amplitude, phase = rng.uniform(*self.AMPLITUDE), rng.uniform(*self.PHASE)
         x = rng.uniform(*self.INPUT, size=(setting.shots + query, 1))
         x, y = (torch.from_numpy(values.astype(np.float32)) for values in (x, amplitude * np.sin(x - phase)))
-        return Episode(x[: setting.shots], y[: setting.shots], x[setting.shots :], y[setting.shots :])
+        no_classes = torch.zeros(0, dtype=torch.long)
+        return Episode(x[: setting.shots], y[: setting.shots], x[setting.shots :], y[setting.shots :], no_classes)
 
     def backbone(self, setting: Setting) -> "nn.Module":
         from bench.nn.backbones import mlp
