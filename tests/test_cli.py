@@ -73,7 +73,8 @@ def test_plugins_lists_builtins_with_their_distribution():
     listed = json.loads(result.stdout)
     names = {(entry["kind"], entry["name"]) for entry in listed["plugins"]}
     assert names == {("learner", "maml"), ("learner", "fomaml"), ("learner", "adaptation-layer"),
-                     ("learner", "finetune"), ("suite", "omniglot"), ("suite", "sinusoid")}
+                     ("learner", "finetune"), ("suite", "miniimagenet"), ("suite", "omniglot"),
+                     ("suite", "sinusoid")}
     assert all(entry["distribution"] == "metabench" and entry["description"] for entry in listed["plugins"])
     assert listed["problems"] == []
     table = run_bench("plugins").stdout
@@ -147,7 +148,7 @@ def test_config_file_and_overrides(tmp_path):
     ("args", "message"),
     [
         (["--learners", "mamll"], f"unknown learner 'mamll'; valid learners: all, {BUILTIN_LEARNERS}"),
-        (["--suites", "omniglotx"], "unknown suite 'omniglotx'; valid suites: all, omniglot, sinusoid"),
+        (["--suites", "omniglotx"], "unknown suite 'omniglotx'; valid suites: all, miniimagenet, omniglot, sinusoid"),
         (["--set", "maml.innr_lr=0.1"], "--set maml.innr_lr: learner 'maml' has no hyper-parameter 'innr_lr'; valid: inner_lr, inner_steps, meta_batch, outer_lr"),
         (["--set", "maml.inner_lr=fast"], "--set maml.inner_lr: expected float, got 'fast'"),
         (["--set", "maml.inner_steps=1.5"], "--set maml.inner_steps: expected int, got '1.5'"),

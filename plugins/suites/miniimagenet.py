@@ -1,0 +1,231 @@
+"""mini-ImageNet few-shot classification (Vinyals et al. 2016) in the split of Ravi & Larochelle (2017)."""
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+import pickle
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from bench.errors import DataError
+from bench_plugins.suites._images import ClassPool, FewShotImageSuite
+from bench_plugins.suites.omniglot import cache_dir, load_cached, write_cache
+
+if TYPE_CHECKING:
+    import numpy as np
+
+PICKLE_NAMES = {"train": "mini-imagenet-cache-train.pkl", "val": "mini-imagenet-cache-validation.pkl",
+                "test": "mini-imagenet-cache-test.pkl"}
+CSV_NAMES = {"train": "train.csv", "val": "val.csv", "test": "test.csv"}
+CSV_HEADER = ["filename", "label"]
+IMAGES_FOLDER = "images"
+CACHE_FORMAT = "miniimagenet-84px-rgb-lanczos-v1"
+
+
+def _numpy_globals() -> dict[tuple[str, str], Any]:
+    """The only globals a pickled uint8 ndarray needs, under numpy 1.x and 2.x module names."""
+    import numpy as np
+
+    try:
+        from numpy._core import multiarray, numeric  # numpy >= 2
+    except ImportError:
+        from numpy.core import multiarray, numeric  # numpy 1.x
+    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                                           # protocols 0-2 store raw bytes as _codecs.encode(str, "latin1")
+                                           ("_codecs", "encode"): codecs.encode}
+    for package in ("numpy.core", "numpy._core"):
+        allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{package}.multiarray", "scalar")] = multiarray.scalar
+        allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer  # protocol 5
+    return allowed
+
+
+class NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays; refuses every other global (no code runs)."""
+
+    def __init__(self, stream: Any, path: Path) -> None:
+        super().__init__(stream, encoding="latin1")  # latin1: also reads Python 2 era caches
+        self.path = path
+        self.allowed = _numpy_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self.allowed[(module, name)]
+        except KeyError:
+            raise DataError(f"miniimagenet: {self.path} refers to {module}.{name}, which is not a numpy array "
+                            f"part; refused to unpickle it (a mini-ImageNet cache holds only numpy arrays)") from None
+
+
+def read_pickle(path: Path) -> dict:
+    """A ``{"image_data": ..., "class_dict": ...}`` cache, unpickled with numpy globals only."""
+    try:
+        with path.open("rb") as stream:
+            data = NumpyOnlyUnpickler(stream, path).load()
+    except DataError:
+        raise
+    except Exception as error:  # a corrupt pickle raises almost anything: EOFError, UnpicklingError, ValueError, ...
+        raise DataError(f"miniimagenet: cannot read {path}: {type(error).__name__}: {_one_line(error)}; "
+                        f"expected a pickled dict with image_data and class_dict") from None
+    if not isinstance(data, dict) or not {"image_data", "class_dict"} <= data.keys():
+        raise DataError(f"miniimagenet: {path} is not a mini-ImageNet cache; expected a pickled dict with "
+                        f"image_data and class_dict")
+    return data
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or "no details"
+
+
+def _same_count(counts: dict[str, int], source: Path, what: str) -> int:
+    """The images per class (the most common count); DataError naming a class that differs."""
+    expected = Counter(counts.values()).most_common(1)[0][0]
+    for name, count in counts.items():
+        if count != expected:
+            raise DataError(f"miniimagenet: class {name} in {source} has {count} {what}; the other classes have "
+                            f"{expected} (every class needs the same number)")
+    return expected
+
+
+class MiniImageNet(FewShotImageSuite):
+    """mini-ImageNet: 100 ImageNet classes x 600 images, 84x84 RGB; 5-way 1/5-shot; Conv-4 (32 filters).
+
+    Reads either layout from ``--data-dir`` (``DIR/miniimagenet`` or ``DIR``) or $METABENCH_DATA_DIR,
+    checked per split in this order:
+
+    1. the pickle caches learn2learn and others use, ``mini-imagenet-cache-{train,validation,test}.pkl``,
+       each a dict ``{"image_data": uint8 [N, 84, 84, 3], "class_dict": {class: [indices]}}``. They are
+       unpickled with a restricted unpickler that allows only the numpy array globals, so a tampered
+       file cannot run code: any other global is refused with an error;
+    2. ``images/`` with the Ravi & Larochelle split files ``train.csv``, ``val.csv``, ``test.csv``
+       (header ``filename,label``); each image is decoded with Pillow as RGB and Lanczos-resized to
+       84x84 where needed. The decoded split is cached in $METABENCH_CACHE_DIR (default
+       ~/.cache/metabench), keyed by the CSV and every image's path, size and mtime, verified by a
+       checksum on load and rebuilt when missing, stale or corrupt.
+
+    Split (Ravi & Larochelle): 64 meta-train, 16 meta-validation and 20 meta-test classes, 600 images
+    each; classes are sorted by name, and every class of a split must have the same number of
+    images. Meta-train tasks carry K query images per class (as MAML's code), test tasks 15. No copy
+    of mini-ImageNet exists where this suite was written: the loader is tested on tiny generated data
+    sets in both layouts.
+    """
+
+    name = "miniimagenet"
+    ROOT_FOLDER = "miniimagenet"
+    WAYS_SHOTS = ((5, 1), (5, 5))
+    IMAGE_SIZE = 84
+    CHANNELS = 3
+    FILTERS = 32
+    budgets: ClassVar[dict[str, dict[str, int]]] = {
+        "smoke": {"meta_train_tasks": 8, "test_episodes": 3},
+        "quick": {"meta_train_tasks": 800, "test_episodes": 100},
+        "paper": {"meta_train_tasks": 60_000 * 4},  # MAML: 60,000 iterations of meta-batch 4 (5-shot: 2)
+    }
+
+    LAYOUT = ("mini-imagenet-cache-{train,validation,test}.pkl, or images/ with the split files "
+              "train.csv, val.csv, test.csv")
+
+    def looks_like_root(self, path: Path) -> bool:
+        return any((path / name).is_file() for name in (*PICKLE_NAMES.values(), *CSV_NAMES.values()))
+
+    def load_pool(self, root: Path, split: str) -> ClassPool:
+        pickled, listed = root / PICKLE_NAMES[split], root / CSV_NAMES[split]
+        if pickled.is_file():
+            images = self.images_from_pickle(pickled)
+        elif listed.is_file():
+            images = self.images_from_csv(root, listed)
+        else:
+            raise DataError(f"miniimagenet: {root} has no '{split}' split; expected {pickled.name}, "
+                            f"or {listed.name} with {IMAGES_FOLDER}/")
+        return ClassPool(images, rotations=1)
+
+    def images_from_pickle(self, path: Path) -> "np.ndarray":
+        """uint8 [class, image, 84, 84, 3], classes sorted by name, images in class_dict order."""
+        import numpy as np
+
+        data = read_pickle(path)
+        images, class_dict = data["image_data"], data["class_dict"]
+        size = (self.IMAGE_SIZE, self.IMAGE_SIZE, self.CHANNELS)
+        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.shape[1:] != size:
+            found = f"{images.dtype} {list(images.shape)}" if isinstance(images, np.ndarray) else type(images).__name__
+            raise DataError(f"miniimagenet: {path}: image_data is {found}; "
+                            f"expected uint8 [N, {', '.join(map(str, size))}]")
+        if not isinstance(class_dict, dict) or not class_dict:
+            raise DataError(f"miniimagenet: {path}: class_dict is empty or not a dict; expected {{class: [indices]}}")
+        names = sorted(class_dict, key=str)
+        indices = {}
+        for name in names:
+            try:
+                index = np.asarray(class_dict[name], dtype=np.int64).reshape(-1)
+            except (TypeError, ValueError):
+                raise DataError(f"miniimagenet: {path}: class {name} lists no integer indices") from None
+            if index.size and (index.min() < 0 or index.max() >= len(images)):
+                raise DataError(f"miniimagenet: {path}: class {name} indexes past image_data's {len(images)} images")
+            indices[name] = index
+        count = _same_count({name: len(index) for name, index in indices.items()}, path, "images")
+        if count == 0:
+            raise DataError(f"miniimagenet: {path}: the classes list no images")
+        return images[np.stack([indices[name] for name in names])]
+
+    def images_from_csv(self, root: Path, path: Path) -> "np.ndarray":
+        """uint8 [class, image, 84, 84, 3] decoded from ``images/``, classes sorted by name, CSV order within."""
+        classes = self.read_split_csv(root, path)
+        files = [file for name in sorted(classes) for file in classes[name]]
+        digest = hashlib.sha256(f"{CACHE_FORMAT}|{self.IMAGE_SIZE}\n".encode())
+        digest.update(path.read_bytes())
+        for file in files:
+            stat = file.stat()
+            digest.update(f"{file.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        shape = (len(classes), len(files) // len(classes), self.IMAGE_SIZE, self.IMAGE_SIZE, self.CHANNELS)
+        cache = cache_dir() / f"miniimagenet-{path.stem}-{digest.hexdigest()[:24]}.npz"
+        images = load_cached(cache)
+        if images is None or images.shape != shape:
+            images = self.decode(files).reshape(shape)
+            try:
+                write_cache(cache, images)
+            except OSError:
+                pass  # a read-only cache folder costs speed, not correctness
+        return images
+
+    def read_split_csv(self, root: Path, path: Path) -> dict[str, list[Path]]:
+        """Each class's image files, in CSV order; DataError for a bad header, row or missing file."""
+        classes: dict[str, list[Path]] = {}
+        try:
+            with path.open(newline="", encoding="utf-8") as stream:
+                rows = list(csv.reader(stream))
+        except (OSError, UnicodeDecodeError, csv.Error) as error:
+            raise DataError(f"miniimagenet: cannot read {path}: {_one_line(error)}") from None
+        if not rows or [cell.strip() for cell in rows[0]] != CSV_HEADER:
+            raise DataError(f"miniimagenet: {path} does not start with the header '{','.join(CSV_HEADER)}'")
+        for line, row in enumerate(rows[1:], start=2):
+            if not row:
+                continue
+            if len(row) != 2 or not row[0].strip() or not row[1].strip():
+                raise DataError(f"miniimagenet: {path} line {line}: expected 'filename,label', got {','.join(row)!r}")
+            file = root / IMAGES_FOLDER / row[0].strip()
+            if not file.is_file():
+                raise DataError(f"miniimagenet: {path} line {line} names {file}, which does not exist")
+            classes.setdefault(row[1].strip(), []).append(file)
+        if not classes:
+            raise DataError(f"miniimagenet: {path} lists no images")
+        _same_count({name: len(files) for name, files in classes.items()}, path, "images")
+        return classes
+
+    def decode(self, files: list[Path]) -> "np.ndarray":
+        """The images as uint8 [N, 84, 84, 3]: RGB, Lanczos-resized where they are another size."""
+        import numpy as np
+        from PIL import Image, UnidentifiedImageError
+
+        size = (self.IMAGE_SIZE, self.IMAGE_SIZE)
+        decoded = np.empty((len(files), *size, self.CHANNELS), dtype=np.uint8)
+        for position, file in enumerate(files):
+            try:
+                with Image.open(file) as image:
+                    image = image.convert("RGB")
+                    if image.size != size:
+                        image = image.resize(size, Image.LANCZOS)
+                    decoded[position] = np.asarray(image)
+            except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+                raise DataError(f"miniimagenet: cannot decode {file}: {_one_line(error)}") from None
+        return decoded
