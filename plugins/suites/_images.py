@@ -6,7 +6,10 @@ and metric are the same for all of them.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import tempfile
+import zipfile
 from abc import abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -20,6 +23,36 @@ if TYPE_CHECKING:
     from torch import nn
 
 DATA_DIR_ENV = "METABENCH_DATA_DIR"
+CACHE_DIR_ENV = "METABENCH_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """Where decoded images are cached: $METABENCH_CACHE_DIR, or ~/.cache/metabench."""
+    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "metabench")
+
+
+def load_cached(path: Path) -> "np.ndarray | None":
+    """The cached array, or None when the file is missing, unreadable or fails its checksum."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as cache:
+            images, checksum = cache["images"], str(cache["sha256"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    return images if hashlib.sha256(images.tobytes()).hexdigest() == checksum else None
+
+
+def write_cache(path: Path, images: "np.ndarray") -> None:
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    with os.fdopen(handle, "wb") as stream:
+        np.savez(stream, images=images, sha256=hashlib.sha256(images.tobytes()).hexdigest())
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(temporary, path)
 
 
 @dataclasses.dataclass

@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from bench.errors import DataError
-from bench_plugins.suites._images import ClassPool, FewShotImageSuite
-from bench_plugins.suites.omniglot import cache_dir, load_cached, write_cache
+from bench_plugins.suites._images import ClassPool, FewShotImageSuite, cache_dir, load_cached, write_cache
 
 if TYPE_CHECKING:
     import numpy as np

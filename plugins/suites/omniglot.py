@@ -12,21 +12,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from bench.errors import DataError
-from bench_plugins.suites._images import ClassPool, FewShotImageSuite
+from bench_plugins.suites._images import ClassPool, FewShotImageSuite, cache_dir, load_cached, write_cache
 
 if TYPE_CHECKING:
     import numpy as np
 
-CACHE_DIR_ENV = "METABENCH_CACHE_DIR"
 URL_ENV = "METABENCH_OMNIGLOT_URL"
 OFFICIAL_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
 PARTS = ("images_background", "images_evaluation")
 ZIP_MD5 = {"images_background": "68d2efa1b9178cc56df9314c21c6e718", "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811"}
 CACHE_FORMAT = "omniglot-28px-lanczos-inverted-v1"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "metabench")
 
 
 def character_folders(root: Path) -> list[Path]:
@@ -66,30 +61,6 @@ def decode(folders: list[Path], size: int) -> "np.ndarray":
                 raise DataError(f"omniglot: cannot decode {png}: {error}") from None
         characters.append(drawings)
     return 255 - np.asarray(characters, dtype=np.uint8)
-
-
-def load_cached(path: Path) -> "np.ndarray | None":
-    """The cached array, or None when the file is missing, unreadable or fails its checksum."""
-    import numpy as np
-
-    try:
-        with np.load(path, allow_pickle=False) as cache:
-            images, checksum = cache["images"], str(cache["sha256"])
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return None
-    return images if hashlib.sha256(images.tobytes()).hexdigest() == checksum else None
-
-
-def write_cache(path: Path, images: "np.ndarray") -> None:
-    import numpy as np
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    with os.fdopen(handle, "wb") as stream:
-        np.savez(stream, images=images, sha256=hashlib.sha256(images.tobytes()).hexdigest())
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
 
 
 class Omniglot(FewShotImageSuite):
