@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from bench.errors import BenchError
 
@@ -86,7 +87,12 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def _run_config(args: argparse.Namespace):
     """The file's values (validated alone, so errors name the file), then the given flags on top."""
-    from bench.config import ConfigError, build_run_config, parse_set_option, read_config_file
+    from bench.config import (
+        ConfigError,
+        build_run_config,
+        parse_set_option,
+        read_config_file,
+    )
 
     values: dict[str, Any] = {}
     if args.config:

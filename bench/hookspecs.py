@@ -1,7 +1,7 @@
 """The whole plugin contract: the hooks a metabench plugin may implement."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pluggy
 

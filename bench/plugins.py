@@ -10,9 +10,9 @@ import dataclasses
 import inspect
 import os
 import re
+from collections.abc import Callable, Iterable
 from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
-from typing import Callable, Iterable
 
 import pluggy
 

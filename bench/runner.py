@@ -1,4 +1,4 @@
-"""The grid of cells (suite x setting x learner x seed), meta-training under a shared budget, evaluation.
+"""Running cells: meta-training under a shared task budget, then the episodic evaluation.
 
 Each cell runs in isolation: an exception or a non-finite training loss fails that cell (error and
 traceback kept in its metadata) and the run goes on. Every finished cell is written at once.
@@ -9,8 +9,9 @@ import dataclasses
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -7,7 +7,6 @@ import sys
 
 import pandas as pd
 import pytest
-
 from helpers import run_bench
 
 SMOKE = ("--profile", "smoke", "--tasks", "50", "--episodes", "3", "--steps", "2", "--shots", "5", "--no-progress")

@@ -5,13 +5,13 @@ import types
 
 import pytest
 import torch
+from bench_plugins.learners.adaptation_layer import AdaptationLayer
+from bench_plugins.learners.maml import MAML, FirstOrderMAML
+from bench_plugins.suites.sinusoid import Sinusoid
 from torch.nn import functional as F
 
 from bench.api import Episode
 from bench.nn.backbones import mlp
-from bench_plugins.learners.adaptation_layer import AdaptationLayer
-from bench_plugins.learners.maml import MAML, FirstOrderMAML
-from bench_plugins.suites.sinusoid import Sinusoid
 
 TOLERANCE = 1e-8
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from bench_plugins.suites.sinusoid import Sinusoid
 
 from bench.protocol import evaluate
 from bench.runner import HostContext
-from bench_plugins.suites.sinusoid import Sinusoid
 
 K10 = Sinusoid().settings()[1]
 

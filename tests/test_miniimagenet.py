@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from bench_plugins.suites.miniimagenet import MiniImageNet
+from helpers import run_bench
 from PIL import Image
 
 from bench.errors import DataError
-from bench_plugins.suites.miniimagenet import MiniImageNet
-from helpers import run_bench
 
 SPLIT_CLASSES = {"train": 6, "val": 5, "test": 5}
 PER_CLASS = 21

@@ -7,13 +7,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from bench_plugins.suites.omniglot import Omniglot
+from helpers import run_bench
+from omniglot_data import stage
 
 from bench.errors import DataError
 from bench.protocol import evaluate
 from bench.runner import HostContext
-from bench_plugins.suites.omniglot import Omniglot
-from helpers import run_bench
-from omniglot_data import stage
 
 FIVE_WAY_ONE_SHOT = Omniglot().settings()[0]
 

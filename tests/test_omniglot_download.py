@@ -14,12 +14,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
-from bench.errors import DataError
 from bench_plugins.suites import omniglot
 from bench_plugins.suites.omniglot import Omniglot
 from helpers import run_bench
+from PIL import Image
+
+from bench.errors import DataError
 
 ALPHABETS = {"images_background": ("Latin", "Greek"), "images_evaluation": ("Futurama",)}
 CHARACTERS = ("character01", "character02")

@@ -9,16 +9,16 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import torch
+from bench_plugins.suites.sinusoid import Sinusoid
 
 from bench import hookimpl
 from bench.api import SPLITS, Learner, episode_entropy
 from bench.config import RunConfig
+from bench.grid import plan
 from bench.plugins import PluginSource, load_plugins
 from bench.report import summarize
-from bench.grid import plan
 from bench.runner import HostContext, run_cells
 from bench.store import RunStore
-from bench_plugins.suites.sinusoid import Sinusoid
 
 
 @dataclasses.dataclass

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 from abc import abstractmethod
-from typing import TYPE_CHECKING, ClassVar, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, ClassVar
 
 from bench.api import Episode, Learner, MetaTrainContext, Predictor, Support
 

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
-
 from typing import Any
 
-from bench.api import MetaTrainContext, Setting, TaskKind, TaskSuite
 from bench_plugins.learners._gradient import GradientConfig, GradientMetaLearner
 from bench_plugins.learners.maml import MAML
+
+from bench.api import MetaTrainContext, Setting, TaskKind, TaskSuite
 
 
 @dataclasses.dataclass

@@ -2,9 +2,18 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
-from bench.api import Learner, MetaTrainContext, Predictor, Setting, Support, TaskKind, TaskSuite
+from bench.api import (
+    Learner,
+    MetaTrainContext,
+    Predictor,
+    Setting,
+    Support,
+    TaskKind,
+    TaskSuite,
+)
 
 if TYPE_CHECKING:
     import torch

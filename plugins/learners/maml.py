@@ -4,8 +4,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from bench.api import MetaTrainContext, Setting, TaskSuite
 from bench_plugins.learners._gradient import GradientConfig, GradientMetaLearner
+
+from bench.api import MetaTrainContext, Setting, TaskSuite
 
 
 @dataclasses.dataclass

@@ -9,8 +9,15 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from bench_plugins.suites._images import (
+    ClassPool,
+    FewShotImageSuite,
+    cache_dir,
+    load_cached,
+    write_cache,
+)
+
 from bench.errors import DataError
-from bench_plugins.suites._images import ClassPool, FewShotImageSuite, cache_dir, load_cached, write_cache
 
 if TYPE_CHECKING:
     import numpy as np

@@ -11,8 +11,15 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from bench_plugins.suites._images import (
+    ClassPool,
+    FewShotImageSuite,
+    cache_dir,
+    load_cached,
+    write_cache,
+)
+
 from bench.errors import DataError
-from bench_plugins.suites._images import ClassPool, FewShotImageSuite, cache_dir, load_cached, write_cache
 
 if TYPE_CHECKING:
     import numpy as np
@@ -130,7 +137,9 @@ class Omniglot(FewShotImageSuite):
     @classmethod
     def download(cls, target: Path) -> None:
         """Fetch the official zips (MD5-verified) and unpack them into ``target/omniglot``."""
-        from http.client import HTTPException  # e.g. IncompleteRead: a connection cut mid-transfer
+        from http.client import (
+            HTTPException,  # e.g. IncompleteRead: a connection cut mid-transfer
+        )
 
         base = os.environ.get(URL_ENV, OFFICIAL_URL).rstrip("/")
         destination = target / cls.ROOT_FOLDER
