@@ -204,6 +204,22 @@ class Learner(ABC):
     def adapt(self, support: Support, steps: int) -> Iterator[Predictor]:
         """Adapt to one task; yield a predictor after each of 0..steps adaptation steps."""
 
+    @classmethod
+    def reference(cls) -> "type | None":
+        """Another implementation of the same algorithm (e.g. in learn2learn) that ``bench perf`` times
+        beside this one and checks for the same meta-gradient; None when there is none."""
+        return None
+
+    batched: ClassVar[bool] = False
+    """Whether ``adapt_batch`` is implemented; the host then adapts many test episodes at once."""
+
+    def adapt_batch(self, supports: Support, steps: int) -> Iterator[Predictor]:
+        """``adapt`` for a batch of tasks (leading task dimension on every tensor, in and out).
+
+        Optional (set ``batched = True``); it must give the same numbers as ``adapt`` episode by episode.
+        """
+        raise NotImplementedError
+
 
 def config_fields(config_class: type) -> dict[str, dataclasses.Field]:
     """The hyper-parameters of a learner's Config dataclass, by name."""

@@ -46,6 +46,23 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="print (and rewrite) the summary tables of a run folder")
     report.add_argument("run_dir", type=Path)
 
+    perf = sub.add_parser("perf", help="time meta-training and evaluation, beside reference implementations",
+                          description="Meta-training tasks/s, peak memory and evaluation episodes/s of learners on one "
+                                      "setting per suite; learners with a reference implementation (maml and fomaml: "
+                                      "learn2learn's MAML) are timed beside it and checked for the same meta-gradient.")
+    perf.add_argument("--learners", default="maml,fomaml,adaptation-layer,finetune", help="learners to time (default: %(default)s)")
+    perf.add_argument("--suites", default="sinusoid,omniglot", help="suites (default: %(default)s; a suite without its data is skipped with a warning)")
+    perf.add_argument("--shots", default="10,1", help="pick each suite's first setting with these shots (default: %(default)s)")
+    perf.add_argument("--ways", default="5", help="... and these ways, for classification (default: %(default)s)")
+    perf.add_argument("--data-dir", help="where suites find their data (default: $METABENCH_DATA_DIR)")
+    perf.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    perf.add_argument("--iterations", type=int, default=20, help="timed meta-training iterations per learner (default: 20)")
+    perf.add_argument("--warmup", type=int, default=3, help="untimed first iterations (default: 3)")
+    perf.add_argument("--eval-episodes", type=int, default=100, help="test episodes timed per learner (default: 100)")
+    perf.add_argument("--set", action="append", default=[], metavar="LEARNER.KEY=VALUE", help="hyper-parameter override (repeatable)")
+    perf.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
+    _add_plugin_flags(perf)
+
     data = sub.add_parser("data", help="fetch a suite's data set", description="Download and stage a suite's data set (where the suite has a downloader).")
     data.add_argument("suite", help="suite name, e.g. omniglot")
     data.add_argument("--download", type=Path, required=True, metavar="DIR", help="data folder to stage into; then run with --data-dir DIR")
@@ -192,7 +209,52 @@ def cmd_data(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "plugins": cmd_plugins, "report": cmd_report, "data": cmd_data}
+def cmd_perf(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from bench.config import build_run_config, parse_set_option
+    from bench.errors import DataError
+    from bench.grid import plan
+
+    overrides: dict[str, dict[str, str]] = {}
+    for option in args.set:
+        learner, key, value = parse_set_option(option)
+        overrides.setdefault(learner, {})[key] = value
+    config = build_run_config({"learners": args.learners, "suites": args.suites, "shots": args.shots, "ways": args.ways,
+                               "data_dir": args.data_dir, "device": args.device, "set": overrides}, origin="bench perf")
+    registry = _load_registry(args.strict)
+    cells = plan(config, registry)
+
+    from bench.perf import as_records, measure
+    from bench.runner import resolve_device
+
+    device = resolve_device(config.device)
+    rows, suites_done = [], {}
+    for cell in cells:
+        key = (cell.suite.name, cell.learner.name)
+        if key in suites_done or suites_done.get(cell.suite.name) is False:
+            continue  # one setting per suite: the first that matches
+        suite = cell.suite.cls(data_dir=Path(config.data_dir) if config.data_dir else None)
+        try:
+            suite.prepare()
+        except DataError as error:
+            print(f"warning: skipping suite '{cell.suite.name}': {error}", file=sys.stderr)
+            suites_done[cell.suite.name] = False
+            continue
+        suites_done[key] = True
+        print(f"timing {cell.learner.name} on {cell.suite.name} {cell.setting.name} ...", file=sys.stderr)
+        rows.extend(measure(cell, suite, device, args.iterations, args.warmup, args.eval_episodes))
+    records = as_records(rows)
+    print(tabulate(records, headers="keys", tablefmt="simple", floatfmt=".4g"))
+    if args.json:
+        args.json.write_text(json.dumps({"device": str(device), "rows": records}, indent=2) + "\n")
+    mismatched = [r for r in rows if r.gradient_rel_diff is not None and r.gradient_rel_diff > 1e-5]
+    for row in mismatched:
+        print(f"error: {row.learner} on {row.suite}: meta-gradient differs from the reference by {row.gradient_rel_diff:.2e}", file=sys.stderr)
+    return EXIT_CELLS_FAILED if mismatched else EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "plugins": cmd_plugins, "report": cmd_report, "data": cmd_data, "perf": cmd_perf}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -51,7 +51,8 @@ def plan(config: RunConfig, registry: Registry) -> list[Cell]:
         instance = suite.cls(data_dir=Path(config.data_dir) if config.data_dir else None)
         settings = instance.settings()
         chosen = [i for i, setting in enumerate(settings)
-                  if (not config.shots or setting.shots in config.shots) and (not config.ways or setting.ways in config.ways)]
+                  if (not config.shots or setting.shots in config.shots)
+                  and (not config.ways or setting.ways is None or setting.ways in config.ways)]
         if not chosen:
             offered = ", ".join(setting.name for setting in settings)
             wanted = " and ".join(f"{key} {value}" for key, value in (("shots", config.shots), ("ways", config.ways)) if value)

@@ -154,7 +154,7 @@ def run_cell(cell: Cell, config: RunConfig, device: torch.device,
             bar = tqdm(total=budget.test_episodes, desc=f"evaluate   {cell.label}", unit="episode",
                        disable=None if show_progress else True, leave=False, dynamic_ncols=True)
             metric, seconds = evaluate(learner, suite, cell.setting, cell.seed, budget.test_episodes,
-                                       budget.test_steps, device, on_episode=lambda: bar.update(1))
+                                       budget.test_steps, device, on_episodes=bar.update)
     except Exception as error:  # a plugin's failure fails its cell, not the run
         return {**metadata, "status": "failed", "error": f"{type(error).__name__}: {error}",
                 "traceback": traceback.format_exc(), "tasks_seen": context.tasks_seen}, None

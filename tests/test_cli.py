@@ -136,7 +136,8 @@ def test_config_file_and_overrides(tmp_path):
     result = run_bench("run", "--config", str(config), "--set", "maml.inner_steps=2", "--out", str(out), "--no-progress")
     assert result.returncode == 0, result.stderr
     hyperparameters = json.loads((out / "run.json").read_text())["config"]["hyperparameters"]
-    assert hyperparameters == {"maml @ sinusoid K=5": {"inner_lr": 0.02, "inner_steps": 2, "meta_batch": 25, "outer_lr": 0.001}}
+    assert hyperparameters == {"maml @ sinusoid K=5": {"inner_lr": 0.02, "inner_steps": 2, "meta_batch": 25,
+                                                       "outer_lr": 0.001, "chunk_tasks": 0}}
     yaml_config = tmp_path / "bench.yaml"
     yaml_config.write_text("learners: maml\nprofile: smoke\ntasks: 50\nepisodes: 2\nshots: 5\n")
     result = run_bench("run", "--config", str(yaml_config), "--out", str(tmp_path / "yaml"), "--no-progress")
@@ -148,7 +149,7 @@ def test_config_file_and_overrides(tmp_path):
     [
         (["--learners", "mamll"], f"unknown learner 'mamll'; valid learners: all, {BUILTIN_LEARNERS}"),
         (["--suites", "omniglotx"], "unknown suite 'omniglotx'; valid suites: all, miniimagenet, omniglot, sinusoid"),
-        (["--set", "maml.innr_lr=0.1"], "--set maml.innr_lr: learner 'maml' has no hyper-parameter 'innr_lr'; valid: inner_lr, inner_steps, meta_batch, outer_lr"),
+        (["--set", "maml.innr_lr=0.1"], "--set maml.innr_lr: learner 'maml' has no hyper-parameter 'innr_lr'; valid: inner_lr, inner_steps, meta_batch, outer_lr, chunk_tasks"),
         (["--set", "maml.inner_lr=fast"], "--set maml.inner_lr: expected float, got 'fast'"),
         (["--set", "maml.inner_steps=1.5"], "--set maml.inner_steps: expected int, got '1.5'"),
         (["--set", "inner_lr=0.1"], "expected LEARNER.KEY=VALUE"),

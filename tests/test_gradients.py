@@ -32,7 +32,7 @@ def build(learner_class, **overrides):
                                     generator=torch.Generator().manual_seed(1))
     learner.build(context)
     if learner_class is AdaptationLayer:
-        learner.slow = {name: tensor.double() for name, tensor in learner.slow.items()}
+        learner.slow = {name: tensor.detach().double().requires_grad_() for name, tensor in learner.slow.items()}
         learner.fast = {name: tensor.double() for name, tensor in learner.fast.items()}
     return learner, network
 
@@ -112,10 +112,9 @@ def test_vmapped_meta_batch_equals_mean_of_single_tasks(learner_class):
 
 
 def test_adaptation_layer_meta_gradient_matches_unrolled_reference():
-    learner, network = build(AdaptationLayer, inner_lr=1.0, inner_steps=2, context_dim=3)
+    learner, _ = build(AdaptationLayer, inner_lr=1.0, inner_steps=2, context_dim=3)
     batch = tiny_batch()
-    weights = list(network.parameters())
-    context_map = learner.slow["shift.weight"]
+    *weights, context_map = learner.slow.values()  # the backbone's weights, then the shift map
     parameters = [*weights, context_map]
     losses = []
     for task in range(batch.support_x.shape[0]):
@@ -126,8 +125,7 @@ def test_adaptation_layer_meta_gradient_matches_unrolled_reference():
             context = context - 1.0 * grad
         losses.append(F.mse_loss(manual_mlp(weights, batch.query_x[task], context_map @ context), batch.query_y[task]))
     reference = flat_grad(torch.stack(losses).mean(), parameters)
-    ours = flat_grad(learner.meta_loss(batch), [learner.slow[name] for name in learner.slow])
-    # our parameter order is head.0, tail..., shift: the same tensors as `parameters`
+    ours = flat_grad(learner.meta_loss(batch), parameters)
     assert torch.allclose(ours, reference, atol=TOLERANCE, rtol=0)
 
 
@@ -188,3 +186,15 @@ def test_conv4_batch_norm_second_order_meta_gradient_under_vmap_matches_unbatche
         losses.append(F.cross_entropy(forward(fast, batch.query_x[task]), batch.query_y[task]))
     reference = flat_grad(torch.stack(losses).mean(), list(weights))
     assert torch.allclose(ours, reference, atol=1e-10, rtol=1e-8), (ours - reference).abs().max()
+
+
+@pytest.mark.parametrize("learner_class", [MAML, AdaptationLayer])
+def test_chunked_meta_batch_gives_the_same_gradient(learner_class):
+    batch = tiny_batch(tasks=5)
+    gradients = []
+    for chunk in (0, 2):
+        learner, _ = build(learner_class, inner_steps=2, chunk_tasks=chunk)
+        loss = learner.accumulate_meta_gradient(batch)
+        gradients.append((loss, torch.cat([p.grad.flatten() for p in learner.meta_parameters()])))
+    (full_loss, full), (chunked_loss, chunked) = gradients
+    assert torch.allclose(full_loss, chunked_loss, atol=1e-12) and torch.allclose(full, chunked, atol=1e-12, rtol=0)

@@ -16,6 +16,7 @@ from bench.api import SPLITS, Learner, episode_entropy
 from bench.config import RunConfig
 from bench.grid import plan
 from bench.plugins import PluginSource, load_plugins
+from bench.protocol import evaluate
 from bench.report import summarize
 from bench.runner import HostContext, run_cells
 from bench.store import RunStore
@@ -205,3 +206,16 @@ def test_a_failing_learner_fails_only_its_cell(tmp_path, learner, message):
     assert "Traceback" in cells["bad"]["traceback"]
     assert cells["constant"]["status"] == "ok"
     assert set(store.records().learner) == {"constant"}
+
+
+@pytest.mark.parametrize("learner_name", ["maml", "fomaml", "adaptation-layer", "finetune"])
+def test_batched_evaluation_gives_the_same_numbers_as_one_at_a_time(registry, learner_name):
+    suite = Sinusoid()
+    setting = suite.settings()[1]
+    learner_class = registry.learners[learner_name].cls
+    learner = learner_class(learner_class.Config())
+    learner.meta_train(HostContext(suite, setting, 0, 2_000, torch.device("cpu"), lambda tasks, loss: None))
+    assert learner.batched
+    one_at_a_time, _ = evaluate(learner, suite, setting, 0, 60, 5, torch.device("cpu"), batched=False)
+    batched, _ = evaluate(learner, suite, setting, 0, 60, 5, torch.device("cpu"), batched=True)
+    np.testing.assert_allclose(batched, one_at_a_time, rtol=1e-5, atol=1e-7)

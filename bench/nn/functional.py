@@ -65,5 +65,18 @@ class InnerLoop:
             fast = detached(self.step(fast, slow, support.x, support.y, first_order=True))
             yield self._predictor(fast, slow)
 
+    def batched_trajectory(self, fast: Params, slow: Params, supports: Support, steps: int) -> Iterator[Predictor]:
+        """``trajectory`` for many tasks at once: ``supports`` and the predictors' inputs carry a leading
+        task dimension; one ``vmap`` over tasks replaces the per-task loop (same numbers up to float rounding)."""
+        tasks = supports.x.shape[0]
+        fast = {name: tensor.detach().expand(tasks, *tensor.shape) for name, tensor in fast.items()}
+        slow = detached(slow)
+        step = vmap(functools.partial(self.step, first_order=True), in_dims=(0, None, 0, 0))
+        forward = vmap(self.forward, in_dims=(0, None, 0))
+        yield functools.partial(forward, fast, slow)
+        for _ in range(steps):
+            fast = detached(step(fast, slow, supports.x, supports.y))
+            yield functools.partial(forward, fast, slow)
+
     def _predictor(self, fast: Params, slow: Params) -> Predictor:
         return lambda x: self.forward(fast, slow, x)

@@ -25,6 +25,8 @@ class GradientConfig:
     inner_steps: int = 1
     meta_batch: int = 25
     outer_lr: float = 1e-3
+    chunk_tasks: int = 0
+    """Vectorise at most this many tasks at a time (0: the whole meta-batch); less memory, same gradient."""
 
 
 class GradientMetaLearner(Learner):
@@ -44,17 +46,34 @@ class GradientMetaLearner(Learner):
         """Mean query loss of a batch of episodes after the inner loop; its gradient is the meta-gradient."""
         return self.loop.meta_loss(self.fast, self.slow, batch, self.config.inner_steps, self.first_order)
 
+    def accumulate_meta_gradient(self, batch: Episode) -> "torch.Tensor":
+        """Back-propagate the meta-loss of ``batch`` into the meta-parameters' ``.grad``, ``chunk_tasks``
+        tasks at a time (each chunk weighted by its share of the batch); return the meta-loss."""
+        tasks = batch.support_x.shape[0]
+        chunk = self.config.chunk_tasks or tasks
+        total = 0.0
+        for start in range(0, tasks, chunk):
+            part = Episode(*(field[start : start + chunk] for field in batch))
+            loss = self.meta_loss(part) * (part.support_x.shape[0] / tasks)
+            loss.backward()
+            total = total + loss.detach()
+        return total
+
     def meta_train(self, ctx: MetaTrainContext) -> None:
         import torch
 
         self.build(ctx)
         optimizer = torch.optim.Adam(self.meta_parameters(), lr=self.config.outer_lr)
         for batch in ctx.batches(self.config.meta_batch):
-            loss = self.meta_loss(batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = self.accumulate_meta_gradient(batch)
             optimizer.step()
-            ctx.log(loss.detach())
+            ctx.log(loss)
 
     def adapt(self, support: Support, steps: int) -> Iterator[Predictor]:
         return self.loop.trajectory(self.fast, self.slow, support, steps)
+
+    batched = True
+
+    def adapt_batch(self, supports: Support, steps: int) -> Iterator[Predictor]:
+        return self.loop.batched_trajectory(self.fast, self.slow, supports, steps)

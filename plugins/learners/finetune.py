@@ -117,18 +117,30 @@ class Finetune(Learner):
         return {"weight": like.new_zeros(self.ways, width), "bias": like.new_zeros(self.ways)}
 
     def adapt(self, support: Support, steps: int) -> Iterator[Predictor]:
+        return self._adapt(support, steps, batched=False)
+
+    batched = True
+
+    def adapt_batch(self, supports: Support, steps: int) -> Iterator[Predictor]:
+        return self._adapt(supports, steps, batched=True)
+
+    def _adapt(self, support: Support, steps: int, batched: bool) -> Iterator[Predictor]:
+        from torch.func import vmap
+
+        trajectory = self.loop.batched_trajectory if batched else self.loop.trajectory
         if not self.classification:
-            yield from self.loop.trajectory(self.weights, {}, support, steps)
+            yield from trajectory(self.weights, {}, support, steps)
             return
-        support_features = self.features(support.x)
-        head = self._fresh_head(support_features.shape[-1], support_features)
+        backbone = vmap(self.features) if batched else self.features
         seen: dict[str, "torch.Tensor"] = {}
 
         def features(x: "torch.Tensor") -> "torch.Tensor":
             """The frozen backbone's features, computed once for the query set all steps share."""
             if seen.get("x") is not x:
-                seen.update(x=x, features=self.features(x))
+                seen.update(x=x, features=backbone(x))
             return seen["features"]
 
-        for predictor in self.loop.trajectory(head, {}, Support(support_features, support.y), steps):
+        support_features = backbone(support.x)
+        head = self._fresh_head(support_features.shape[-1], support_features)
+        for predictor in trajectory(head, {}, Support(support_features, support.y), steps):
             yield lambda x, predictor=predictor: predictor(features(x))

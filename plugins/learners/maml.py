@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from typing import Any
 
 from bench_plugins.learners._gradient import GradientConfig, GradientMetaLearner
@@ -23,6 +24,14 @@ PAPER_DEFAULTS = {
 }
 
 
+def _learn2learn_reference(name: str) -> type | None:
+    if importlib.util.find_spec("learn2learn") is None:
+        return None
+    from bench_plugins.learners import l2l_reference
+
+    return getattr(l2l_reference, name)
+
+
 class MAML(GradientMetaLearner):
     """MAML, second order: meta-learns an initialisation; every weight adapts by SGD on the support set.
 
@@ -37,6 +46,11 @@ class MAML(GradientMetaLearner):
         """The paper's settings for Omniglot and mini-ImageNet; the sinusoid ones otherwise."""
         return dict(PAPER_DEFAULTS.get((suite.name, setting.ways, setting.shots))
                     or PAPER_DEFAULTS.get((suite.name, setting.ways), {}))
+
+    @classmethod
+    def reference(cls) -> type | None:
+        """The same algorithm in learn2learn (when installed), for ``bench perf``'s side-by-side check."""
+        return _learn2learn_reference("LearnToLearnMAML")
 
     def build(self, ctx: MetaTrainContext) -> None:
         from torch.func import functional_call
@@ -57,3 +71,7 @@ class FirstOrderMAML(MAML):
     """First-order MAML: as maml, but the meta-gradient ignores second derivatives (the query gradient at the adapted weights)."""
 
     first_order = True
+
+    @classmethod
+    def reference(cls) -> type | None:
+        return _learn2learn_reference("LearnToLearnFirstOrderMAML")

@@ -1,0 +1,128 @@
+"""``bench perf``: meta-training throughput, peak memory and evaluation speed of learners, with each
+learner's reference implementation (where it declares one, e.g. learn2learn) timed side by side on
+the identical configuration and checked for the same meta-gradient.
+
+Method: every learner meta-trains through the host's own context on the same task stream; each
+iteration is timed (with a device sync on CUDA), the first ``warmup`` are dropped and the median of
+the rest gives tasks/s. Peak memory is the CUDA allocator's peak on a GPU and the growth of the
+process's resident memory on a CPU (freed memory is handed back to the OS before each
+measurement). Evaluation: episodes/s over the test protocol (10 adaptation steps). All
+measurements run one after another in this one process.
+"""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import gc
+import statistics
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from bench.api import Episode, TaskSuite
+from bench.grid import Cell
+from bench.protocol import evaluate, synchronize
+from bench.runner import HostContext, PeakMemory
+
+GRADIENT_TOLERANCE = 1e-5
+
+
+@dataclasses.dataclass
+class PerfRow:
+    suite: str
+    setting: str
+    learner: str
+    implementation: str
+    meta_batch: int
+    train_tasks_per_s: float
+    train_peak_mib: float
+    eval_episodes_per_s: float | None
+    speedup_vs_reference: float | None = None
+    memory_vs_reference: float | None = None
+    gradient_rel_diff: float | None = None
+
+
+def _release_memory() -> None:
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the RSS baseline is just less tight
+        pass
+
+
+def _timed_training(learner, cell: Cell, suite: TaskSuite, device: torch.device, iterations: int, warmup: int) -> tuple[float, int, float]:
+    """Median tasks/s over ``iterations`` timed meta-training iterations, tasks per iteration, peak MiB."""
+    stamps: list[tuple[float, int]] = []
+
+    def on_batch(tasks: int, loss: float | None) -> None:
+        if tasks:
+            synchronize(device)
+            stamps.append((time.perf_counter(), tasks))
+
+    probe = _BatchSizeProbe(suite, cell.setting, 0, 0, device, on_batch)
+    learner.meta_train(probe)
+    batch_tasks = probe.asked
+    _release_memory()
+    context = HostContext(suite, cell.setting, 0, (warmup + iterations + 1) * batch_tasks, device, on_batch)
+    stamps.clear()
+    with PeakMemory(device) as memory:
+        baseline = memory.peak_rss
+        learner.meta_train(context)
+    rates = [tasks / (later - earlier) for (earlier, _), (later, tasks) in zip(stamps, stamps[1:])][warmup:]
+    peak = memory.as_dict()["peak_cuda_mib"] if device.type == "cuda" else (memory.peak_rss - baseline) / 2**20
+    return statistics.median(rates), batch_tasks, peak
+
+
+class _BatchSizeProbe(HostContext):
+    """A context that records how many tasks per iteration a learner asks for, and hands out none."""
+
+    asked: int = 0
+
+    def batches(self, meta_batch: int) -> Iterator[Episode]:
+        self.asked = meta_batch
+        return iter(())
+
+
+def _eval_speed(learner, cell: Cell, suite: TaskSuite, device: torch.device, episodes: int) -> float:
+    evaluate(learner, suite, cell.setting, 0, min(episodes, 5), 10, device)  # warm-up
+    start = time.perf_counter()
+    evaluate(learner, suite, cell.setting, 0, episodes, 10, device)
+    synchronize(device)
+    return episodes / (time.perf_counter() - start)
+
+
+def _meta_gradient(learner_class, cell: Cell, suite: TaskSuite, batch: Episode, device: torch.device) -> torch.Tensor:
+    """The meta-gradient of one batch from the seeded initial weights every implementation shares."""
+    learner = learner_class(cell.hyperparameters)
+    learner.build(HostContext(suite, cell.setting, 0, 0, device, lambda tasks, loss: None))
+    learner.accumulate_meta_gradient(batch)
+    return torch.cat([p.grad.flatten() for p in learner.meta_parameters()])
+
+
+def measure(cell: Cell, suite: TaskSuite, device: torch.device, iterations: int, warmup: int, eval_episodes: int) -> list[PerfRow]:
+    """Rows for one learner on one suite setting: the learner, then its reference implementation if any."""
+    implementations = [cell.learner.cls]
+    reference = cell.learner.cls.reference()
+    if reference is not None:
+        implementations.append(reference)
+    rows = []
+    for learner_class in implementations:
+        learner = learner_class(cell.hyperparameters)
+        tasks_per_s, batch_tasks, peak = _timed_training(learner, cell, suite, device, iterations, warmup)
+        rows.append(PerfRow(cell.suite.name, cell.setting.name, cell.learner.name,
+                            getattr(learner_class, "implementation", "metabench"), batch_tasks, tasks_per_s, peak,
+                            _eval_speed(learner, cell, suite, device, eval_episodes)))
+    if len(rows) == 2:
+        ours, theirs = rows
+        batch = suite.sample_batch("train", cell.setting, 0, range(ours.meta_batch)).to(device)
+        mine, other = (_meta_gradient(learner_class, cell, suite, batch, device) for learner_class in implementations)
+        ours.gradient_rel_diff = float((mine - other).abs().max() / other.abs().max())
+        ours.speedup_vs_reference = ours.train_tasks_per_s / theirs.train_tasks_per_s
+        ours.memory_vs_reference = ours.train_peak_mib / theirs.train_peak_mib if theirs.train_peak_mib > 0 else None
+    return rows
+
+
+def as_records(rows: list[PerfRow]) -> list[dict[str, Any]]:
+    return [dataclasses.asdict(row) for row in rows]
