@@ -138,8 +138,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.grid import plan
 
     cells = plan(config, registry)
-    for suite in {cell.suite.name: cell.suite for cell in cells}.values():  # data problems: one line, before any work
-        suite.cls(data_dir=Path(config.data_dir) if config.data_dir else None).prepare()
+    suites = {cell.suite.name: cell.suite for cell in cells}.values()
+    for suite in suites:  # data problems: one line, before any work
+        config.make_suite(suite.cls).prepare()
 
     from bench.environment import environment
     from bench.runner import default_run_dir, resolve_device, run_cells
@@ -149,7 +150,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_dir = Path(config.out) if config.out else default_run_dir(config)
     resolved = {
         **dataclasses.asdict(config), "out": str(run_dir),
-        "budgets": {suite.name: dataclasses.asdict(config.budget_for(suite.cls)) for suite in {c.suite.name: c.suite for c in cells}.values()},
+        "budgets": {suite.name: dataclasses.asdict(config.budget_for(suite.cls)) for suite in suites},
         "hyperparameters": {f"{c.learner.name} @ {c.suite.name} {c.setting.name}": dataclasses.asdict(c.hyperparameters) for c in cells},
     }
     store = RunStore(run_dir)
@@ -225,7 +226,7 @@ def cmd_perf(args: argparse.Namespace) -> int:
     registry = _load_registry(args.strict)
     cells = plan(config, registry)
 
-    from bench.perf import as_records, measure
+    from bench.perf import GRADIENT_TOLERANCE, as_records, measure
     from bench.runner import resolve_device
 
     device = resolve_device(config.device)
@@ -234,7 +235,7 @@ def cmd_perf(args: argparse.Namespace) -> int:
         key = (cell.suite.name, cell.learner.name)
         if key in suites_done or suites_done.get(cell.suite.name) is False:
             continue  # one setting per suite: the first that matches
-        suite = cell.suite.cls(data_dir=Path(config.data_dir) if config.data_dir else None)
+        suite = config.make_suite(cell.suite.cls)
         try:
             suite.prepare()
         except DataError as error:
@@ -248,7 +249,7 @@ def cmd_perf(args: argparse.Namespace) -> int:
     print(tabulate(records, headers="keys", tablefmt="simple", floatfmt=".4g"))
     if args.json:
         args.json.write_text(json.dumps({"device": str(device), "rows": records}, indent=2) + "\n")
-    mismatched = [r for r in rows if r.gradient_rel_diff is not None and r.gradient_rel_diff > 1e-5]
+    mismatched = [r for r in rows if r.gradient_rel_diff is not None and r.gradient_rel_diff > GRADIENT_TOLERANCE]
     for row in mismatched:
         print(f"error: {row.learner} on {row.suite}: meta-gradient differs from the reference by {row.gradient_rel_diff:.2e}", file=sys.stderr)
     return EXIT_CELLS_FAILED if mismatched else EXIT_OK

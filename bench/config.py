@@ -72,6 +72,10 @@ class RunConfig:
             if value is not None and value < (0 if key == "steps" else 1):
                 raise ConfigError(f"{key}: must be {'>= 0' if key == 'steps' else 'positive'}, got {value}")
 
+    def make_suite(self, suite: type) -> Any:
+        """An instance of a suite class that reads its data from this run's data folder."""
+        return suite(data_dir=Path(self.data_dir) if self.data_dir else None)
+
     def budget_for(self, suite: type) -> Profile:
         """The profile for one suite (with the suite's own budgets, where it names any) and this run's overrides."""
         base = dataclasses.replace(PROFILES[self.profile], **suite.budgets.get(self.profile, {}))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from pathlib import Path
 from typing import Any
 
 from bench.api import Setting
@@ -48,7 +47,7 @@ def plan(config: RunConfig, registry: Registry) -> list[Cell]:
         learner_config(learner.name, learner.cls.Config, config.set.get(learner.name, {}))
     cells = []
     for suite in registry.select("suite", config.suites):
-        instance = suite.cls(data_dir=Path(config.data_dir) if config.data_dir else None)
+        instance = config.make_suite(suite.cls)
         settings = instance.settings()
         chosen = [i for i, setting in enumerate(settings)
                   if (not config.shots or setting.shots in config.shots)

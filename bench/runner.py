@@ -130,7 +130,7 @@ def run_cell(cell: Cell, config: RunConfig, device: torch.device,
         "learner_plugin": dataclasses.asdict(cell.learner.source), "suite_plugin": dataclasses.asdict(cell.suite.source),
         "task_budget": budget.meta_train_tasks, "test_episodes": budget.test_episodes, "test_steps": budget.test_steps,
     }
-    suite: TaskSuite = cell.suite.cls(data_dir=Path(config.data_dir) if config.data_dir else None)
+    suite: TaskSuite = config.make_suite(cell.suite.cls)
     reason = cell.learner.cls.unsupported_reason(suite)
     if reason:
         return {**metadata, "status": "n/a", "error": reason}, None
