@@ -185,4 +185,7 @@ def learner_config(learner: str, config_class: type, overrides: dict[str, Any]) 
             f"valid: {', '.join(fields)}"
         )
     typed = {key: coerce(value, hints[key], f"--set {learner}.{key}") for key, value in overrides.items()}
-    return config_class(**typed)
+    try:
+        return config_class(**typed)
+    except (TypeError, ValueError) as error:  # the Config's own validation (__post_init__)
+        raise ConfigError(f"--set {learner}: {error}") from None

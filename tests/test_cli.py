@@ -153,6 +153,7 @@ def test_config_file_and_overrides(tmp_path):
         (["--set", "maml.inner_lr=fast"], "--set maml.inner_lr: expected float, got 'fast'"),
         (["--set", "maml.inner_steps=1.5"], "--set maml.inner_steps: expected int, got '1.5'"),
         (["--set", "inner_lr=0.1"], "expected LEARNER.KEY=VALUE"),
+        (["--set", "finetune.head=svm"], "--set finetune: head must be 'linear' or 'cosine', got 'svm'"),
         (["--set", "reptile.lr=0.1"], "unknown learner 'reptile'"),
         (["--profile", "huge"], "unknown profile 'huge'; valid: smoke, quick, paper"),
         (["--seeds", "two"], "seeds: expected int, got 'two'"),

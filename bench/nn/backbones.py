@@ -50,3 +50,20 @@ def conv4(in_channels: int, filters: int, ways: int, image_size: int) -> nn.Sequ
         channels, size = filters, size // 2
     layers += [nn.Flatten(), nn.Linear(filters * size * size, ways)]
     return nn.Sequential(*layers)
+
+
+class CosineClassifier(nn.Module):
+    """Logits ``scale * cos(w_c, features)``: the head of Baseline++ (Chen et al. 2019)."""
+
+    def __init__(self, features: int, classes: int, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+        self.weight = nn.Parameter(nn.functional.normalize(torch.randn(classes, features), dim=-1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return cosine_logits(self.weight, features, self.scale)
+
+
+def cosine_logits(weight: torch.Tensor, features: torch.Tensor, scale: float) -> torch.Tensor:
+    normalize = nn.functional.normalize
+    return scale * normalize(features, dim=-1) @ normalize(weight, dim=-1).T

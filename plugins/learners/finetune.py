@@ -47,7 +47,8 @@ class Finetune(Learner):
     meta-training classes; at test time the backbone is frozen and a fresh head over the episode's
     ways is trained on the support features, one full-batch SGD step (lr ``inner_lr``, default 0.1)
     per adaptation step. ``head="linear"`` starts from zero weights (step 0 is chance);
-    ``head="cosine"`` is Baseline++: logits ``cosine_scale * cos(w_c, f)``, weights from a fixed seed.
+    ``head="cosine"`` is Baseline++: logits ``cosine_scale * cos(w_c, f)`` in pre-training and at test
+    time, the fresh head's rows unit vectors from a fixed seed.
     """
 
     Config = FinetuneConfig
@@ -61,15 +62,18 @@ class Finetune(Learner):
         from torch import nn
         from torch.func import functional_call
 
+        from bench.nn.backbones import CosineClassifier
         from bench.nn.functional import InnerLoop
 
         self.classification = ctx.suite.kind is TaskKind.CLASSIFICATION
         model = ctx.backbone()
         if self.classification:  # replace the N-way output layer by one over every training class
-            output = model[-1]
+            width, classes = model[-1].in_features, ctx.suite.num_classes("train")
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(torch.randint(2**62, (1,), generator=ctx.generator)))
-                model[-1] = nn.Linear(output.in_features, ctx.suite.num_classes("train")).to(ctx.device)
+                head = (CosineClassifier(width, classes, self.config.cosine_scale) if self.config.head == "cosine"
+                        else nn.Linear(width, classes))
+            model[-1] = head.to(ctx.device)
         optimizer = torch.optim.Adam(model.parameters(), lr=self.config.pretrain_lr)
         for batch in ctx.batches(self.config.batch_tasks):
             inputs, targets = self._pooled(batch)
@@ -102,18 +106,20 @@ class Finetune(Learner):
         return inputs, targets.flatten(0, 1)
 
     def _head_logits(self, head: dict[str, "torch.Tensor"], slow: dict, features: "torch.Tensor") -> "torch.Tensor":
-        from torch.nn import functional as F
+        from bench.nn.backbones import cosine_logits
 
         if self.config.head == "cosine":
-            return self.config.cosine_scale * F.normalize(features, dim=-1) @ F.normalize(head["weight"], dim=-1).T
+            return cosine_logits(head["weight"], features, self.config.cosine_scale)
         return features @ head["weight"].T + head["bias"]
 
     def _fresh_head(self, width: int, like: "torch.Tensor") -> dict[str, "torch.Tensor"]:
+        """Linear: zero weights (step 0 is chance). Cosine: unit-norm rows drawn from a fixed seed."""
         import torch
+        from torch.nn import functional as F
 
         if self.config.head == "cosine":
             generator = torch.Generator().manual_seed(0)
-            return {"weight": torch.randn(self.ways, width, generator=generator).to(like)}
+            return {"weight": F.normalize(torch.randn(self.ways, width, generator=generator), dim=-1).to(like)}
         return {"weight": like.new_zeros(self.ways, width), "bias": like.new_zeros(self.ways)}
 
     def adapt(self, support: Support, steps: int) -> Iterator[Predictor]:
