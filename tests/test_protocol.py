@@ -17,7 +17,7 @@ from bench.config import RunConfig
 from bench.grid import plan
 from bench.plugins import PluginSource, load_plugins
 from bench.protocol import evaluate
-from bench.report import summarize
+from bench.report import Report, summarize
 from bench.runner import HostContext, run_cells
 from bench.store import RunStore
 
@@ -219,3 +219,19 @@ def test_batched_evaluation_gives_the_same_numbers_as_one_at_a_time(registry, le
     one_at_a_time, _ = evaluate(learner, suite, setting, 0, 60, 5, torch.device("cpu"), batched=False)
     batched, _ = evaluate(learner, suite, setting, 0, 60, 5, torch.device("cpu"), batched=True)
     np.testing.assert_allclose(batched, one_at_a_time, rtol=1e-5, atol=1e-7)
+
+
+class DeclinesSinusoid(Constant):
+    """Declines the sinusoid suite, to exercise the "n/a" path."""
+
+    @classmethod
+    def unsupported_reason(cls, suite):
+        return "needs a regression suite" if suite.name == "sinusoid" else None
+
+
+def test_a_learner_that_does_not_apply_is_reported_not_applicable(tmp_path):
+    store = run(tmp_path, {"declines": DeclinesSinusoid, "constant": Constant})
+    cells = {cell["learner"]: cell for cell in store.cells()}
+    assert cells["declines"]["status"] == "n/a" and cells["declines"]["error"] == "needs a regression suite"
+    tables = Report(store.records(), store.cells()).tables()
+    assert "n/a: needs a regression suite" in tables
