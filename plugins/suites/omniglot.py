@@ -129,8 +129,13 @@ class Omniglot(FewShotImageSuite):
         val = round(self.STANDARD["val"] * scale)
         return {"train": order[:train], "val": order[train : train + val], "test": order[train + val :]}
 
+    _decoded: ClassVar[dict[str, "np.ndarray"]] = {}
+
     def load_pool(self, root: Path, split: str) -> ClassPool:
-        images = self.all_images(root)
+        key = str(root.resolve())
+        if key not in self._decoded:  # the three splits share one decode (or cache read) per root
+            self._decoded[key] = self.all_images(root)
+        images = self._decoded[key]
         indices = self.split_indices(images.shape[0])[split]
         return ClassPool(images[indices], rotations=4)
 
