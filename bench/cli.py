@@ -248,7 +248,9 @@ def cmd_perf(args: argparse.Namespace) -> int:
     records = as_records(rows)
     print(tabulate(records, headers="keys", tablefmt="simple", floatfmt=".4g"))
     if args.json:
-        args.json.write_text(json.dumps({"device": str(device), "rows": records}, indent=2) + "\n")
+        from bench.environment import environment
+
+        args.json.write_text(json.dumps({"environment": environment(registry, device), "rows": records}, indent=2) + "\n")
     mismatched = [r for r in rows if r.gradient_rel_diff is not None and r.gradient_rel_diff > GRADIENT_TOLERANCE]
     for row in mismatched:
         print(f"error: {row.learner} on {row.suite}: meta-gradient differs from the reference by {row.gradient_rel_diff:.2e}", file=sys.stderr)

@@ -4,9 +4,9 @@ the identical configuration and checked for the same meta-gradient.
 
 Method: every learner meta-trains through the host's own context on the same task stream; each
 iteration is timed (with a device sync on CUDA), the first ``warmup`` are dropped and the median of
-the rest gives tasks/s. Peak memory is the CUDA allocator's peak on a GPU and the growth of the
-process's resident memory on a CPU (freed memory is handed back to the OS before each
-measurement). Evaluation: episodes/s over the test protocol (10 adaptation steps). All
+the rest gives tasks/s. Peak memory is the CUDA allocator's peak on a GPU and, on a CPU, the peak
+growth of the C heap in use (``bench.memory``; resident memory where glibc's ``mallinfo2`` is
+missing), which, unlike resident memory, does not depend on what the allocator kept from earlier. Evaluation: episodes/s over the test protocol (10 adaptation steps). All
 measurements run one after another in this one process.
 """
 from __future__ import annotations
@@ -24,7 +24,8 @@ import torch
 from bench.api import Episode, TaskSuite
 from bench.grid import Cell
 from bench.protocol import evaluate, synchronize
-from bench.runner import HostContext, PeakMemory
+from bench.memory import PeakMemory
+from bench.runner import HostContext
 
 GRADIENT_TOLERANCE = 1e-5
 
@@ -68,10 +69,13 @@ def _timed_training(learner, cell: Cell, suite: TaskSuite, device: torch.device,
     context = HostContext(suite, cell.setting, 0, (warmup + iterations + 1) * batch_tasks, device, on_batch)
     stamps.clear()
     with PeakMemory(device) as memory:
-        baseline = memory.peak_rss
+        baseline_rss = memory.peak_rss
         learner.meta_train(context)
     rates = [tasks / (later - earlier) for (earlier, _), (later, tasks) in zip(stamps, stamps[1:])][warmup:]
-    peak = memory.as_dict()["peak_cuda_mib"] if device.type == "cuda" else (memory.peak_rss - baseline) / 2**20
+    if device.type == "cuda":
+        peak = memory.as_dict()["peak_cuda_mib"]
+    else:
+        peak = memory.heap_growth_mib if memory.heap_growth_mib is not None else (memory.peak_rss - baseline_rss) / 2**20
     return statistics.median(rates), batch_tasks, peak
 
 
@@ -93,11 +97,20 @@ def _eval_speed(learner, cell: Cell, suite: TaskSuite, device: torch.device, epi
     return episodes / (time.perf_counter() - start)
 
 
+class _Float64Context(HostContext):
+    """The host context with a float64 backbone, for the gradient check."""
+
+    def backbone(self) -> torch.nn.Module:
+        return super().backbone().double()
+
+
 def _meta_gradient(learner_class, cell: Cell, suite: TaskSuite, batch: Episode, device: torch.device) -> torch.Tensor:
-    """The meta-gradient of one batch from the seeded initial weights every implementation shares."""
+    """The meta-gradient of one batch from the seeded initial weights every implementation shares, in
+    float64, so that the check compares the algorithms rather than float32 summation orders (a compiled
+    graph sums in another order; second-order terms and batch norm amplify that to ~1e-4 in float32)."""
     learner = learner_class(cell.hyperparameters)
-    learner.build(HostContext(suite, cell.setting, 0, 0, device, lambda tasks, loss: None))
-    learner.accumulate_meta_gradient(batch)
+    learner.build(_Float64Context(suite, cell.setting, 0, 0, device, lambda tasks, loss: None))
+    learner.accumulate_meta_gradient(Episode(*(field.double() if field.is_floating_point() else field for field in batch)))
     return torch.cat([p.grad.flatten() for p in learner.meta_parameters()])
 
 

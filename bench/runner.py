@@ -6,7 +6,6 @@ traceback kept in its metadata) and the run goes on. Every finished cell is writ
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -15,13 +14,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import psutil
 import torch
 from tqdm.auto import tqdm
 
 from bench.api import Episode, Learner, MetaTrainContext, Setting, TaskSuite
 from bench.config import ConfigError, RunConfig
 from bench.grid import Cell
+from bench.memory import PeakMemory
 from bench.protocol import evaluate
 from bench.store import RunStore
 
@@ -84,37 +83,6 @@ class HostContext(MetaTrainContext):
         if not np.isfinite(value):
             raise NonFiniteLossError(f"training loss became {value} after {self.tasks_seen} tasks")
         return value
-
-
-class PeakMemory:
-    """Peak resident memory of this process (sampled) and peak CUDA memory, in MiB, over a block."""
-
-    def __init__(self, device: torch.device, interval: float = 0.01) -> None:
-        self.device, self.interval = device, interval
-        self.process = psutil.Process()
-        self.peak_rss = 0
-        self._stop = threading.Event()
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak_rss = max(self.peak_rss, self.process.memory_info().rss)
-
-    def __enter__(self) -> "PeakMemory":
-        self.peak_rss = self.process.memory_info().rss
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_rss = max(self.peak_rss, self.process.memory_info().rss)
-
-    def as_dict(self) -> dict[str, float | None]:
-        cuda = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None
-        return {"peak_rss_mib": self.peak_rss / 2**20, "peak_cuda_mib": cuda}
 
 
 def run_cell(cell: Cell, config: RunConfig, device: torch.device,

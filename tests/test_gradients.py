@@ -198,3 +198,31 @@ def test_chunked_meta_batch_gives_the_same_gradient(learner_class):
         gradients.append((loss, torch.cat([p.grad.flatten() for p in learner.meta_parameters()])))
     (full_loss, full), (chunked_loss, chunked) = gradients
     assert torch.allclose(full_loss, chunked_loss, atol=1e-12) and torch.allclose(full, chunked, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("learner_class", [MAML, FirstOrderMAML, AdaptationLayer])
+def test_pure_torch_func_meta_loss_has_the_eager_gradient(learner_class):
+    """The all-``torch.func`` meta-loss that ``compile=True`` compiles equals the eager one, gradient included."""
+    learner, _ = build(learner_class, inner_steps=2)
+    batch = tiny_batch(tasks=3)
+    weights = learner.meta_parameters()
+    eager = learner.meta_loss(batch)
+    pure = learner.loop.pure_meta_loss(learner.fast, learner.slow, batch, 2, learner.first_order)
+    assert torch.allclose(eager, pure, atol=1e-12)
+    assert torch.allclose(flat_grad(eager, weights), flat_grad(pure, weights), atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("learner_class", [MAML, FirstOrderMAML, AdaptationLayer])
+def test_compiled_meta_gradient_equals_eager(learner_class):
+    """``compile=True``: the torch.compile-d meta-gradient (full chunks) plus the eager short last chunk."""
+    batch = tiny_batch(tasks=5)
+    gradients = []
+    for compile_ in (False, True):
+        learner, _ = build(learner_class, inner_steps=2, chunk_tasks=2, compile=compile_)
+        loss = learner.accumulate_meta_gradient(batch)
+        gradients.append((loss, torch.cat([p.grad.flatten() for p in learner.meta_parameters()])))
+    (eager_loss, eager), (compiled_loss, compiled) = gradients
+    assert not compiled.requires_grad
+    assert torch.allclose(eager_loss, compiled_loss, atol=1e-10)
+    assert torch.allclose(eager, compiled, atol=1e-10, rtol=1e-8), (eager - compiled).abs().max()

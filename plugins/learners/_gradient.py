@@ -27,6 +27,9 @@ class GradientConfig:
     outer_lr: float = 1e-3
     chunk_tasks: int = 0
     """Vectorise at most this many tasks at a time (0: the whole meta-batch); less memory, same gradient."""
+    compile: bool = False
+    """Compute the meta-gradient with a ``torch.compile``-d ``torch.func`` graph: a one-off compile
+    (tens of seconds; needs a C++ compiler on CPU), then much less per-step overhead. Same gradient."""
 
 
 class GradientMetaLearner(Learner):
@@ -54,16 +57,40 @@ class GradientMetaLearner(Learner):
         total = 0.0
         for start in range(0, tasks, chunk):
             part = Episode(*(field[start : start + chunk] for field in batch))
-            loss = self.meta_loss(part) * (part.support_x.shape[0] / tasks)
-            loss.backward()
+            share = part.support_x.shape[0] / tasks
+            if self.config.compile and part.support_x.shape[0] == chunk:
+                loss = self._compiled_backward(part, share)
+            else:  # eager, also for a short last chunk (a new shape would cost a recompile)
+                loss = self.meta_loss(part) * share
+                loss.backward()
             total = total + loss.detach()
         return total
+
+    def _compiled_backward(self, batch: Episode, share: float) -> "torch.Tensor":
+        """Add ``share`` x the meta-gradient to ``.grad`` through the compiled graph; return share x loss."""
+        import torch
+
+        if not hasattr(self, "_compiled_meta_gradient"):
+            def meta_loss(fast: "Params", slow: "Params", batch: Episode) -> "torch.Tensor":
+                return self.loop.pure_meta_loss(fast, slow, batch, self.config.inner_steps, self.first_order)
+
+            self._compiled_meta_gradient = torch.compile(torch.func.grad_and_value(meta_loss, argnums=(0, 1)))
+        from bench.nn.functional import detached
+
+        # Detached inputs: the compiled graph is then a plain inference graph (nothing kept for a backward).
+        (fast_grads, slow_grads), loss = self._compiled_meta_gradient(detached(self.fast), detached(self.slow), batch)
+        for params, grads in ((self.fast, fast_grads), (self.slow, slow_grads)):
+            for name, tensor in params.items():
+                if tensor.requires_grad:
+                    step = grads[name] * share
+                    tensor.grad = step if tensor.grad is None else tensor.grad + step
+        return loss * share
 
     def meta_train(self, ctx: MetaTrainContext) -> None:
         import torch
 
         self.build(ctx)
-        optimizer = torch.optim.Adam(self.meta_parameters(), lr=self.config.outer_lr)
+        optimizer = torch.optim.Adam(self.meta_parameters(), lr=self.config.outer_lr, fused=True)
         for batch in ctx.batches(self.config.meta_batch):
             optimizer.zero_grad(set_to_none=True)
             loss = self.accumulate_meta_gradient(batch)

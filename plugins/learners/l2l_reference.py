@@ -2,6 +2,7 @@
 ``bench perf`` times and checks the built-in MAML against. Not registered as a learner."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,9 @@ class LearnToLearnMAML(MAML):
 
     implementation = "learn2learn"
     batched = False
+
+    def __init__(self, config: MAML.Config) -> None:
+        super().__init__(dataclasses.replace(config, compile=False))  # learn2learn's documented, eager usage
 
     def build(self, ctx: MetaTrainContext) -> None:
         import learn2learn

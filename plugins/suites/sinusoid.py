@@ -32,16 +32,24 @@ class Sinusoid(TaskSuite):
         return [Setting(name=f"K={shots}", shots=shots, query=self.TEST_QUERY) for shots in self.SHOTS]
 
     def sample_episode(self, split: str, setting: Setting, seed: int, index: int) -> Episode:
+        return Episode(*(field[0] for field in self.sample_batch(split, setting, seed, range(index, index + 1))))
+
+    def sample_batch(self, split: str, setting: Setting, seed: int, indices: range) -> Episode:
+        """Each episode drawn from its own seeded generator, then one float32 conversion for the batch."""
         import numpy as np
         import torch
 
-        rng = episode_rng(self.name, split, setting.name, seed, index)
         query = setting.query if split == "test" else setting.shots
-        amplitude, phase = rng.uniform(*self.AMPLITUDE), rng.uniform(*self.PHASE)
-        x = rng.uniform(*self.INPUT, size=(setting.shots + query, 1))
+        x = np.empty((len(indices), setting.shots + query, 1))
+        amplitude, phase = np.empty((len(indices), 1, 1)), np.empty((len(indices), 1, 1))
+        for row, index in enumerate(indices):
+            rng = episode_rng(self.name, split, setting.name, seed, index)
+            amplitude[row], phase[row] = rng.uniform(*self.AMPLITUDE), rng.uniform(*self.PHASE)
+            x[row] = rng.uniform(*self.INPUT, size=(setting.shots + query, 1))
         x, y = (torch.from_numpy(values.astype(np.float32)) for values in (x, amplitude * np.sin(x - phase)))
-        no_classes = torch.zeros(0, dtype=torch.long)
-        return Episode(x[: setting.shots], y[: setting.shots], x[setting.shots :], y[setting.shots :], no_classes)
+        no_classes = torch.zeros(len(indices), 0, dtype=torch.long)
+        shots = setting.shots
+        return Episode(x[:, :shots], y[:, :shots], x[:, shots:], y[:, shots:], no_classes)
 
     def backbone(self, setting: Setting) -> "nn.Module":
         from bench.nn.backbones import mlp
