@@ -10,6 +10,8 @@ from typing import Any
 
 from bench.errors import BenchError
 
+REPORT_FORMATS = ("md", "html", "latex", "csv")
+
 EXIT_OK, EXIT_CELLS_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -43,8 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     _add_plugin_flags(plugins)
 
-    report = sub.add_parser("report", help="print (and rewrite) the summary tables of a run folder")
+    report = sub.add_parser("report", help="rewrite a run folder's report; print it or write it in one format",
+                            description="Re-aggregate a run folder (also a partial one): rewrite its report.md, "
+                                        "report.html, summary.csv and figures/, and print the tables, or write one format.")
     report.add_argument("run_dir", type=Path)
+    report.add_argument("--format", choices=REPORT_FORMATS, help="print (or write to --out) this format: md, html, latex or csv")
+    report.add_argument("--out", type=Path, metavar="FILE", help="write the --format output here (Markdown figures go to figures/ beside it)")
 
     perf = sub.add_parser("perf", help="time meta-training and evaluation, beside reference implementations",
                           description="Meta-training tasks/s, peak memory and evaluation episodes/s of learners on one "
@@ -171,31 +177,62 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"\ninterrupted: finished cells are kept in {run_dir}; run the same command with --out {run_dir} to resume",
               file=sys.stderr)
         return 130
-    report = _write_report(store)
     failed = sum(cell["status"] == "failed" for cell in store.cells())
     store.write_run_file(resolved, env, status="finished" if not failed else "finished with failed cells")
-    print(report.tables(table_format="simple"))
-    print(f"Results: {run_dir}")
+    report, _ = _write_report(store)
+    from bench import render
+
+    print(render.text(report), end="")
+    print(f"Results: {run_dir} (report.md, report.html)")
     return EXIT_CELLS_FAILED if failed else EXIT_OK
 
 
 def _write_report(store):
-    """Aggregate a run folder's cells; save records.csv and summary.md; return the report."""
+    """Aggregate a run folder's cells; write records.csv and the report files into it; return the report."""
+    from bench import plots, render
     from bench.report import Report
 
     records = store.records()
-    report = Report(records, store.cells())
-    store.write_summary(records, report.tables(table_format="github"))
-    return report
+    report = Report(records, store.cells(), store.run_info())
+    figures = plots.figures(report)
+    store.write_report(records, {
+        "report.md": render.markdown(report, list(figures)),
+        "report.html": render.html_document(report, figures),
+        "summary.csv": render.csv(report),
+        **{f"figures/{name}": png for name, png in figures.items()},
+    })
+    return report, figures
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from bench.store import RunStore
+    from bench import render
+    from bench.store import RunStore, atomic_write_bytes
 
     store = RunStore(args.run_dir)
     store.run_info()
-    report = _write_report(store)
-    print(report.tables(table_format="simple"))
+    report, figures = _write_report(store)
+    if args.format is None:
+        if args.out is not None:
+            raise BenchError("--out needs --format (md, html, latex or csv)")
+        print(render.text(report), end="")
+        print(f"Report: {store.path / 'report.md'}, {store.path / 'report.html'}")
+        return EXIT_OK
+    output = {
+        "md": lambda: render.markdown(report, list(figures)),
+        "html": lambda: render.html_document(report, figures),
+        "latex": lambda: render.latex(report),
+        "csv": lambda: render.csv(report),
+    }[args.format]()
+    if args.out is None:
+        print(output, end="")
+        return EXIT_OK
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.format == "md":
+        (args.out.parent / "figures").mkdir(exist_ok=True)
+        for name, png in figures.items():
+            atomic_write_bytes(args.out.parent / "figures" / name, png)
+    atomic_write_bytes(args.out, output.encode())
+    print(f"wrote {args.out}", file=sys.stderr)
     return EXIT_OK
 
 

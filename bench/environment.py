@@ -5,6 +5,7 @@ import os
 import platform
 import subprocess
 import sys
+from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import torch
 
 from bench.plugins import Registry
 
-LIBRARIES = ("torch", "numpy", "pandas", "pluggy", "tabulate", "learn2learn")
+LIBRARIES = ("torch", "numpy", "scipy", "pandas", "matplotlib", "pluggy", "tabulate", "learn2learn")
 
 
 def _version(package: str) -> str | None:
@@ -48,6 +49,7 @@ def environment(registry: Registry, device: torch.device) -> dict[str, Any]:
         for registration in (*registry.learners.values(), *registry.suites.values())
     }
     return {
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),

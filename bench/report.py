@@ -1,159 +1,230 @@
-"""Aggregation of per-episode records into the summary tables (pandas in, tabulate out).
+"""The comparison report of one run: accuracy with significance, adaptation speed, cost, provenance.
 
-Statistics, over all episodes of all seeds of a cell group (suite, setting, learner):
-mean and 95% confidence interval ``1.96 * std / sqrt(n)``; the median; the count of non-finite
-episodes (divergence is reported, not hidden) and, where there are any, the mean over the finite
-episodes, labelled as such. Steps to 90% of the final gain are read off the median curve, which one
-diverging episode cannot move.
+Tables are built here as ``Table`` objects (cells as text, with the cells to set in bold); the
+formats (Markdown, HTML, LaTeX, CSV) are in ``bench.render`` and the figures in ``bench.plots``.
+The best learner of a setting is the one with the best mean at the final step; every other learner
+is tested against it on the shared episodes (``bench.stats.paired_comparison``).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from tabulate import tabulate
+
+from bench.stats import EPISODE_KEY, Comparison, paired_comparison, steps_to_fraction_of_gain, summarize
 
 GROUP = ["suite", "setting", "learner"]
 SPEED_STEPS = (0, 1, 2, 5, 10)
-Z_95 = 1.96
 
 
-def _finite_mean(values: pd.Series) -> float:
-    finite = values[np.isfinite(values)]
-    return float(finite.mean()) if len(finite) else math.nan
+@dataclasses.dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    bold: set[tuple[int, int]] = dataclasses.field(default_factory=set)
+    """(row, column) positions of the cells to emphasise."""
+    note: str = ""
 
 
-def summarize(records: pd.DataFrame) -> pd.DataFrame:
-    """One row per (suite, setting, learner, step): n, mean, ci95, median, nonfinite, finite_mean."""
-    grouped = records.groupby([*GROUP, "step"], sort=False)["metric"]
-    with np.errstate(invalid="ignore"):
-        summary = grouped.agg(
-            n="size",
-            mean="mean",
-            std=lambda values: values.std(ddof=1),
-            median="median",
-            nonfinite=lambda values: int((~np.isfinite(values)).sum()),
-            finite_mean=_finite_mean,
-        ).reset_index()
-    summary["ci95"] = Z_95 * summary["std"] / np.sqrt(summary["n"])
-    return summary
+def format_number(value: float | None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–" if value is None or math.isnan(value) else str(value)
+    return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"
 
 
-def steps_to_fraction_of_gain(curve: list[float], fraction: float = 0.9) -> int | None:
-    """First step whose improvement over step 0 reaches ``fraction`` of the final step's improvement.
-
-    ``curve`` is oriented so that lower is better. None when the final step improves nothing.
-    """
-    gains = [curve[0] - value for value in curve]
-    final = gains[-1]
-    if not np.isfinite(final) or final <= 0:
-        return None
-    return next(step for step, gain in enumerate(gains) if gain >= fraction * final)
-
-
-def _format(value: float, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:.3e}"
-
-
-def _mean_ci(row: pd.Series) -> str:
-    return f"{_format(row['mean'])} ± {_format(row['ci95'], 2)}"
+def format_p(comparison: Comparison) -> str:
+    if math.isnan(comparison.p_value):
+        return "no shared finite episodes"
+    p = f"p={comparison.p_value:.2g}" if comparison.p_value >= 1e-4 else "p<1e-4"
+    return p if comparison.significant else f"n.s. ({p})"
 
 
 class Report:
-    """Summary tables of one run, from its records and cell metadata."""
+    """Tables of one run, from its records (one row per episode x step) and cell metadata."""
 
-    def __init__(self, records: pd.DataFrame, cells: list[dict[str, Any]]) -> None:
+    def __init__(self, records: pd.DataFrame, cells: list[dict[str, Any]], run_info: dict[str, Any] | None = None) -> None:
         self.cells = pd.DataFrame(cells).sort_values(["suite", "setting_index", "learner", "seed"])
-        self.summary = summarize(records) if len(records) else pd.DataFrame()
+        self.records = records
+        self.summary = summarize(records, GROUP) if len(records) else pd.DataFrame(columns=[*GROUP, "step"])
+        self.run_info = run_info or {}
+
+    # -- groups and their data -------------------------------------------------------------------
+
+    def settings(self) -> list[tuple[str, str]]:
+        return list(dict.fromkeys(zip(self.cells["suite"], self.cells["setting"])))
+
+    def learners(self, suite: str, setting: str) -> list[str]:
+        cells = self.cells[(self.cells["suite"] == suite) & (self.cells["setting"] == setting)]
+        return list(dict.fromkeys(cells["learner"]))
 
     def _cell_info(self, suite: str, setting: str, learner: str) -> pd.DataFrame:
         cells = self.cells
         return cells[(cells["suite"] == suite) & (cells["setting"] == setting) & (cells["learner"] == learner)]
 
-    def _groups(self) -> list[tuple[str, str, str]]:
-        return list(dict.fromkeys(zip(self.cells["suite"], self.cells["setting"], self.cells["learner"])))
-
-    def _orientation(self, suite: str) -> tuple[str, bool]:
+    def orientation(self, suite: str) -> tuple[str, bool]:
+        """(metric name, lower is better) of a suite."""
         ok = self.cells[(self.cells["suite"] == suite) & (self.cells["status"] == "ok")]
         if ok.empty:
             return "metric", True
         return str(ok["metric_name"].iloc[0]), bool(ok["lower_is_better"].iloc[0])
 
-    def _status_note(self, suite: str, setting: str, learner: str) -> str | None:
-        """'n/a (reason)' or 'failed (error)' when no cell of the group succeeded."""
+    def status_note(self, suite: str, setting: str, learner: str) -> str | None:
+        """'n/a: reason' or 'failed: error' when no cell of the group succeeded."""
         info = self._cell_info(suite, setting, learner)
         if (info["status"] == "ok").any():
             return None
         first = info.iloc[0]
         return f"{first['status']}: {first.get('error', '')}"
 
-    def accuracy_rows(self) -> list[dict[str, Any]]:
-        rows = []
-        for suite, setting, learner in self._groups():
-            metric_name, lower_is_better = self._orientation(suite)
-            column = f"{metric_name} {'↓' if lower_is_better else '↑'} (mean ± 95% CI)"
-            row: dict[str, Any] = {"suite": suite, "setting": setting, "learner": learner}
-            note = self._status_note(suite, setting, learner)
-            if note:
-                rows.append({**row, column: note})
-                continue
-            curve = self._curve(suite, setting, learner)
-            final = curve.iloc[-1]
-            rows.append({
-                **row,
-                column: _mean_ci(final),
-                "median": _format(final["median"]),
-                "non-finite": f"{int(final['nonfinite'])}/{int(final['n'])}",
-                "mean of finite": _format(final["finite_mean"]) if final["nonfinite"] else "–",
-                "step": int(final["step"]),
-                "episodes": int(final["n"]),
-            })
-        return rows
-
-    def _curve(self, suite: str, setting: str, learner: str) -> pd.DataFrame:
+    def curve(self, suite: str, setting: str, learner: str) -> pd.DataFrame:
         s = self.summary
         return s[(s["suite"] == suite) & (s["setting"] == setting) & (s["learner"] == learner)].sort_values("step")
 
-    def speed_rows(self) -> list[dict[str, Any]]:
-        rows = []
+    def final_metric(self, suite: str, setting: str, learner: str) -> pd.Series:
+        """The metric after the last step, one value per (seed, episode)."""
+        r = self.records
+        group = r[(r["suite"] == suite) & (r["setting"] == setting) & (r["learner"] == learner)]
+        final = group[group["step"] == group["step"].max()]
+        return final.set_index(EPISODE_KEY)["metric"]
+
+    def ranked(self, suite: str, setting: str) -> list[str]:
+        """The learners with results, best final mean first."""
+        _, lower_is_better = self.orientation(suite)
+        means = {learner: self.curve(suite, setting, learner)["mean"].iloc[-1]
+                 for learner in self.learners(suite, setting) if self.status_note(suite, setting, learner) is None}
+        finite = {learner: mean for learner, mean in means.items() if np.isfinite(mean)}
+        order = sorted(finite, key=lambda learner: finite[learner], reverse=not lower_is_better)
+        return order + [learner for learner in means if learner not in finite]
+
+    def comparisons(self, suite: str, setting: str) -> dict[str, Comparison]:
+        """Each learner with results but the best, tested against the best."""
+        ranked = self.ranked(suite, setting)
+        if not ranked:
+            return {}
+        best = self.final_metric(suite, setting, ranked[0])
+        return {learner: paired_comparison(best, self.final_metric(suite, setting, learner)) for learner in ranked[1:]}
+
+    # -- tables ------------------------------------------------------------------------------------
+
+    def accuracy_table(self) -> Table:
+        columns = ["suite", "setting", "learner", "mean ± 95% CI", "median", "vs best (Wilcoxon)", "non-finite", "episodes"]
+        table = Table("Accuracy", columns, [], note=(
+            "Metric after the final adaptation step over all test episodes and seeds (↑ higher is better, "
+            "↓ lower is better). The best learner is in bold; every other learner is compared with it on the "
+            "same episodes by Wilcoxon's signed-rank test, n.s. = not significantly different at p < 0.05."))
+        for suite, setting in self.settings():
+            metric_name, lower_is_better = self.orientation(suite)
+            ranked, comparisons = self.ranked(suite, setting), self.comparisons(suite, setting)
+            for learner in self.learners(suite, setting):
+                row = [suite, setting, learner]
+                note = self.status_note(suite, setting, learner)
+                if note:
+                    table.rows.append(row + [note, "–", "–", "–", "–"])
+                    continue
+                final = self.curve(suite, setting, learner).iloc[-1]
+                if learner == ranked[0]:
+                    versus = "best"
+                    table.bold.add((len(table.rows), 3))
+                else:
+                    versus = format_p(comparisons[learner])
+                table.rows.append(row + [
+                    f"{metric_name} {'↓' if lower_is_better else '↑'} {format_number(final['mean'])} ± {format_number(final['ci95'], 2)}",
+                    format_number(final["median"]), versus,
+                    f"{int(final['nonfinite'])}/{int(final['n'])}" + (
+                        f" (finite mean {format_number(final['finite_mean'])})" if final["nonfinite"] else ""),
+                    str(int(final["n"])),
+                ])
+        return table
+
+    def speed_table(self) -> Table:
+        columns = ["suite", "setting", "learner", *(f"step {step}" for step in SPEED_STEPS), "steps to 90%", "adapt ms/episode"]
+        table = Table("Adaptation speed", columns, [], note=(
+            "Mean metric after each number of adaptation steps; steps to 90% of the final gain over step 0, "
+            "read off the median curve; wall-clock milliseconds to adapt one test episode through all steps."))
         for suite, setting, learner in self._groups():
-            row: dict[str, Any] = {"suite": suite, "setting": setting, "learner": learner}
-            note = self._status_note(suite, setting, learner)
+            row = [suite, setting, learner]
+            note = self.status_note(suite, setting, learner)
             if note:
-                rows.append({**row, "step 0": note})
+                table.rows.append(row + [note] + ["–"] * (len(columns) - 4))
                 continue
-            _, lower_is_better = self._orientation(suite)
-            curve = self._curve(suite, setting, learner)
-            by_step = curve.set_index("step")
-            for step in SPEED_STEPS:
-                row[f"step {step}"] = _format(by_step["mean"].get(step, math.nan))
+            _, lower_is_better = self.orientation(suite)
+            curve = self.curve(suite, setting, learner)
+            by_step = curve.set_index("step")["mean"]
             medians = curve["median"].tolist()
             reached = steps_to_fraction_of_gain(medians if lower_is_better else [-m for m in medians])
-            info = self._cell_info(suite, setting, learner)
-            info = info[info["status"] == "ok"]
-            row.update({
-                "steps to 90%": "–" if reached is None else reached,
-                "adapt ms/episode": _format(info["adapt_ms_per_episode"].mean()),
-                "meta-train s": _format(info["meta_train_seconds"].mean()),
-                "tasks seen": int(info["tasks_seen"].mean()),
-                "peak RSS MiB": _format(info["peak_rss_mib"].max(), 4),
-            })
-            rows.append(row)
-        return rows
+            info = self._ok_cells(suite, setting, learner)
+            table.rows.append(row + [format_number(by_step.get(step, math.nan)) for step in SPEED_STEPS] + [
+                "–" if reached is None else str(reached), format_number(info["adapt_ms_per_episode"].mean())])
+        return table
 
-    def tables(self, table_format: str = "github") -> str:
-        """Both summary tables, with headings, in ``table_format`` (tabulate's names)."""
+    def cost_table(self) -> Table:
+        columns = ["suite", "setting", "learner", "meta-train s", "tasks seen", "peak RSS MiB", "peak CUDA MiB", "device"]
+        table = Table("Cost", columns, [], note=(
+            "Meta-training wall-clock seconds and tasks (mean over seeds); peak resident memory of the process "
+            "and the CUDA allocator's peak during the cell (the largest over seeds)."))
+        for suite, setting, learner in self._groups():
+            row = [suite, setting, learner]
+            note = self.status_note(suite, setting, learner)
+            if note:
+                table.rows.append(row + [note, "–", "–", "–", "–"])
+                continue
+            info = self._ok_cells(suite, setting, learner)
+            cuda = info["peak_cuda_mib"].dropna() if "peak_cuda_mib" in info else pd.Series(dtype=float)
+            table.rows.append(row + [
+                format_number(info["meta_train_seconds"].mean()), f"{int(info['tasks_seen'].mean()):,}",
+                format_number(info["peak_rss_mib"].max(), 4), format_number(cuda.max(), 4) if len(cuda) else "–",
+                ", ".join(sorted(set(info["device"]))),
+            ])
+        return table
+
+    def tables(self) -> list[Table]:
+        return [self.accuracy_table(), self.speed_table(), self.cost_table()]
+
+    def _groups(self) -> list[tuple[str, str, str]]:
+        return [(suite, setting, learner) for suite, setting in self.settings() for learner in self.learners(suite, setting)]
+
+    def _ok_cells(self, suite: str, setting: str, learner: str) -> pd.DataFrame:
+        info = self._cell_info(suite, setting, learner)
+        return info[info["status"] == "ok"]
+
+    # -- provenance and machine-readable summary ----------------------------------------------------
+
+    def cell_counts(self) -> str:
         statuses = self.cells["status"].value_counts().to_dict()
-        notes = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
-        parts = [
-            "## Accuracy (metric after the final adaptation step; ↓ lower is better, ↑ higher is better)",
-            tabulate(self.accuracy_rows(), headers="keys", tablefmt=table_format),
-            "## Adaptation speed (mean metric after each step; steps to 90% of the final gain on the median curve)",
-            tabulate(self.speed_rows(), headers="keys", tablefmt=table_format),
-            f"Cells: {notes}.",
+        return ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
+
+    def provenance(self) -> list[tuple[str, str]]:
+        """What produced the run: command, seeds, profile, versions, plugins, git revision, device."""
+        config, environment = self.run_info.get("config", {}), self.run_info.get("environment", {})
+        libraries = environment.get("libraries", {})
+        items = [
+            ("command", " ".join(environment.get("command", [])) or "–"),
+            ("profile", str(config.get("profile", "–"))),
+            ("seeds", f"0..{config['seeds'] - 1}" if "seeds" in config else "–"),
+            ("started", str(environment.get("started", "–"))),
+            ("status", f"{self.run_info.get('status', '–')} ({self.cell_counts()})"),
+            ("metabench", f"{environment.get('metabench', '–')}, git {environment.get('git_revision') or '–'}"),
+            ("python", f"{environment.get('python', '–')} on {environment.get('platform', '–')}"),
+            ("libraries", ", ".join(f"{name} {version}" for name, version in libraries.items() if version) or "–"),
+            ("plugins", ", ".join(f"{name} ({source})" for name, source in environment.get("plugins", {}).items()) or "–"),
+            ("device", str(environment.get("device_name", "–"))),
         ]
-        return "\n\n".join(parts) + "\n"
+        return items
+
+    def summary_frame(self) -> pd.DataFrame:
+        """Every (suite, setting, learner, step) with n, mean, ci95, median, non-finite count, and at the
+        final step the test against the best learner (machine-readable; ``--format csv``)."""
+        summary = self.summary.copy()
+        summary["final_step"] = summary.groupby(GROUP)["step"].transform("max") == summary["step"]
+        summary["vs_best_test"] = summary["vs_best_p_value"] = summary["vs_best_difference"] = None
+        for suite, setting in self.settings():
+            for learner, comparison in self.comparisons(suite, setting).items():
+                where = ((summary["suite"] == suite) & (summary["setting"] == setting)
+                         & (summary["learner"] == learner) & summary["final_step"])
+                summary.loc[where, ["vs_best_test", "vs_best_p_value", "vs_best_difference"]] = (
+                    comparison.test, comparison.p_value, comparison.difference)
+        return summary.drop(columns=["std"])

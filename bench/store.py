@@ -7,7 +7,9 @@ Layout of ``results/<run-id>/``::
     cells/<cell>.json     the cell's metadata (status, timings, memory, configuration); written last,
                           so its presence marks the cell finished
     records.csv           all cells' records together (written at the end of a run)
-    summary.md            the summary tables
+    report.md             the comparison report (tables, figures/, provenance); also report.html
+    summary.csv           the report's numbers, machine-readable
+    figures/*.png         adaptation curves, metric vs. time, final-metric bars
 
 Everything is CSV or JSON: data anyone can open, never pickles. A run folder can be re-entered:
 finished cells are kept and skipped, and a folder holding a different configuration is refused.
@@ -29,25 +31,28 @@ FORMAT_VERSION = 1
 RUN_FILE = "run.json"
 CELLS_DIR = "cells"
 RECORDS_FILE = "records.csv"
-SUMMARY_FILE = "summary.md"
 
 
 class StoreError(BenchError, RuntimeError):
     """The results folder cannot be used; the message names the path and the problem."""
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a reader sees the old file or the new one, never a part."""
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never a part."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
@@ -127,9 +132,13 @@ class RunStore:
             atomic_write_text(self.cells_dir / f"{cell_id}.csv", records.to_csv(index=False))
         atomic_write_json(self.cells_dir / f"{cell_id}.json", metadata)
 
-    def write_summary(self, records: pd.DataFrame, summary_markdown: str) -> None:
+    def write_report(self, records: pd.DataFrame, files: dict[str, str | bytes]) -> None:
+        """``records.csv`` and the report's files (paths relative to the run folder), each written atomically."""
         atomic_write_text(self.path / RECORDS_FILE, records.to_csv(index=False))
-        atomic_write_text(self.path / SUMMARY_FILE, summary_markdown)
+        for name, content in files.items():
+            path = self.path / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, content.encode() if isinstance(content, str) else content)
 
     def cells(self) -> list[dict[str, Any]]:
         return [_read_json(path) for path in sorted(self.cells_dir.glob("*.json"))]

@@ -1,0 +1,85 @@
+"""The report's figures (matplotlib, PNG): per suite setting, the adaptation curves with 95% CI bands,
+the metric against wall-clock adaptation time, and the final metric as bars with CI whiskers."""
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import numpy as np  # noqa: E402
+
+from bench.report import Report  # noqa: E402
+
+DPI = 110
+
+
+def _png(figure: plt.Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _axis_label(report: Report, suite: str) -> str:
+    metric_name, lower_is_better = report.orientation(suite)
+    return f"{metric_name} ({'lower' if lower_is_better else 'higher'} is better)"
+
+
+def adaptation_curves(report: Report, suite: str, setting: str) -> bytes:
+    figure, axes = plt.subplots(figsize=(6, 3.8))
+    for learner in report.ranked(suite, setting):
+        curve = report.curve(suite, setting, learner)
+        line, = axes.plot(curve["step"], curve["mean"], marker="o", markersize=3, label=learner)
+        axes.fill_between(curve["step"], curve["mean"] - curve["ci95"], curve["mean"] + curve["ci95"],
+                          color=line.get_color(), alpha=0.2, linewidth=0)
+    axes.set(title=f"{suite} {setting}: adaptation (mean, 95% CI)", xlabel="adaptation steps",
+             ylabel=_axis_label(report, suite))
+    axes.grid(alpha=0.3)
+    axes.legend(frameon=False)
+    return _png(figure)
+
+
+def metric_versus_time(report: Report, suite: str, setting: str) -> bytes:
+    """Step k of a learner is placed at k/K of its measured time to adapt one episode through all K steps."""
+    figure, axes = plt.subplots(figsize=(6, 3.8))
+    for learner in report.ranked(suite, setting):
+        curve = report.curve(suite, setting, learner)
+        cells = report.cells[(report.cells["suite"] == suite) & (report.cells["setting"] == setting)
+                             & (report.cells["learner"] == learner) & (report.cells["status"] == "ok")]
+        milliseconds = cells["adapt_ms_per_episode"].mean()
+        steps = curve["step"].to_numpy()
+        axes.plot(steps / max(steps.max(), 1) * milliseconds, curve["mean"], marker="o", markersize=3, label=learner)
+    axes.set(title=f"{suite} {setting}: metric vs. adaptation time", xlabel="ms per episode (steps spread evenly)",
+             ylabel=_axis_label(report, suite))
+    axes.grid(alpha=0.3)
+    axes.legend(frameon=False)
+    return _png(figure)
+
+
+def final_bars(report: Report, suite: str, setting: str) -> bytes:
+    learners = report.ranked(suite, setting)
+    finals = [report.curve(suite, setting, learner).iloc[-1] for learner in learners]
+    figure, axes = plt.subplots(figsize=(6, 3.2))
+    positions = np.arange(len(learners))
+    axes.bar(positions, [row["mean"] for row in finals], yerr=[row["ci95"] for row in finals], capsize=4,
+             color=[f"C{index}" for index in range(len(learners))])
+    axes.set_xticks(positions, learners)
+    axes.set(title=f"{suite} {setting}: after the final step (mean, 95% CI)", ylabel=_axis_label(report, suite))
+    axes.grid(axis="y", alpha=0.3)
+    return _png(figure)
+
+
+def figures(report: Report) -> dict[str, bytes]:
+    """PNG bytes by file name, for every suite setting with at least one learner's results."""
+    charts = {"curves": adaptation_curves, "time": metric_versus_time, "bars": final_bars}
+    result = {}
+    for suite, setting in report.settings():
+        if not report.ranked(suite, setting):
+            continue
+        stem = "".join(character if character.isalnum() else "-" for character in f"{suite}-{setting}")
+        for kind, chart in charts.items():
+            result[f"{stem}-{kind}.png"] = chart(report, suite, setting)
+    return result
