@@ -52,6 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=REPORT_FORMATS, help="print (or write to --out) this format: md, html, latex or csv")
     report.add_argument("--out", type=Path, metavar="FILE", help="write the --format output here (Markdown figures go to figures/ beside it)")
 
+    compare = sub.add_parser("compare", help="compare runs: the same learners and settings side by side, with significance",
+                             description="Put the same (suite, setting, learner) groups of several run folders side by side, "
+                                         "with each run's difference to the first and a test (paired where the runs scored "
+                                         "the same test episodes); refuses runs that share nothing comparable.")
+    compare.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--format", choices=("text", "md", "latex", "csv"), default="text", help="output format (default: text)")
+
+    runs = sub.add_parser("runs", help="list the run folders in results/", description="List the run folders under a results folder.")
+    runs.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
+
     perf = sub.add_parser("perf", help="time meta-training and evaluation, beside reference implementations",
                           description="Meta-training tasks/s, peak memory and evaluation episodes/s of learners on one "
                                       "setting per suite; learners with a reference implementation (maml and fomaml: "
@@ -236,6 +246,36 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    import csv
+
+    from bench import render
+    from bench.compare import Run, compare
+
+    table = compare([Run.load(path) for path in args.run_dirs])
+    if args.format == "text":
+        print(render.text_tables([table]), end="")
+    elif args.format == "md":
+        print(render.markdown_table(table), end="")
+    elif args.format == "latex":
+        print(render.latex_table(table), end="")
+    else:
+        csv.writer(sys.stdout, lineterminator="\n").writerows([table.columns, *table.rows])
+    return EXIT_OK
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from bench.compare import list_runs
+
+    if not args.results.is_dir():
+        raise BenchError(f"no results folder at {args.results}")
+    rows = list_runs(args.results)
+    print(tabulate(rows, headers="keys", tablefmt="simple") if rows else f"no runs in {args.results}")
+    return EXIT_OK
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     registry = _load_registry(args.strict)
     (suite,) = registry.select("suite", [args.suite])
@@ -294,7 +334,8 @@ def cmd_perf(args: argparse.Namespace) -> int:
     return EXIT_CELLS_FAILED if mismatched else EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "plugins": cmd_plugins, "report": cmd_report, "data": cmd_data, "perf": cmd_perf}
+COMMANDS = {"run": cmd_run, "plugins": cmd_plugins, "report": cmd_report, "data": cmd_data, "perf": cmd_perf,
+            "compare": cmd_compare, "runs": cmd_runs}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

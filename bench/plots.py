@@ -23,6 +23,12 @@ def _png(figure: plt.Figure) -> bytes:
     return buffer.getvalue()
 
 
+def _color(report: Report, learner: str) -> str:
+    """One colour per learner across every figure of a report."""
+    learners = sorted(set(report.cells["learner"]))
+    return f"C{learners.index(learner) % 10}"
+
+
 def _axis_label(report: Report, suite: str) -> str:
     metric_name, lower_is_better = report.orientation(suite)
     return f"{metric_name} ({'lower' if lower_is_better else 'higher'} is better)"
@@ -32,9 +38,10 @@ def adaptation_curves(report: Report, suite: str, setting: str) -> bytes:
     figure, axes = plt.subplots(figsize=(6, 3.8))
     for learner in report.ranked(suite, setting):
         curve = report.curve(suite, setting, learner)
-        line, = axes.plot(curve["step"], curve["mean"], marker="o", markersize=3, label=learner)
+        color = _color(report, learner)
+        axes.plot(curve["step"], curve["mean"], marker="o", markersize=3, label=learner, color=color)
         axes.fill_between(curve["step"], curve["mean"] - curve["ci95"], curve["mean"] + curve["ci95"],
-                          color=line.get_color(), alpha=0.2, linewidth=0)
+                          color=color, alpha=0.15, linewidth=0)
     axes.set(title=f"{suite} {setting}: adaptation (mean, 95% CI)", xlabel="adaptation steps",
              ylabel=_axis_label(report, suite))
     axes.grid(alpha=0.3)
@@ -51,7 +58,8 @@ def metric_versus_time(report: Report, suite: str, setting: str) -> bytes:
                              & (report.cells["learner"] == learner) & (report.cells["status"] == "ok")]
         milliseconds = cells["adapt_ms_per_episode"].mean()
         steps = curve["step"].to_numpy()
-        axes.plot(steps / max(steps.max(), 1) * milliseconds, curve["mean"], marker="o", markersize=3, label=learner)
+        axes.plot(steps / max(steps.max(), 1) * milliseconds, curve["mean"], marker="o", markersize=3, label=learner,
+                  color=_color(report, learner))
     axes.set(title=f"{suite} {setting}: metric vs. adaptation time", xlabel="ms per episode (steps spread evenly)",
              ylabel=_axis_label(report, suite))
     axes.grid(alpha=0.3)
@@ -65,7 +73,7 @@ def final_bars(report: Report, suite: str, setting: str) -> bytes:
     figure, axes = plt.subplots(figsize=(6, 3.2))
     positions = np.arange(len(learners))
     axes.bar(positions, [row["mean"] for row in finals], yerr=[row["ci95"] for row in finals], capsize=4,
-             color=[f"C{index}" for index in range(len(learners))])
+             color=[_color(report, learner) for learner in learners])
     axes.set_xticks(positions, learners)
     axes.set(title=f"{suite} {setting}: after the final step (mean, 95% CI)", ylabel=_axis_label(report, suite))
     axes.grid(axis="y", alpha=0.3)

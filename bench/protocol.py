@@ -1,6 +1,7 @@
 """The shared episodic protocol: fixed, paired test episodes scored by the host after every adaptation step."""
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 
@@ -67,6 +68,17 @@ def evaluate(
         seconds[start:stop] = (time.perf_counter() - began) / (stop - start)
         on_episodes(stop - start)
     return metric, seconds
+
+
+def episodes_fingerprint(suite: TaskSuite, setting: Setting, seed: int, episodes: int) -> str:
+    """A hash of every tensor of test episodes 0..episodes-1: two cells scored the same episodes (and can
+    be compared pair by pair) exactly when their fingerprints agree, whatever the data folder or version."""
+    digest = hashlib.sha256()
+    for start in range(0, episodes, 256):
+        batch = suite.sample_batch(TEST_SPLIT, setting, seed, range(start, min(start + 256, episodes)))
+        for field in batch:
+            digest.update(field.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def default_batching(learner: Learner, suite: TaskSuite, device: torch.device) -> bool:

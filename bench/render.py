@@ -10,10 +10,13 @@ from tabulate import tabulate
 
 from bench.report import Report, Table
 
+def text_tables(tables: list[Table]) -> str:
+    """Tables for a terminal."""
+    return "\n\n".join(f"{table.title}\n{tabulate(table.rows, headers=table.columns, tablefmt='simple')}" for table in tables) + "\n"
+
+
 def text(report: Report) -> str:
-    """The tables for a terminal."""
-    parts = [f"{table.title}\n{tabulate(table.rows, headers=table.columns, tablefmt='simple')}" for table in report.tables()]
-    return "\n\n".join(parts) + f"\n\nCells: {report.cell_counts()}.\n"
+    return text_tables(report.tables()) + f"\nCells: {report.cell_counts()}.\n"
 
 
 def _emphasised(table: Table, bold: str) -> list[list[str]]:
@@ -26,12 +29,14 @@ def _title(report: Report) -> str:
     return f"metabench report: {suites}"
 
 
+def markdown_table(table: Table) -> str:
+    cells = [[cell.replace("|", "\\|") for cell in row] for row in _emphasised(table, "**{}**")]
+    return "\n".join([f"## {table.title}", "", table.note, "", tabulate(cells, headers=table.columns, tablefmt="github"), ""])
+
+
 def markdown(report: Report, figure_names: list[str], figure_dir: str = "figures") -> str:
     """Markdown (GitHub tables); ``figure_names`` are linked from ``figure_dir``."""
-    parts = [f"# {_title(report)}", ""]
-    for table in report.tables():
-        cells = [[cell.replace("|", "\\|") for cell in row] for row in _emphasised(table, "**{}**")]
-        parts += [f"## {table.title}", "", table.note, "", tabulate(cells, headers=table.columns, tablefmt="github"), ""]
+    parts = [f"# {_title(report)}", ""] + [markdown_table(table) for table in report.tables()]
     if figure_names:
         parts += ["## Figures", ""] + [f"![{name}]({figure_dir}/{name})" for name in figure_names] + [""]
     parts += ["## Provenance", ""] + [f"- **{key}**: `{value}`" if key == "command" else f"- **{key}**: {value}"
@@ -88,21 +93,23 @@ def latex_escape(text: str) -> str:
     return _LATEX_PATTERN.sub(lambda match: _LATEX_SPECIAL[match.group()], text)
 
 
+def latex_table(table: Table) -> str:
+    """One ``table`` environment (needs ``\\usepackage{booktabs}``)."""
+    rows = [[latex_escape(cell) for cell in row] for row in table.rows]
+    rows = [[rf"\textbf{{{cell}}}" if (r, c) in table.bold else cell for c, cell in enumerate(row)]
+            for r, row in enumerate(rows)]
+    lines = [r"\begin{table}[t]", r"\centering", r"\small",
+             rf"\caption{{{latex_escape(table.title)}. {latex_escape(table.note)}}}",
+             r"\begin{tabular}{" + "l" * len(table.columns) + "}", r"\toprule",
+             " & ".join(latex_escape(column) for column in table.columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(row) + r" \\" for row in rows]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
 def latex(report: Report) -> str:
-    """One ``table`` environment per table (needs ``\\usepackage{booktabs}``), ready to ``\\input``."""
-    blocks = []
-    for table in report.tables():
-        rows = [[latex_escape(cell) for cell in row] for row in table.rows]
-        rows = [[rf"\textbf{{{cell}}}" if (r, c) in table.bold else cell for c, cell in enumerate(row)]
-                for r, row in enumerate(rows)]
-        lines = [r"\begin{table}[t]", r"\centering", r"\small",
-                 rf"\caption{{{latex_escape(table.title)}. {latex_escape(table.note)}}}",
-                 r"\begin{tabular}{" + "l" * len(table.columns) + "}", r"\toprule",
-                 " & ".join(latex_escape(column) for column in table.columns) + r" \\", r"\midrule"]
-        lines += [" & ".join(row) + r" \\" for row in rows]
-        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-        blocks.append("\n".join(lines))
-    return "\n\n".join(blocks) + "\n"
+    """The report's tables, ready to ``\\input``."""
+    return "\n".join(latex_table(table) for table in report.tables())
 
 
 def csv(report: Report) -> str:

@@ -21,7 +21,7 @@ from bench.api import Episode, Learner, MetaTrainContext, Setting, TaskSuite
 from bench.config import ConfigError, RunConfig
 from bench.grid import Cell
 from bench.memory import PeakMemory
-from bench.protocol import evaluate
+from bench.protocol import episodes_fingerprint, evaluate
 from bench.store import RunStore
 
 TRAIN_SPLIT = "train"
@@ -137,6 +137,7 @@ def run_cell(cell: Cell, config: RunConfig, device: torch.device,
         status="ok", tasks_seen=context.tasks_seen, meta_train_seconds=meta_train_seconds,
         adapt_ms_per_episode=float(seconds.mean() * 1000), metric_name=suite.metric_name,
         lower_is_better=suite.lower_is_better, **memory.as_dict(),
+        test_episodes_sha256=episodes_fingerprint(suite, cell.setting, cell.seed, budget.test_episodes),
     )
     return metadata, records
 

@@ -119,7 +119,9 @@ def test_smoke_run_writes_results_and_resumes(tmp_path, third_party):
     records = pd.read_csv(out / "records.csv")
     assert len(records) == 5 * 3 * 3  # learners x episodes x steps 0..2
     assert set(records.columns) >= {"suite", "setting", "learner", "seed", "episode", "step", "metric"}
-    assert "## Accuracy" in (out / "summary.md").read_text()
+    assert "## Accuracy" in (out / "report.md").read_text() and "<img" in (out / "report.html").read_text()
+    assert {path.name for path in (out / "figures").iterdir()} == {"sinusoid-K-5-curves.png", "sinusoid-K-5-time.png",
+                                                                   "sinusoid-K-5-bars.png"}
     assert not list(out.rglob("*.pkl")) and not list(out.rglob("*.pt"))
 
     again = run_bench("run", "--learners", "all", *SMOKE, "--out", str(out), pythonpath=[third_party])
@@ -137,7 +139,7 @@ def test_config_file_and_overrides(tmp_path):
     assert result.returncode == 0, result.stderr
     hyperparameters = json.loads((out / "run.json").read_text())["config"]["hyperparameters"]
     assert hyperparameters == {"maml @ sinusoid K=5": {"inner_lr": 0.02, "inner_steps": 2, "meta_batch": 25,
-                                                       "outer_lr": 0.001, "chunk_tasks": 0}}
+                                                       "outer_lr": 0.001, "chunk_tasks": 0, "compile": False}}
     yaml_config = tmp_path / "bench.yaml"
     yaml_config.write_text("learners: maml\nprofile: smoke\ntasks: 50\nepisodes: 2\nshots: 5\n")
     result = run_bench("run", "--config", str(yaml_config), "--out", str(tmp_path / "yaml"), "--no-progress")

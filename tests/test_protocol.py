@@ -17,7 +17,9 @@ from bench.config import RunConfig
 from bench.grid import plan
 from bench.plugins import PluginSource, load_plugins
 from bench.protocol import evaluate
-from bench.report import Report, summarize
+from bench import render
+from bench.report import Report
+from bench.stats import summarize
 from bench.runner import HostContext, run_cells
 from bench.store import RunStore
 
@@ -186,7 +188,7 @@ def test_host_computes_the_metric_and_keeps_divergence(tmp_path):
         assert got == pytest.approx(expected, rel=1e-6)
     diverged = records[records.step == 2]
     assert np.isinf(diverged.metric).sum() == 1
-    summary = summarize(records).set_index("step")
+    summary = summarize(records, ["suite", "setting", "learner"]).set_index("step")
     assert summary.loc[2, "nonfinite"] == 1 and np.isinf(summary.loc[2, "mean"])
     assert np.isfinite(summary.loc[2, "median"]) and np.isfinite(summary.loc[2, "finite_mean"])
 
@@ -233,5 +235,5 @@ def test_a_learner_that_does_not_apply_is_reported_not_applicable(tmp_path):
     store = run(tmp_path, {"declines": DeclinesSinusoid, "constant": Constant})
     cells = {cell["learner"]: cell for cell in store.cells()}
     assert cells["declines"]["status"] == "n/a" and cells["declines"]["error"] == "needs a regression suite"
-    tables = Report(store.records(), store.cells()).tables()
+    tables = render.text(Report(store.records(), store.cells()))
     assert "n/a: needs a regression suite" in tables

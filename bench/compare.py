@@ -1,0 +1,122 @@
+"""``bench compare``: the same learners and suite settings across runs, side by side, with differences
+and significance; ``bench runs``: what the results folder holds.
+
+Runs are comparable on a (suite, setting, learner) group when both hold results for it with the same
+metric and the same number of adaptation steps. Where the two cells scored the very same test
+episodes (equal episode fingerprints for every seed), the test is paired (Wilcoxon signed-rank, per
+episode); otherwise unpaired (Mann-Whitney U), and the table says so.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pandas as pd
+
+from bench.errors import BenchError
+from bench.report import Report, Table, format_number, format_p
+from bench.stats import paired_comparison, unpaired_comparison
+from bench.store import RUN_FILE, RunStore, StoreError
+
+
+class NotComparableError(BenchError, ValueError):
+    """The runs share nothing that can be compared; the message says what differs."""
+
+
+@dataclasses.dataclass
+class Run:
+    label: str
+    report: Report
+
+    @classmethod
+    def load(cls, path: Path) -> "Run":
+        store = RunStore(path)
+        info = store.run_info()
+        return cls(path.name or str(path), Report(store.records(), store.cells(), info))
+
+    def ok_cells(self) -> pd.DataFrame:
+        cells = self.report.cells
+        return cells[cells["status"] == "ok"]
+
+    def groups(self) -> set[tuple[str, str, str]]:
+        cells = self.ok_cells()
+        return set(zip(cells["suite"], cells["setting"], cells["learner"]))
+
+    def protocol(self, suite: str, setting: str, learner: str) -> tuple[str, int, tuple[tuple[int, str], ...]]:
+        """(metric name, adaptation steps, (seed, episode fingerprint) per cell) of a group."""
+        cells = self.ok_cells()
+        group = cells[(cells["suite"] == suite) & (cells["setting"] == setting) & (cells["learner"] == learner)]
+        fingerprints = tuple(sorted(zip(group["seed"], group.get("test_episodes_sha256", pd.Series(dtype=str)).fillna(""))))
+        return str(group["metric_name"].iloc[0]), int(group["test_steps"].iloc[0]), fingerprints
+
+
+def _check_comparable(baseline: Run, other: Run, common: list[tuple[str, str, str]]) -> None:
+    if not common:
+        def describe(run: Run) -> str:
+            return "; ".join(sorted(f"{learner} on {suite} {setting}" for suite, setting, learner in run.groups())) or "no finished cells"
+        raise NotComparableError(f"runs '{baseline.label}' and '{other.label}' have no suite setting and learner in common: "
+                                 f"'{baseline.label}' has {describe(baseline)}; '{other.label}' has {describe(other)}")
+    for group in common:
+        (metric_a, steps_a, _), (metric_b, steps_b, _) = baseline.protocol(*group), other.protocol(*group)
+        if (metric_a, steps_a) != (metric_b, steps_b):
+            suite, setting, learner = group
+            raise NotComparableError(
+                f"{learner} on {suite} {setting} is not comparable: '{baseline.label}' measures {metric_a} after {steps_a} "
+                f"adaptation steps, '{other.label}' {metric_b} after {steps_b}")
+
+
+def compare(runs: list[Run]) -> Table:
+    """One row per group the first run shares with any other; each other run's difference to the first."""
+    if len(runs) < 2:
+        raise NotComparableError("compare needs at least two run folders")
+    baseline = runs[0]
+    shared = {other.label: sorted(baseline.groups() & other.groups()) for other in runs[1:]}
+    for other in runs[1:]:
+        _check_comparable(baseline, other, shared[other.label])
+    columns = ["suite", "setting", "learner", *(f"{run.label}: mean ± 95% CI" for run in runs),
+               *(f"{run.label} − {baseline.label}" for run in runs[1:])]
+    table = Table("Comparison", columns, [], note=(
+        f"Metric after the final step in each run; differences to '{baseline.label}' with a two-sided test: "
+        "Wilcoxon signed-rank where both runs scored the same test episodes (paired), Mann-Whitney U otherwise "
+        "(marked unpaired); n.s. = not significantly different at p < 0.05."))
+    for group in sorted(set().union(*shared.values()), key=lambda g: (g[0], baseline.report.settings().index(g[:2]), g[2])):
+        row = list(group)
+        for run in runs:
+            final = run.report.curve(*group).iloc[-1] if group in run.groups() else None
+            row.append("–" if final is None else f"{format_number(final['mean'])} ± {format_number(final['ci95'], 2)}")
+        for other in runs[1:]:
+            if group not in shared[other.label]:
+                row.append("–")
+                continue
+            paired = baseline.protocol(*group)[2] == other.protocol(*group)[2]
+            test = paired_comparison if paired else unpaired_comparison
+            result = test(baseline.report.final_metric(*group), other.report.final_metric(*group))
+            row.append(f"{format_number(result.difference)}, {format_p(result)}" + ("" if paired else ", unpaired"))
+        table.rows.append(row)
+    return table
+
+
+def list_runs(results: Path) -> list[dict[str, str]]:
+    """One row per run folder under ``results`` (newest first); an unreadable folder is listed as such."""
+    rows = []
+    for run_file in sorted(results.glob(f"*/{RUN_FILE}"), key=lambda path: path.parent.name, reverse=True):
+        path = run_file.parent
+        try:
+            store = RunStore(path)
+            info = store.run_info()
+            cells = pd.DataFrame(store.cells())
+        except (StoreError, OSError, ValueError) as error:
+            rows.append({"run": path.name, "status": f"unreadable: {error}"})
+            continue
+        config, environment = info.get("config", {}), info.get("environment", {})
+        counts = cells["status"].value_counts().to_dict() if len(cells) else {}
+        rows.append({
+            "run": path.name,
+            "started": str(environment.get("started", "–")),
+            "status": str(info.get("status", "–")),
+            "profile": str(config.get("profile", "–")),
+            "suites": ",".join(sorted(set(cells["suite"]))) if len(cells) else ",".join(config.get("suites", [])),
+            "learners": ",".join(sorted(set(cells["learner"]))) if len(cells) else ",".join(config.get("learners", [])),
+            "cells": ", ".join(f"{count} {status}" for status, count in sorted(counts.items())) or "none finished",
+        })
+    return rows
