@@ -34,6 +34,13 @@ def _axis_label(report: Report, suite: str) -> str:
     return f"{metric_name} ({'lower' if lower_is_better else 'higher'} is better)"
 
 
+def _line_chart(figure: plt.Figure, axes: plt.Axes, title: str, xlabel: str, ylabel: str) -> bytes:
+    axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    axes.grid(alpha=0.3)
+    axes.legend(frameon=False)
+    return _png(figure)
+
+
 def adaptation_curves(report: Report, suite: str, setting: str) -> bytes:
     figure, axes = plt.subplots(figsize=(6, 3.8))
     for learner in report.ranked(suite, setting):
@@ -42,11 +49,8 @@ def adaptation_curves(report: Report, suite: str, setting: str) -> bytes:
         axes.plot(curve["step"], curve["mean"], marker="o", markersize=3, label=learner, color=color)
         axes.fill_between(curve["step"], curve["mean"] - curve["ci95"], curve["mean"] + curve["ci95"],
                           color=color, alpha=0.15, linewidth=0)
-    axes.set(title=f"{suite} {setting}: adaptation (mean, 95% CI)", xlabel="adaptation steps",
-             ylabel=_axis_label(report, suite))
-    axes.grid(alpha=0.3)
-    axes.legend(frameon=False)
-    return _png(figure)
+    return _line_chart(figure, axes, f"{suite} {setting}: adaptation (mean, 95% CI)", "adaptation steps",
+                       _axis_label(report, suite))
 
 
 def metric_versus_time(report: Report, suite: str, setting: str) -> bytes:
@@ -54,17 +58,12 @@ def metric_versus_time(report: Report, suite: str, setting: str) -> bytes:
     figure, axes = plt.subplots(figsize=(6, 3.8))
     for learner in report.ranked(suite, setting):
         curve = report.curve(suite, setting, learner)
-        cells = report.cells[(report.cells["suite"] == suite) & (report.cells["setting"] == setting)
-                             & (report.cells["learner"] == learner) & (report.cells["status"] == "ok")]
-        milliseconds = cells["adapt_ms_per_episode"].mean()
+        milliseconds = report.ok_cells(suite, setting, learner)["adapt_ms_per_episode"].mean()
         steps = curve["step"].to_numpy()
         axes.plot(steps / max(steps.max(), 1) * milliseconds, curve["mean"], marker="o", markersize=3, label=learner,
                   color=_color(report, learner))
-    axes.set(title=f"{suite} {setting}: metric vs. adaptation time", xlabel="ms per episode (steps spread evenly)",
-             ylabel=_axis_label(report, suite))
-    axes.grid(alpha=0.3)
-    axes.legend(frameon=False)
-    return _png(figure)
+    return _line_chart(figure, axes, f"{suite} {setting}: metric vs. adaptation time",
+                       "ms per episode (steps spread evenly)", _axis_label(report, suite))
 
 
 def final_bars(report: Report, suite: str, setting: str) -> bytes:

@@ -156,7 +156,7 @@ class Report:
             by_step = curve.set_index("step")["mean"]
             medians = curve["median"].tolist()
             reached = steps_to_fraction_of_gain(medians if lower_is_better else [-m for m in medians])
-            info = self._ok_cells(suite, setting, learner)
+            info = self.ok_cells(suite, setting, learner)
             table.rows.append(row + [format_number(by_step.get(step, math.nan)) for step in SPEED_STEPS] + [
                 "–" if reached is None else str(reached), format_number(info["adapt_ms_per_episode"].mean())])
         return table
@@ -172,7 +172,7 @@ class Report:
             if note:
                 table.rows.append(row + [note, "–", "–", "–", "–"])
                 continue
-            info = self._ok_cells(suite, setting, learner)
+            info = self.ok_cells(suite, setting, learner)
             cuda = info["peak_cuda_mib"].dropna() if "peak_cuda_mib" in info else pd.Series(dtype=float)
             table.rows.append(row + [
                 format_number(info["meta_train_seconds"].mean()), f"{int(info['tasks_seen'].mean()):,}",
@@ -187,7 +187,7 @@ class Report:
     def _groups(self) -> list[tuple[str, str, str]]:
         return [(suite, setting, learner) for suite, setting in self.settings() for learner in self.learners(suite, setting)]
 
-    def _ok_cells(self, suite: str, setting: str, learner: str) -> pd.DataFrame:
+    def ok_cells(self, suite: str, setting: str, learner: str) -> pd.DataFrame:
         info = self._cell_info(suite, setting, learner)
         return info[info["status"] == "ok"]
 
