@@ -65,6 +65,11 @@ class Report:
         cells = self.cells
         return cells[(cells["suite"] == suite) & (cells["setting"] == setting) & (cells["learner"] == learner)]
 
+    def ok_cells(self, suite: str, setting: str, learner: str) -> pd.DataFrame:
+        """The group's finished cells."""
+        info = self._cell_info(suite, setting, learner)
+        return info[info["status"] == "ok"]
+
     def orientation(self, suite: str) -> tuple[str, bool]:
         """(metric name, lower is better) of a suite."""
         ok = self.cells[(self.cells["suite"] == suite) & (self.cells["status"] == "ok")]
@@ -186,10 +191,6 @@ class Report:
 
     def _groups(self) -> list[tuple[str, str, str]]:
         return [(suite, setting, learner) for suite, setting in self.settings() for learner in self.learners(suite, setting)]
-
-    def ok_cells(self, suite: str, setting: str, learner: str) -> pd.DataFrame:
-        info = self._cell_info(suite, setting, learner)
-        return info[info["status"] == "ok"]
 
     # -- provenance and machine-readable summary ----------------------------------------------------
 
