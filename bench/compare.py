@@ -42,11 +42,12 @@ class Run:
         cells = self.ok_cells()
         return set(zip(cells["suite"], cells["setting"], cells["learner"]))
 
-    def protocol(self, suite: str, setting: str, learner: str) -> tuple[str, int, tuple[tuple[int, str], ...]]:
-        """(metric name, adaptation steps, (seed, episode fingerprint) per cell) of a group."""
+    def protocol(self, suite: str, setting: str, learner: str) -> tuple[str, int, tuple[tuple[int, str | None], ...]]:
+        """(metric name, adaptation steps, (seed, episode fingerprint or None if not recorded) per cell) of a group."""
         cells = self.ok_cells()
         group = cells[(cells["suite"] == suite) & (cells["setting"] == setting) & (cells["learner"] == learner)]
-        fingerprints = tuple(sorted(zip(group["seed"], group.get("test_episodes_sha256", pd.Series(dtype=str)).fillna(""))))
+        recorded = group["test_episodes_sha256"] if "test_episodes_sha256" in group else pd.Series(None, index=group.index)
+        fingerprints = tuple(sorted(zip(group["seed"], recorded.where(recorded.notna(), None))))
         return str(group["metric_name"].iloc[0]), int(group["test_steps"].iloc[0]), fingerprints
 
 
@@ -88,7 +89,8 @@ def compare(runs: list[Run]) -> Table:
             if group not in shared[other.label]:
                 row.append("–")
                 continue
-            paired = baseline.protocol(*group)[2] == other.protocol(*group)[2]
+            episodes = baseline.protocol(*group)[2]
+            paired = episodes == other.protocol(*group)[2] and all(fingerprint for _, fingerprint in episodes)
             test = paired_comparison if paired else unpaired_comparison
             result = test(baseline.report.final_metric(*group), other.report.final_metric(*group))
             row.append(f"{format_number(result.difference)}, {format_p(result)}" + ("" if paired else ", unpaired"))
