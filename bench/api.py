@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
+import importlib.util
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
@@ -90,7 +91,26 @@ Predictor = Callable[["torch.Tensor"], "torch.Tensor"]
 """Maps query inputs to predictions (regression values or class logits)."""
 
 
-class TaskSuite(ABC):
+class PluginClass:
+    """What learners and suites share: the optional modules they need to run."""
+
+    requires: ClassVar[tuple[str, ...]] = ()
+    """Modules this class imports when it runs (e.g. ``("learn2learn",)``). Without them it is listed as
+    unavailable, with the reason, instead of failing the run."""
+    install_hint: ClassVar[str] = ""
+    """How to install what ``requires`` names, e.g. ``pip install 'metabench[l2l]'``."""
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why this class cannot run in this environment, or None. Checks ``requires`` without importing it."""
+        missing = [module for module in cls.requires if importlib.util.find_spec(module) is None]
+        if not missing:
+            return None
+        hint = f" ({cls.install_hint})" if cls.install_hint else ""
+        return f"needs {', '.join(missing)}, which is not installed{hint}"
+
+
+class TaskSuite(PluginClass, ABC):
     """A family of few-shot tasks with disjoint meta-train / meta-val / meta-test splits.
 
     ``sample_episode`` must be a pure function of (split, setting, seed, index): the protocol
@@ -173,7 +193,7 @@ class MetaTrainContext(ABC):
         """Report the latest training loss; a non-finite loss fails the cell."""
 
 
-class Learner(ABC):
+class Learner(PluginClass, ABC):
     """A few-shot learner: meta-trains on one suite setting, then adapts to test tasks.
 
     Subclasses set a docstring whose first line describes them and a ``Config`` dataclass of
@@ -203,6 +223,11 @@ class Learner(ABC):
     @abstractmethod
     def adapt(self, support: Support, steps: int) -> Iterator[Predictor]:
         """Adapt to one task; yield a predictor after each of 0..steps adaptation steps."""
+
+    max_adaptation_steps: ClassVar[int | None] = None
+    """The most adaptation steps this learner takes at test time: None follows the protocol's steps;
+    0 for a learner with nothing to adapt at test time (e.g. a metric learner such as protonet), whose
+    curve is the single point at step 0. The host asks ``adapt`` for min(protocol's steps, this) steps."""
 
     @classmethod
     def reference(cls) -> "type | None":

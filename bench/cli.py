@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", help="where suites look for their data sets (default: $METABENCH_DATA_DIR)")
     run.add_argument("--config", type=Path, help="TOML or YAML file with the same keys as these flags (flags win)")
     run.add_argument("--set", action="append", default=[], metavar="LEARNER.KEY=VALUE", help="override a learner hyper-parameter, e.g. maml.inner_lr=0.01 (repeatable)")
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run: its configuration from RUN_DIR/run.json; finished cells are kept, failed ones run again")
+    run.add_argument("--executor", default="inline", help="how cells run: inline (default, one at a time here), processes (--workers on this machine), ray (a Ray cluster), or a plugin's")
+    run.add_argument("--workers", type=int, default=None, help="cells at a time for processes / a local Ray (default: CPU cores for processes)")
+    run.add_argument("--ray-address", help="the Ray cluster to use (default: start a local Ray for the run)")
+    run.add_argument("--cell-timeout", type=float, metavar="SECONDS", help="fail a cell that runs longer (the run goes on)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_plugin_flags(run)
 
@@ -64,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     perf = sub.add_parser("perf", help="time meta-training and evaluation, beside reference implementations",
                           description="Meta-training tasks/s, peak memory and evaluation episodes/s of learners on one "
-                                      "setting per suite; learners with a reference implementation (maml and fomaml: "
-                                      "learn2learn's MAML) are timed beside it and checked for the same meta-gradient.")
+                                      "setting per suite; learners with a reference implementation (maml, fomaml, metasgd: "
+                                      "learn2learn's MAML and MetaSGD) are timed beside it and checked for the same meta-gradient.")
     perf.add_argument("--learners", default="maml,fomaml,adaptation-layer,finetune", help="learners to time (default: %(default)s)")
     perf.add_argument("--suites", default="sinusoid,omniglot", help="suites (default: %(default)s; a suite without its data is skipped with a warning)")
     perf.add_argument("--shots", default="10,1", help="pick each suite's first setting with these shots (default: %(default)s)")
@@ -78,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--set", action="append", default=[], metavar="LEARNER.KEY=VALUE", help="hyper-parameter override (repeatable)")
     perf.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
     _add_plugin_flags(perf)
+
+    scaffold = sub.add_parser("new-plugin", help="create a learner plugin package to start from",
+                              description="Write metabench-NAME/: pyproject.toml with the entry point, a working template "
+                                          "learner, its hook, and a conformance test (see docs/writing-a-plugin.md).")
+    scaffold.add_argument("name", help="the learner's name, e.g. my-learner")
+    scaffold.add_argument("--dir", type=Path, default=Path("."), help="where to create the package folder (default: .)")
 
     data = sub.add_parser("data", help="fetch a suite's data set", description="Download and stage a suite's data set (where the suite has a downloader).")
     data.add_argument("suite", help="suite name, e.g. omniglot")
@@ -100,16 +111,17 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
     registry = _load_registry(args.strict)
     entries = [
-        {"kind": reg.kind, "name": reg.name, "description": reg.description,
+        {"kind": reg.kind, "name": reg.name, "description": reg.description, "unavailable": reg.unavailable_reason,
          "plugin": reg.source.name, "distribution": reg.source.distribution, "version": reg.source.version}
-        for kind in ("learner", "suite") for _, reg in sorted(registry.of_kind(kind).items())
+        for kind in ("learner", "suite", "executor") for _, reg in sorted(registry.of_kind(kind).items())
     ]
     problems = [{"plugin": p.source.name, "target": p.source.target, "distribution": p.source.distribution, "problem": p.message}
                 for p in registry.problems]
     if args.json:
         print(json.dumps({"plugins": entries, "problems": problems}, indent=2))
         return EXIT_OK
-    rows = [[e["kind"], e["name"], e["description"], f"{e['plugin']} ({e['distribution']} {e['version']})"] for e in entries]
+    rows = [[e["kind"], e["name"], f"unavailable: {e['unavailable']}" if e["unavailable"] else e["description"],
+             f"{e['plugin']} ({e['distribution']} {e['version']})"] for e in entries]
     print(tabulate(rows, headers=["kind", "name", "description", "plugin"], tablefmt="simple"))
     if problems:
         print("\nPlugins that failed to load:")
@@ -128,6 +140,8 @@ def _run_config(args: argparse.Namespace):
     )
 
     values: dict[str, Any] = {}
+    if args.resume:
+        return _resumed_config(args)
     if args.config:
         values = read_config_file(args.config)
         build_run_config(values, origin=f"config file {args.config}")
@@ -145,21 +159,60 @@ def _run_config(args: argparse.Namespace):
     return build_run_config(values, origin="command line")
 
 
+CONFIG_FLAGS = ("learners", "suites", "profile", "seeds", "shots", "ways", "steps", "episodes", "tasks", "device",
+                "out", "data_dir", "config")
+
+
+def _resumed_config(args: argparse.Namespace):
+    """The configuration a run folder was started with; flags that would change it are refused."""
+    import dataclasses
+
+    from bench.config import RunConfig, build_run_config
+    from bench.store import RunStore
+
+    given = [f"--{key.replace('_', '-')}" for key in CONFIG_FLAGS if getattr(args, key) is not None] + (["--set"] if args.set else [])
+    if given:
+        raise BenchError(f"--resume takes the configuration from {args.resume / 'run.json'}; drop {', '.join(given)}")
+    stored = RunStore(args.resume).run_info().get("config", {})
+    keys = {field.name for field in dataclasses.fields(RunConfig)}
+    return build_run_config({key: value for key, value in stored.items() if key in keys} | {"out": str(args.resume)},
+                            origin=f"{args.resume / 'run.json'}")
+
+
+def _executor(args: argparse.Namespace, registry):
+    import os
+
+    from bench.executors import ExecutorOptions
+
+    if args.workers is not None and args.workers < 1:
+        raise BenchError(f"--workers must be at least 1, got {args.workers}")
+    if args.cell_timeout is not None and args.cell_timeout <= 0:
+        raise BenchError(f"--cell-timeout must be positive, got {args.cell_timeout:g}")
+    (registration,) = registry.select("executor", [args.executor])
+    workers = args.workers or (os.cpu_count() or 1)
+    return registration.cls(ExecutorOptions(workers=workers, address=args.ray_address))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     config = _run_config(args)
     registry = _load_registry(args.strict)
+    executor = _executor(args, registry)
 
     import dataclasses
 
     from bench.grid import plan
 
     cells = plan(config, registry)
+    for kind, names in (("learner", config.learners), ("suite", config.suites)):
+        if list(names) == ["all"]:
+            for name, reason in registry.unavailable(kind).items():
+                print(f"note: skipping {kind} '{name}': {reason}", file=sys.stderr)
     suites = {cell.suite.name: cell.suite for cell in cells}.values()
     for suite in suites:  # data problems: one line, before any work
         config.make_suite(suite.cls).prepare()
 
     from bench.environment import environment
-    from bench.runner import default_run_dir, resolve_device, run_cells
+    from bench.runner import cell_fingerprint, default_run_dir, resolve_device, run_cells
     from bench.store import RunStore
 
     device = resolve_device(config.device)
@@ -170,10 +223,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         "hyperparameters": {f"{c.learner.name} @ {c.suite.name} {c.setting.name}": dataclasses.asdict(c.hyperparameters) for c in cells},
     }
     store = RunStore(run_dir)
-    env = environment(registry, device)
+    env = {**environment(registry, device),
+           "execution": {"executor": args.executor, "workers": executor.options.workers, "cell_timeout": args.cell_timeout}}
     store.open(resolved, env)
-    done = len(store.finished_cells() & {cell.cell_id for cell in cells})
-    print(f"metabench: {len(cells)} cells ({done} already finished) on {env['device_name']} -> {run_dir}", file=sys.stderr)
+    todo = store.cells_to_run({cell.cell_id: cell_fingerprint(cell, config) for cell in cells},
+                              warn=lambda message: print(f"warning: {message}", file=sys.stderr))
+    print(f"metabench: {len(cells)} cells ({len(cells) - len(todo)} already finished) on {env['device_name']} "
+          f"with the {args.executor} executor -> {run_dir}", file=sys.stderr)
 
     def on_cell(cell, metadata: dict[str, Any]) -> None:
         status = metadata["status"]
@@ -181,13 +237,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  {status:6} {cell.label}{detail}", file=sys.stderr)
 
     try:
-        run_cells(cells, config, store, device, show_progress=not args.no_progress, on_cell=on_cell)
+        run_cells(cells, config, store, device, show_progress=not args.no_progress, executor=executor,
+                  cell_timeout=args.cell_timeout, on_cell=on_cell)
     except KeyboardInterrupt:
         store.write_run_file(resolved, env, status="interrupted")
-        print(f"\ninterrupted: finished cells are kept in {run_dir}; run the same command with --out {run_dir} to resume",
+        print(f"\ninterrupted: finished cells are kept in {run_dir}; resume with: bench run --resume {run_dir}",
               file=sys.stderr)
         return 130
-    failed = sum(cell["status"] == "failed" for cell in store.cells())
+    failed = store.failed_cells()
     store.write_run_file(resolved, env, status="finished" if not failed else "finished with failed cells")
     report, _ = _write_report(store)
     from bench import render
@@ -276,6 +333,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from bench.scaffold import new_plugin
+
+    root = new_plugin(args.name, args.dir)
+    print(f"created {root}\nnext: cd {root} && pip install -e . && bench plugins && python -m pytest")
+    return EXIT_OK
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     registry = _load_registry(args.strict)
     (suite,) = registry.select("suite", [args.suite])
@@ -335,7 +400,7 @@ def cmd_perf(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "plugins": cmd_plugins, "report": cmd_report, "data": cmd_data, "perf": cmd_perf,
-            "compare": cmd_compare, "runs": cmd_runs}
+            "compare": cmd_compare, "runs": cmd_runs, "new-plugin": cmd_new_plugin}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

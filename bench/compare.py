@@ -2,7 +2,7 @@
 and significance; ``bench runs``: what the results folder holds.
 
 Runs are comparable on a (suite, setting, learner) group when both hold results for it with the same
-metric and the same number of adaptation steps. Where the two cells scored the very same test
+metric and a curve ending at the same adaptation step. Where the two cells scored the very same test
 episodes (equal episode fingerprints for every seed), the test is paired (Wilcoxon signed-rank, per
 episode); otherwise unpaired (Mann-Whitney U), and the table says so.
 """
@@ -43,12 +43,14 @@ class Run:
         return set(zip(cells["suite"], cells["setting"], cells["learner"]))
 
     def protocol(self, suite: str, setting: str, learner: str) -> tuple[str, int, tuple[tuple[int, str | None], ...]]:
-        """(metric name, adaptation steps, (seed, episode fingerprint or None if not recorded) per cell) of a group."""
+        """(metric name, adaptation steps its curve ends at, (seed, episode fingerprint or None if not recorded) per
+        cell) of a group; the steps are the recorded ones (0 for a learner with nothing to adapt, whatever ``--steps``)."""
         cells = self.ok_cells()
         group = cells[(cells["suite"] == suite) & (cells["setting"] == setting) & (cells["learner"] == learner)]
         recorded = group["test_episodes_sha256"] if "test_episodes_sha256" in group else pd.Series(None, index=group.index)
         fingerprints = tuple(sorted(zip(group["seed"], recorded.where(recorded.notna(), None))))
-        return str(group["metric_name"].iloc[0]), int(group["test_steps"].iloc[0]), fingerprints
+        steps = int(self.report.curve(suite, setting, learner)["step"].max())
+        return str(group["metric_name"].iloc[0]), steps, fingerprints
 
 
 def _check_comparable(baseline: Run, other: Run, common: list[tuple[str, str, str]]) -> None:

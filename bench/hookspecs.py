@@ -18,3 +18,8 @@ def register_learners(register: Callable[[str, type], None]) -> None:
 @hookspec
 def register_suites(register: Callable[[str, type], None]) -> None:
     """Register task-suite classes: ``register("sinusoid", Sinusoid)``. Each must subclass bench.api.TaskSuite."""
+
+
+@hookspec
+def register_executors(register: Callable[[str, type], None]) -> None:
+    """Register executors, which run a run's cells: ``register("ray", RayExecutor)``. Each must subclass bench.executors.Executor."""

@@ -118,7 +118,7 @@ def measure(cell: Cell, suite: TaskSuite, device: torch.device, iterations: int,
     """Rows for one learner on one suite setting: the learner, then its reference implementation if any."""
     implementations = [cell.learner.cls]
     reference = cell.learner.cls.reference()
-    if reference is not None:
+    if reference is not None and reference.unavailable_reason() is None:  # e.g. learn2learn not installed
         implementations.append(reference)
     rows = []
     for learner_class in implementations:

@@ -41,11 +41,20 @@ def _line_chart(figure: plt.Figure, axes: plt.Axes, title: str, xlabel: str, yla
     return _png(figure)
 
 
+def _single_point(axes: plt.Axes, x: float, curve, label: str, color: str) -> None:
+    """A learner with no test-time adaptation: one marker with its 95% CI as a whisker."""
+    axes.errorbar([x], curve["mean"].to_numpy(), yerr=curve["ci95"].to_numpy(), marker="D", markersize=7,
+                  capsize=4, linestyle="none", label=f"{label} (no adaptation)", color=color)
+
+
 def adaptation_curves(report: Report, suite: str, setting: str) -> bytes:
     figure, axes = plt.subplots(figsize=(6, 3.8))
     for learner in report.ranked(suite, setting):
         curve = report.curve(suite, setting, learner)
         color = _color(report, learner)
+        if len(curve) == 1:
+            _single_point(axes, 0, curve, learner, color)
+            continue
         axes.plot(curve["step"], curve["mean"], marker="o", markersize=3, label=learner, color=color)
         axes.fill_between(curve["step"], curve["mean"] - curve["ci95"], curve["mean"] + curve["ci95"],
                           color=color, alpha=0.15, linewidth=0)
@@ -54,11 +63,15 @@ def adaptation_curves(report: Report, suite: str, setting: str) -> bytes:
 
 
 def metric_versus_time(report: Report, suite: str, setting: str) -> bytes:
-    """Step k of a learner is placed at k/K of its measured time to adapt one episode through all K steps."""
+    """Step k of a learner is placed at k/K of its measured time to adapt one episode through all K steps; a
+    learner with no test-time adaptation (a single point) at its whole measured time, its prediction's cost."""
     figure, axes = plt.subplots(figsize=(6, 3.8))
     for learner in report.ranked(suite, setting):
         curve = report.curve(suite, setting, learner)
         milliseconds = report.ok_cells(suite, setting, learner)["adapt_ms_per_episode"].mean()
+        if len(curve) == 1:
+            _single_point(axes, milliseconds, curve, learner, _color(report, learner))
+            continue
         steps = curve["step"].to_numpy()
         axes.plot(steps / max(steps.max(), 1) * milliseconds, curve["mean"], marker="o", markersize=3, label=learner,
                   color=_color(report, learner))

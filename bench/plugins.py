@@ -10,6 +10,7 @@ import dataclasses
 import inspect
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable
 from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
@@ -18,12 +19,15 @@ import pluggy
 
 from bench import hookspecs
 from bench.api import Learner, TaskSuite
+from bench.executors import Executor
 from bench.errors import BenchError
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 DISABLE_ENV = "METABENCH_DISABLE_PLUGINS"
+TRACE_ENV = "METABENCH_TRACE_PLUGINS"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-KINDS = {"learner": ("register_learners", Learner), "suite": ("register_suites", TaskSuite)}
+KINDS = {"learner": ("register_learners", Learner), "suite": ("register_suites", TaskSuite),
+         "executor": ("register_executors", Executor)}
 
 
 class PluginLoadError(BenchError, RuntimeError):
@@ -59,6 +63,11 @@ class Registration:
         doc = inspect.getdoc(self.cls) or ""
         return doc.splitlines()[0] if doc else ""
 
+    @property
+    def unavailable_reason(self) -> str | None:
+        """Why the class cannot run here (a missing optional module), or None."""
+        return self.cls.unavailable_reason()
+
 
 @dataclasses.dataclass(frozen=True)
 class PluginProblem:
@@ -73,25 +82,35 @@ class PluginProblem:
 class Registry:
     learners: dict[str, Registration] = dataclasses.field(default_factory=dict)
     suites: dict[str, Registration] = dataclasses.field(default_factory=dict)
+    executors: dict[str, Registration] = dataclasses.field(default_factory=dict)
     problems: list[PluginProblem] = dataclasses.field(default_factory=list)
 
     def of_kind(self, kind: str) -> dict[str, Registration]:
-        return self.learners if kind == "learner" else self.suites
+        return {"learner": self.learners, "suite": self.suites, "executor": self.executors}[kind]
+
+    def unavailable(self, kind: str) -> dict[str, str]:
+        """The registered classes of ``kind`` that cannot run here, with the reason, by name."""
+        reasons = {name: registration.unavailable_reason for name, registration in sorted(self.of_kind(kind).items())}
+        return {name: reason for name, reason in reasons.items() if reason}
 
     def select(self, kind: str, names: str | Iterable[str]) -> list[Registration]:
-        """Resolve ``"all"`` or a list / comma-separated string of names, in the order given."""
-        available = self.of_kind(kind)
+        """Resolve ``"all"`` (every available one) or a list / comma-separated string of names, in the order given."""
+        registered = self.of_kind(kind)
         if isinstance(names, str):
             names = [part.strip() for part in names.split(",") if part.strip()]
         names = list(names)
+        unavailable = self.unavailable(kind)
         if names == ["all"]:
-            return [available[name] for name in sorted(available)]
-        unknown = [name for name in names if name not in available]
+            return [registered[name] for name in sorted(registered) if name not in unavailable]
+        unknown = [name for name in names if name not in registered]
         if unknown or not names:
-            valid = ", ".join(sorted(available)) or "none installed"
+            valid = ", ".join(sorted(registered)) or "none installed"
             what = ", ".join(repr(name) for name in unknown) or "nothing"
             raise UnknownNameError(f"unknown {kind} {what}; valid {kind}s: all, {valid}")
-        return [available[name] for name in dict.fromkeys(names)]
+        for name in names:
+            if name in unavailable:
+                raise UnknownNameError(f"{kind} '{name}' is unavailable: {unavailable[name]}")
+        return [registered[name] for name in dict.fromkeys(names)]
 
 
 def _source_of(entry_point: EntryPoint) -> PluginSource:
@@ -114,13 +133,13 @@ def _disabled() -> set[str]:
     return {name.strip() for name in os.environ.get(DISABLE_ENV, "").split(",") if name.strip()}
 
 
-def _check_class(kind: str, name: object, cls: object) -> str | None:
+def class_problem(kind: str, name: object, cls: object) -> str | None:
     """Why this registration is invalid, or None."""
     base = KINDS[kind][1]
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         return f"{kind} name {name!r} is not a lower-case identifier (letters, digits, '-', '_', '.')"
     if not (inspect.isclass(cls) and issubclass(cls, base)):
-        return f"registered {kind} '{name}' as {cls!r}, which is not a subclass of bench.api.{base.__name__}"
+        return f"registered {kind} '{name}' as {cls!r}, which is not a subclass of {base.__module__}.{base.__name__}"
     if kind == "suite" and getattr(cls, "name", None) != name:
         return f"suite '{name}' ({cls.__qualname__}) must set name = '{name}' (it seeds the suite's episodes)"
     if inspect.isabstract(cls):
@@ -131,14 +150,27 @@ def _check_class(kind: str, name: object, cls: object) -> str | None:
     return None
 
 
+def _tracing() -> bool:
+    return os.environ.get(TRACE_ENV, "") not in ("", "0")
+
+
+def _trace(message: str) -> None:
+    if _tracing():
+        print(f"[metabench plugins] {message}", file=sys.stderr)
+
+
 class _Loader:
     def __init__(self) -> None:
         self.manager = pluggy.PluginManager(hookspecs.PROJECT)
         self.manager.add_hookspecs(hookspecs)
+        if _tracing():  # pluggy's own trace of every hook call, with its arguments and results
+            self.manager.trace.root.setwriter(lambda line: print(f"[metabench plugins] {line}", end="", file=sys.stderr))
+            self.manager.enable_tracing()
         self.registry = Registry()
         self.sources: dict[str, PluginSource] = {}
 
     def add(self, source: PluginSource, load: Callable[[], ModuleType]) -> None:
+        _trace(f"loading {source}")
         try:
             module = load()
         except Exception as error:  # any failure of third-party code is reported, not raised
@@ -152,6 +184,7 @@ class _Loader:
         self.sources[source.name] = source
 
     def _problem(self, source: PluginSource, message: str) -> None:
+        _trace(f"problem: {source}: {message}")
         self.registry.problems.append(PluginProblem(source, message))
 
     def _drop_unknown_hooks(self) -> None:
@@ -184,6 +217,7 @@ class _Loader:
         others = [plugin for name, plugin in self.manager.list_name_plugin() if name != source.name]
         caller = self.manager.subset_hook_caller(hook_name, remove_plugins=others)
         offered: list[tuple[object, object]] = []
+        _trace(f"{source.name}: calling {hook_name}")
         try:
             caller(register=lambda name, cls: offered.append((name, cls)))
         except Exception as error:
@@ -191,13 +225,14 @@ class _Loader:
             return
         registered = self.registry.of_kind(kind)
         for name, cls in offered:
-            why = _check_class(kind, name, cls)
+            why = class_problem(kind, name, cls)
             if why:
                 self._problem(source, why)
             elif name in registered:
                 first = registered[name].source
                 self._problem(source, f"{kind} '{name}' is also registered by {first}; keeping the one from '{first.name}'")
             else:
+                _trace(f"{source.name}: {kind} '{name}' -> {cls.__module__}.{cls.__qualname__}")
                 registered[name] = Registration(kind, name, cls, source)
 
 
@@ -209,6 +244,8 @@ def load_plugins(strict: bool = False, extra: Iterable[tuple[PluginSource, Modul
         source = _source_of(entry_point)
         if source.name not in disabled and source.distribution not in disabled:
             loader.add(source, entry_point.load)
+        else:
+            _trace(f"disabled by {DISABLE_ENV}: {source}")
     for source, module in extra:
         loader.add(source, lambda module=module: module)
     registry = loader.collect()

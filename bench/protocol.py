@@ -41,9 +41,11 @@ def evaluate(
 
     The learner sees the support set and the query inputs, never the query labels; the metric is
     computed here from its predictions. Learners with ``adapt_batch`` adapt many episodes at once
-    (``batched`` forces the choice; see ``default_batching``). Returns ``metric[episode, step]``
-    (non-finite values kept as they are: divergence is a result) and the adaptation seconds per episode.
+    (``batched`` forces the choice; see ``default_batching``). A learner is adapted through
+    ``learner_steps(learner, steps)`` steps. Returns ``metric[episode, step]`` for those steps (non-finite
+    values kept as they are: divergence is a result) and the adaptation seconds per episode.
     """
+    steps = learner_steps(learner, steps)
     batched = default_batching(learner, suite, device) if batched is None else batched
     size = _episodes_per_batch(suite.sample_episode(TEST_SPLIT, setting, seed, 0)) if batched else 1
     metric = np.empty((episodes, steps + 1))
@@ -68,6 +70,13 @@ def evaluate(
         seconds[start:stop] = (time.perf_counter() - began) / (stop - start)
         on_episodes(stop - start)
     return metric, seconds
+
+
+def learner_steps(learner: Learner, steps: int) -> int:
+    """The adaptation steps a learner is evaluated through: the protocol's ``steps``, capped by the learner's
+    ``max_adaptation_steps`` (0 for a learner with nothing to adapt: its curve is the single point at step 0)."""
+    cap = learner.max_adaptation_steps
+    return steps if cap is None else min(steps, cap)
 
 
 def episodes_fingerprint(suite: TaskSuite, setting: Setting, seed: int, episodes: int) -> str:

@@ -90,11 +90,33 @@ class Report:
         return s[(s["suite"] == suite) & (s["setting"] == setting) & (s["learner"] == learner)].sort_values("step")
 
     def final_metric(self, suite: str, setting: str, learner: str) -> pd.Series:
-        """The metric after the last step, one value per (seed, episode)."""
+        """The metric after the group's own last step (step 0 for a learner with nothing to adapt at test
+        time), one value per (seed, episode): learners ending at different steps pair on the same episodes."""
         r = self.records
         group = r[(r["suite"] == suite) & (r["setting"] == setting) & (r["learner"] == learner)]
         final = group[group["step"] == group["step"].max()]
         return final.set_index(EPISODE_KEY)["metric"]
+
+    def short_curves(self) -> dict[str, int]:
+        """Learners whose curve ends before the protocol's last step (they declare fewer adaptation steps,
+        ``max_adaptation_steps``), with the step it ends at: 0 for a learner with no test-time adaptation."""
+        ok = self.cells[self.cells["status"] == "ok"]
+        if "test_steps" not in ok or self.summary.empty:
+            return {}
+        last = self.summary.groupby("learner")["step"].max()
+        requested = ok.groupby("learner")["test_steps"].max()
+        return {learner: int(last[learner]) for learner in requested.index
+                if learner in last.index and last[learner] < requested[learner]}
+
+    def _short_curve_note(self) -> str:
+        """A sentence naming the learners whose curve ends early, or nothing."""
+        short = self.short_curves()
+        if not short:
+            return ""
+        described = [f"{learner} (no test-time adaptation: a single point at step 0)" if last == 0
+                     else f"{learner} (at most {last} steps)" for learner, last in short.items()]
+        return (" Curves that end before the protocol's last step (that is their final step; – at the steps they lack): "
+                f"{', '.join(described)}.")
 
     def ranked(self, suite: str, setting: str) -> list[str]:
         """The learners with results, best final mean first."""
@@ -120,7 +142,8 @@ class Report:
         table = Table("Accuracy", columns, [], note=(
             "Metric after the final adaptation step over all test episodes and seeds (↑ higher is better, "
             "↓ lower is better). The best learner is in bold; every other learner is compared with it on the "
-            "same episodes by Wilcoxon's signed-rank test, n.s. = not significantly different at p < 0.05."))
+            "same episodes by Wilcoxon's signed-rank test, n.s. = not significantly different at p < 0.05."
+            + self._short_curve_note()))
         for suite, setting in self.settings():
             metric_name, lower_is_better = self.orientation(suite)
             ranked, comparisons = self.ranked(suite, setting), self.comparisons(suite, setting)
@@ -149,7 +172,8 @@ class Report:
         columns = ["suite", "setting", "learner", *(f"step {step}" for step in SPEED_STEPS), "steps to 90%", "adapt ms/episode"]
         table = Table("Adaptation speed", columns, [], note=(
             "Mean metric after each number of adaptation steps; steps to 90% of the final gain over step 0, "
-            "read off the median curve; wall-clock milliseconds to adapt one test episode through all steps."))
+            "read off the median curve (0 for a single-point curve); wall-clock milliseconds to adapt one test "
+            "episode through all steps." + self._short_curve_note()))
         for suite, setting, learner in self._groups():
             row = [suite, setting, learner]
             note = self.status_note(suite, setting, learner)
@@ -186,8 +210,18 @@ class Report:
             ])
         return table
 
+    def failures_table(self) -> Table:
+        """Every failed cell with its error, also where other seeds of its group succeeded."""
+        failed = self.cells[self.cells["status"] == "failed"]
+        rows = [[cell["suite"], cell["setting"], cell["learner"], str(cell["seed"]), str(cell.get("error", ""))]
+                for _, cell in failed.iterrows()]
+        return Table("Failed cells", ["suite", "setting", "learner", "seed", "error"], rows, note=(
+            "Cells that raised, reported a non-finite training loss or ran past the cell timeout; their tracebacks "
+            "are in cells/<cell>.json. The tables above summarise the other seeds of each group."))
+
     def tables(self) -> list[Table]:
-        return [self.accuracy_table(), self.speed_table(), self.cost_table()]
+        failures = self.failures_table()
+        return [self.accuracy_table(), self.speed_table(), self.cost_table(), *([failures] if failures.rows else [])]
 
     def _groups(self) -> list[tuple[str, str, str]]:
         return [(suite, setting, learner) for suite, setting in self.settings() for learner in self.learners(suite, setting)]

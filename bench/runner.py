@@ -1,11 +1,15 @@
 """Running cells: meta-training under a shared task budget, then the episodic evaluation.
 
-Each cell runs in isolation: an exception or a non-finite training loss fails that cell (error and
-traceback kept in its metadata) and the run goes on. Every finished cell is written at once.
+Each cell runs in isolation: an exception, a non-finite training loss or running past the cell
+timeout fails that cell (error and traceback kept in its metadata) and the run goes on. Every
+finished cell is written at once, whichever executor ran it.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -19,10 +23,11 @@ from tqdm.auto import tqdm
 
 from bench.api import Episode, Learner, MetaTrainContext, Setting, TaskSuite
 from bench.config import ConfigError, RunConfig
+from bench.executors import CellJob, Executor, ExecutorOptions, InlineExecutor
 from bench.grid import Cell
 from bench.memory import PeakMemory
 from bench.protocol import episodes_fingerprint, evaluate
-from bench.store import RunStore
+from bench.store import RunStore, config_hash
 
 TRAIN_SPLIT = "train"
 LOSS_CHECK_EVERY = 20
@@ -30,6 +35,31 @@ LOSS_CHECK_EVERY = 20
 
 class NonFiniteLossError(RuntimeError):
     """A learner reported a NaN or infinite training loss."""
+
+
+class CellTimeoutError(RuntimeError):
+    """A cell ran longer than ``--cell-timeout``."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float | None) -> Iterator[None]:
+    """Raise ``CellTimeoutError`` in this thread once ``seconds`` have passed (a timer signal; main thread only)."""
+    if not seconds:
+        yield
+        return
+    if threading.current_thread() is not threading.main_thread():
+        raise CellTimeoutError("--cell-timeout needs the cell to run in the main thread of its process")
+
+    def expire(signum: int, frame: object) -> None:
+        raise CellTimeoutError(f"the cell ran longer than --cell-timeout {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -85,9 +115,20 @@ class HostContext(MetaTrainContext):
         return value
 
 
-def run_cell(cell: Cell, config: RunConfig, device: torch.device,
-             show_progress: bool) -> tuple[dict[str, Any], pd.DataFrame | None]:
-    """Meta-train and evaluate one cell. Failures are returned in the metadata, never raised."""
+def cell_fingerprint(cell: Cell, config: RunConfig) -> str:
+    """A hash of everything that determines a cell's numbers: a finished cell is reused only when it matches."""
+    budget = config.budget_for(cell.suite.cls)
+    return config_hash({
+        "cell": cell.cell_id, "setting": dataclasses.asdict(cell.setting), "budget": dataclasses.asdict(budget),
+        "hyperparameters": dataclasses.asdict(cell.hyperparameters), "data_dir": config.data_dir,
+        "learner_plugin": [cell.learner.source.distribution, cell.learner.source.version],
+        "suite_plugin": [cell.suite.source.distribution, cell.suite.source.version],
+    })
+
+
+def run_cell(cell: Cell, config: RunConfig, device: torch.device, show_progress: bool,
+             timeout: float | None = None) -> tuple[dict[str, Any], pd.DataFrame | None]:
+    """Meta-train and evaluate one cell within ``timeout`` seconds. Failures are returned in the metadata, never raised."""
     budget = config.budget_for(cell.suite.cls)
     hyperparameters = cell.hyperparameters
     metadata: dict[str, Any] = {
@@ -97,6 +138,7 @@ def run_cell(cell: Cell, config: RunConfig, device: torch.device,
         "hyperparameters": dataclasses.asdict(hyperparameters), "device": str(device),
         "learner_plugin": dataclasses.asdict(cell.learner.source), "suite_plugin": dataclasses.asdict(cell.suite.source),
         "task_budget": budget.meta_train_tasks, "test_episodes": budget.test_episodes, "test_steps": budget.test_steps,
+        "cell_fingerprint": cell_fingerprint(cell, config),
     }
     suite: TaskSuite = config.make_suite(cell.suite.cls)
     reason = cell.learner.cls.unsupported_reason(suite)
@@ -112,7 +154,7 @@ def run_cell(cell: Cell, config: RunConfig, device: torch.device,
 
     context = HostContext(suite, cell.setting, cell.seed, budget.meta_train_tasks, device, progress)
     try:
-        with PeakMemory(device) as memory:
+        with deadline(timeout), PeakMemory(device) as memory:
             learner: Learner = cell.learner.cls(hyperparameters)
             start = time.perf_counter()
             learner.meta_train(context)
@@ -142,17 +184,20 @@ def run_cell(cell: Cell, config: RunConfig, device: torch.device,
     return metadata, records
 
 
-def run_cells(cells: list[Cell], config: RunConfig, store: RunStore,
-              device: torch.device, show_progress: bool = True,
+def run_cells(cells: list[Cell], config: RunConfig, store: RunStore, device: torch.device,
+              show_progress: bool = True, executor: Executor | None = None, cell_timeout: float | None = None,
               on_cell: Callable[[Cell, dict[str, Any]], None] = lambda cell, metadata: None) -> None:
-    """Run the cells not yet finished in ``store``, writing each as soon as it completes."""
-    finished = store.finished_cells()
-    for cell in cells:
-        if cell.cell_id in finished:
-            continue
-        metadata, records = run_cell(cell, config, device, show_progress)
-        store.write_cell(cell.cell_id, metadata, records)
-        on_cell(cell, metadata)
+    """Run the cells not yet finished in ``store`` (default: one after the other, in this process),
+    writing each as soon as it completes. Finished cells must match their configuration (``StoreError``)."""
+    executor = executor or InlineExecutor(ExecutorOptions())
+    todo = store.cells_to_run({cell.cell_id: cell_fingerprint(cell, config) for cell in cells})
+    job = CellJob(config, str(device), show_progress and executor.shows_progress, cell_timeout)
+    try:
+        for cell, metadata, records in executor.run([cell for cell in cells if cell.cell_id in todo], job):
+            store.write_cell(cell.cell_id, metadata, records)
+            on_cell(cell, metadata)
+    finally:
+        executor.close()
 
 
 def default_run_dir(config: RunConfig) -> Path:

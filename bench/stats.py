@@ -46,8 +46,11 @@ def summarize(records: pd.DataFrame, group: list[str]) -> pd.DataFrame:
 def steps_to_fraction_of_gain(curve: list[float], fraction: float = 0.9) -> int | None:
     """First step whose improvement over step 0 reaches ``fraction`` of the final step's improvement.
 
-    ``curve`` is oriented so that lower is better. None when the final step improves nothing.
+    ``curve`` is oriented so that lower is better. None when the final step improves nothing; 0 for a
+    single-point curve (a learner with nothing to adapt at test time has its final metric at step 0).
     """
+    if len(curve) == 1:
+        return 0
     gains = [curve[0] - value for value in curve]
     final = gains[-1]
     if not np.isfinite(final) or final <= 0:

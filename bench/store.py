@@ -4,15 +4,17 @@ Layout of ``results/<run-id>/``::
 
     run.json              resolved configuration, environment and versions, status
     cells/<cell>.csv      tidy records of one cell: one row per episode x step
-    cells/<cell>.json     the cell's metadata (status, timings, memory, configuration); written last,
-                          so its presence marks the cell finished
+    cells/<cell>.json     the cell's metadata (status, timings, memory, configuration, fingerprint);
+                          written last, so its presence marks the cell finished
+    cells/corrupt/        cell files found unreadable when the run was resumed (those cells re-run)
     records.csv           all cells' records together (written at the end of a run)
     report.md             the comparison report (tables, figures/, provenance); also report.html
     summary.csv           the report's numbers, machine-readable
     figures/*.png         adaptation curves, metric vs. time, final-metric bars
 
-Everything is CSV or JSON: data anyone can open, never pickles. A run folder can be re-entered:
-finished cells are kept and skipped, and a folder holding a different configuration is refused.
+Everything is CSV or JSON: data anyone can open, never pickles, and nothing in a run folder is ever
+executed. A run folder can be re-entered: finished cells are kept and skipped (failed ones run again),
+and a folder holding a different configuration is refused.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ import hashlib
 import json
 import os
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +67,11 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def run_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a run's configuration that determines its results: not where the folder is (it may move)."""
+    return {key: value for key, value in config.items() if key != "out"}
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -80,16 +89,15 @@ class RunStore:
     def open(self, config: dict[str, Any], environment: dict[str, Any]) -> None:
         """Create the folder, or re-enter it when it holds a run of the same configuration."""
         run_file = self.path / RUN_FILE
-        digest = config_hash(config)
+        digest = config_hash(run_identity(config))
         if run_file.exists():
             existing = _read_json(run_file)
             if existing.get("format_version", 0) > FORMAT_VERSION:
                 raise StoreError(f"{self.path} was written by a newer metabench (format {existing['format_version']})")
             if existing.get("config_hash") != digest:
-                changed = sorted(
-                    key for key in set(config) | set(existing.get("config", {}))
-                    if config.get(key) != existing.get("config", {}).get(key)
-                )
+                before = run_identity(existing.get("config", {}))
+                changed = sorted(key for key in set(run_identity(config)) | set(before)
+                                 if config.get(key) != before.get(key))
                 raise StoreError(
                     f"{self.path} holds a run with a different configuration (differs in: {', '.join(changed)}); "
                     "choose another --out or remove that folder"
@@ -112,7 +120,7 @@ class RunStore:
                 "format_version": FORMAT_VERSION,
                 "status": status,
                 "config": config,
-                "config_hash": config_hash(config),
+                "config_hash": config_hash(run_identity(config)),
                 "environment": environment,
             },
         )
@@ -126,11 +134,66 @@ class RunStore:
     def finished_cells(self) -> set[str]:
         return {path.stem for path in self.cells_dir.glob("*.json")}
 
+    def cells_to_run(self, planned: dict[str, str], warn: Callable[[str], None] = lambda message: None) -> set[str]:
+        """Of the planned cells (id -> fingerprint), those to run: new, failed, or found corrupt (moved to
+        ``cells/corrupt/``, with a warning). A finished cell with another fingerprint is refused: its
+        numbers came from another configuration or plugin version and must not be mixed in."""
+        todo, stale = set(planned), []
+        for cell_id, fingerprint in planned.items():
+            path = self.cells_dir / f"{cell_id}.json"
+            if not path.exists():
+                continue
+            problem = self._cell_problem(path)
+            if problem:
+                warn(f"{path}: {problem}; moved to {self._quarantine(cell_id)}/, the cell runs again")
+                continue
+            metadata = json.loads(path.read_text())
+            if metadata.get("cell_fingerprint", fingerprint) != fingerprint:
+                stale.append(cell_id)
+            elif metadata["status"] in ("ok", "n/a"):
+                todo.discard(cell_id)
+        if stale:
+            raise StoreError(f"{self.path}: finished cells were run with another configuration or plugin version "
+                             f"({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}); choose another --out")
+        return todo
+
+    def _cell_problem(self, path: Path) -> str | None:
+        """Why a cell's files cannot be used, or None."""
+        try:
+            metadata = json.loads(path.read_text())
+            status = metadata["status"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            return f"unreadable or corrupt ({type(error).__name__}: {error})"
+        if status != "ok":
+            return None
+        records = path.with_suffix(".csv")
+        try:
+            rows = len(pd.read_csv(records))
+        except (OSError, ValueError) as error:
+            return f"its records {records.name} are unreadable or missing ({type(error).__name__})"
+        if rows != metadata.get("record_rows", rows):
+            return f"its records {records.name} are truncated ({rows} of {metadata['record_rows']} rows)"
+        return None
+
+    def _quarantine(self, cell_id: str) -> Path:
+        folder = self.cells_dir / "corrupt" / time.strftime("%Y%m%d-%H%M%S")
+        folder.mkdir(parents=True, exist_ok=True)
+        for suffix in (".json", ".csv"):
+            source = self.cells_dir / f"{cell_id}{suffix}"
+            if source.exists():
+                os.replace(source, folder / source.name)
+        return folder
+
     def write_cell(self, cell_id: str, metadata: dict[str, Any], records: pd.DataFrame | None) -> None:
-        """Records first, metadata last: a cell counts as finished only once both are in place."""
-        if records is not None:
-            atomic_write_text(self.cells_dir / f"{cell_id}.csv", records.to_csv(index=False))
-        atomic_write_json(self.cells_dir / f"{cell_id}.json", metadata)
+        """Records first, metadata (with the record count) last: a cell counts as finished only once both are in place."""
+        try:
+            if records is not None:
+                atomic_write_text(self.cells_dir / f"{cell_id}.csv", records.to_csv(index=False))
+                metadata = {**metadata, "record_rows": len(records)}
+            atomic_write_json(self.cells_dir / f"{cell_id}.json", metadata)
+        except OSError as error:
+            raise StoreError(f"cannot write cell {cell_id} to {self.cells_dir}: {error.strerror or error}; the cells "
+                             f"finished before are kept: free the space, then resume with bench run --resume {self.path}") from None
 
     def write_report(self, records: pd.DataFrame, files: dict[str, str | bytes]) -> None:
         """``records.csv`` and the report's files (paths relative to the run folder), each written atomically."""
@@ -142,6 +205,9 @@ class RunStore:
 
     def cells(self) -> list[dict[str, Any]]:
         return [_read_json(path) for path in sorted(self.cells_dir.glob("*.json"))]
+
+    def failed_cells(self) -> int:
+        return sum(cell["status"] == "failed" for cell in self.cells())
 
     def records(self) -> pd.DataFrame:
         frames = []

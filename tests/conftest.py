@@ -8,6 +8,8 @@ import pytest
 
 from bench.plugins import load_plugins
 
+collect_ignore = ["fixtures"]  # tests/fixtures/ holds a plugin package with its own tests, run by test_third_party.py
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", help="also run the slow learning checks (minutes)")

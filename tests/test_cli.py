@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 from helpers import run_bench
 
+from bench.plugins import load_plugins
+
 SMOKE = ("--profile", "smoke", "--tasks", "50", "--episodes", "3", "--steps", "2", "--shots", "5", "--no-progress")
-BUILTIN_LEARNERS = "adaptation-layer, finetune, fomaml, maml"
+BUILTIN_LEARNERS = "adaptation-layer, anil, finetune, fomaml, l2l-maml, l2l-metasgd, maml, metasgd, protonet, reptile"
 
 GOOD_LEARNER = '''
     import dataclasses
@@ -71,9 +73,9 @@ def test_plugins_lists_builtins_with_their_distribution():
     assert result.returncode == 0, result.stderr
     listed = json.loads(result.stdout)
     names = {(entry["kind"], entry["name"]) for entry in listed["plugins"]}
-    assert names == {("learner", "maml"), ("learner", "fomaml"), ("learner", "adaptation-layer"),
-                     ("learner", "finetune"), ("suite", "miniimagenet"), ("suite", "omniglot"),
-                     ("suite", "sinusoid")}
+    assert names == {*(("learner", name) for name in BUILTIN_LEARNERS.split(", ")), ("suite", "miniimagenet"),
+                     ("suite", "omniglot"), ("suite", "sinusoid"), ("executor", "inline"), ("executor", "processes"),
+                     ("executor", "ray")}
     assert all(entry["distribution"] == "metabench" and entry["description"] for entry in listed["plugins"])
     assert listed["problems"] == []
     table = run_bench("plugins").stdout
@@ -110,14 +112,15 @@ def test_smoke_run_writes_results_and_resumes(tmp_path, third_party):
     result = run_bench("run", "--learners", "all", *SMOKE, "--out", str(out), pythonpath=[third_party])
     assert result.returncode == 0, result.stderr
     assert f"Results: {out}" in result.stdout
-    for learner in ("maml", "fomaml", "adaptation-layer", "finetune", "zero-shot"):
+    available = [name for name, registration in load_plugins().learners.items() if not registration.unavailable_reason]
+    for learner in [*available, "zero-shot"]:
         assert learner in result.stdout
     run_info = json.loads((out / "run.json").read_text())
     assert run_info["status"] == "finished"
     assert run_info["config"]["hyperparameters"]["maml @ sinusoid K=5"]["inner_lr"] == 0.01
     assert run_info["environment"]["libraries"]["torch"] and run_info["environment"]["plugins"]["good"] == "fixture-plugins 1.2"
     records = pd.read_csv(out / "records.csv")
-    assert len(records) == 5 * 3 * 3  # learners x episodes x steps 0..2
+    assert len(records) == len(available) * 3 * 3  # learners (protonet n/a, zero-shot in) x episodes x steps 0..2
     assert set(records.columns) >= {"suite", "setting", "learner", "seed", "episode", "step", "metric"}
     assert "## Accuracy" in (out / "report.md").read_text() and "<img" in (out / "report.html").read_text()
     assert {path.name for path in (out / "figures").iterdir()} == {"sinusoid-K-5-curves.png", "sinusoid-K-5-time.png",
@@ -125,7 +128,8 @@ def test_smoke_run_writes_results_and_resumes(tmp_path, third_party):
     assert not list(out.rglob("*.pkl")) and not list(out.rglob("*.pt"))
 
     again = run_bench("run", "--learners", "all", *SMOKE, "--out", str(out), pythonpath=[third_party])
-    assert again.returncode == 0 and "5 cells (5 already finished)" in again.stderr
+    cells = len(available) + 1
+    assert again.returncode == 0 and f"{cells} cells ({cells} already finished)" in again.stderr
     changed = run_bench("run", "--learners", "all", *SMOKE, "--seeds", "2", "--out", str(out), pythonpath=[third_party])
     assert changed.returncode == 2 and "holds a run with a different configuration (differs in: seeds)" in changed.stderr
 
@@ -156,7 +160,7 @@ def test_config_file_and_overrides(tmp_path):
         (["--set", "maml.inner_steps=1.5"], "--set maml.inner_steps: expected int, got '1.5'"),
         (["--set", "inner_lr=0.1"], "expected LEARNER.KEY=VALUE"),
         (["--set", "finetune.head=svm"], "--set finetune: head must be 'linear' or 'cosine', got 'svm'"),
-        (["--set", "reptile.lr=0.1"], "unknown learner 'reptile'"),
+        (["--set", "raptile.lr=0.1"], "unknown learner 'raptile'"),
         (["--profile", "huge"], "unknown profile 'huge'; valid: smoke, quick, paper"),
         (["--seeds", "two"], "seeds: expected int, got 'two'"),
         (["--seeds", "0"], "seeds: must be positive, got 0"),

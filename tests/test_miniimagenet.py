@@ -14,6 +14,7 @@ from helpers import run_bench
 from PIL import Image
 
 from bench.errors import DataError
+from bench.testing import SuiteCheck, assert_suite_conforms
 
 SPLIT_CLASSES = {"train": 6, "val": 5, "test": 5}
 PER_CLASS = 21
@@ -99,6 +100,10 @@ def expect_error(suite: MiniImageNet, *fragments: str, split: str | None = None)
     for fragment in fragments:
         assert fragment in message, message
     return message
+
+
+def test_suite_passes_the_conformance_kit(roots):
+    assert_suite_conforms(MiniImageNet(data_dir=roots["pickle"].parent), SuiteCheck(episodes=5))
 
 
 @pytest.mark.parametrize("layout", ["pickle", "csv"])

@@ -14,6 +14,7 @@ from omniglot_data import stage
 from bench.errors import DataError
 from bench.protocol import evaluate
 from bench.runner import HostContext
+from bench.testing import assert_suite_conforms
 
 FIVE_WAY_ONE_SHOT = Omniglot().settings()[0]
 
@@ -57,6 +58,10 @@ def test_staged_alphabets_give_rotated_classes_and_pure_episodes(staged):
     assert train.query_x.shape == (5, 1, 28, 28)  # K queries per class in meta-training, as MAML's code
     other = suite.sample_episode("test", FIVE_WAY_ONE_SHOT, 0, 4)
     assert not torch.equal(first.support_x, other.support_x)
+
+
+def test_suite_passes_the_conformance_kit(staged):
+    assert_suite_conforms(Omniglot(data_dir=staged))
 
 
 def test_meta_train_and_meta_test_characters_are_disjoint(staged):

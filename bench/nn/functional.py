@@ -3,6 +3,9 @@
 Parameters are split into *fast* weights, which the inner loop adapts (all of them for MAML, a
 context vector for the adaptation-layer learner), and *slow* weights, which stay fixed within a
 task. ``forward(fast, slow, x)`` is the model as a pure function of both.
+
+The inner learning rate is one number, or (Meta-SGD) a meta-learned tensor per fast weight kept
+among the slow weights under ``LR_PREFIX + name``, so that it is meta-trained like them.
 """
 from __future__ import annotations
 
@@ -19,6 +22,9 @@ Params = dict[str, torch.Tensor]
 Forward = Callable[[Params, Params, torch.Tensor], torch.Tensor]
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+LR_PREFIX = "lr:"
+"""With ``InnerLoop(lr=None)``, ``slow[LR_PREFIX + name]`` is the learning rate of fast weight ``name``."""
+
 
 def _per_task(tensor: torch.Tensor, tasks: int) -> torch.Tensor:
     """``tensor`` repeated along a new leading task dimension, differentiable per copy."""
@@ -32,11 +38,18 @@ def detached(params: Params) -> Params:
 
 @dataclasses.dataclass(frozen=True)
 class InnerLoop:
-    """Plain SGD on the support loss: ``fast <- fast - lr * grad_fast L(fast, slow, support)``."""
+    """Plain SGD on the support loss: ``fast <- fast - lr * grad_fast L(fast, slow, support)``.
+
+    ``lr=None``: per-weight meta-learned rates, ``fast[name] <- fast[name] - slow[LR_PREFIX + name] * grad``.
+    """
 
     forward: Forward
     loss: Loss
-    lr: float
+    lr: float | None
+
+    def rate(self, slow: Params, name: str) -> float | torch.Tensor:
+        """The learning rate of fast weight ``name``: ``lr``, or the learned one in ``slow`` when ``lr`` is None."""
+        return slow[LR_PREFIX + name] if self.lr is None else self.lr
 
     def support_loss(self, fast: Params, slow: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.loss(self.forward(fast, slow, x), y)
@@ -46,7 +59,7 @@ class InnerLoop:
         grads = grad(self.support_loss)(fast, slow, x, y)
         if first_order:
             grads = detached(grads)
-        return {name: tensor - self.lr * grads[name] for name, tensor in fast.items()}
+        return {name: tensor - self.rate(slow, name) * grads[name] for name, tensor in fast.items()}
 
     def meta_loss(self, fast: Params, slow: Params, batch, steps: int, first_order: bool) -> torch.Tensor:
         """Mean query loss over a batch of episodes after ``steps`` inner steps each, vectorised.
@@ -62,7 +75,8 @@ class InnerLoop:
         for _ in range(steps):
             support_loss = task_losses(forward(adapted, slow, batch.support_x), batch.support_y).sum()
             grads = torch.autograd.grad(support_loss, list(adapted.values()), create_graph=not first_order)
-            adapted = {name: tensor - self.lr * gradient for (name, tensor), gradient in zip(adapted.items(), grads)}
+            adapted = {name: tensor - self.rate(slow, name) * gradient
+                       for (name, tensor), gradient in zip(adapted.items(), grads)}
         return task_losses(forward(adapted, slow, batch.query_x), batch.query_y).mean()
 
     def pure_meta_loss(self, fast: Params, slow: Params, batch, steps: int, first_order: bool) -> torch.Tensor:

@@ -5,10 +5,18 @@ from bench import hookimpl
 @hookimpl
 def register_learners(register):
     from bench_plugins.learners.adaptation_layer import AdaptationLayer
+    from bench_plugins.learners.anil import ANIL
     from bench_plugins.learners.finetune import Finetune
     from bench_plugins.learners.maml import MAML, FirstOrderMAML
+    from bench_plugins.learners.metasgd import MetaSGD
+    from bench_plugins.learners.protonet import ProtoNet
+    from bench_plugins.learners.reptile import Reptile
 
     register("maml", MAML)
     register("fomaml", FirstOrderMAML)
     register("adaptation-layer", AdaptationLayer)
     register("finetune", Finetune)
+    register("protonet", ProtoNet)
+    register("metasgd", MetaSGD)
+    register("anil", ANIL)
+    register("reptile", Reptile)

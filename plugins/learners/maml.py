@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from typing import Any
 
 from bench_plugins.learners._gradient import GradientConfig, GradientMetaLearner
 
-from bench.api import MetaTrainContext, Setting, TaskSuite
+from bench.api import MetaTrainContext, Setting, TaskKind, TaskSuite
 
 
 @dataclasses.dataclass
@@ -24,14 +23,6 @@ PAPER_DEFAULTS = {
 }
 
 
-def _learn2learn_reference(name: str) -> type | None:
-    if importlib.util.find_spec("learn2learn") is None:
-        return None
-    from bench_plugins.learners import l2l_reference
-
-    return getattr(l2l_reference, name)
-
-
 class MAML(GradientMetaLearner):
     """MAML, second order: meta-learns an initialisation; every weight adapts by SGD on the support set.
 
@@ -43,14 +34,18 @@ class MAML(GradientMetaLearner):
 
     @classmethod
     def suite_defaults(cls, suite: TaskSuite, setting: Setting) -> dict[str, Any]:
-        """The paper's settings for Omniglot and mini-ImageNet; the sinusoid ones otherwise."""
+        """The paper's settings for Omniglot and mini-ImageNet, its Omniglot 5-way ones for other classification
+        suites, the sinusoid ones for regression."""
+        fallback = PAPER_DEFAULTS[("omniglot", 5)] if suite.kind is TaskKind.CLASSIFICATION else {}
         return dict(PAPER_DEFAULTS.get((suite.name, setting.ways, setting.shots))
-                    or PAPER_DEFAULTS.get((suite.name, setting.ways), {}))
+                    or PAPER_DEFAULTS.get((suite.name, setting.ways), fallback))
 
     @classmethod
     def reference(cls) -> type | None:
-        """The same algorithm in learn2learn (when installed), for ``bench perf``'s side-by-side check."""
-        return _learn2learn_reference("LearnToLearnMAML")
+        """learn2learn's MAML (``l2l-maml``), for ``bench perf``'s side-by-side check."""
+        from bench_plugins.learners.l2l import LearnToLearnMAML
+
+        return LearnToLearnMAML
 
     def build(self, ctx: MetaTrainContext) -> None:
         from torch.func import functional_call
@@ -74,4 +69,6 @@ class FirstOrderMAML(MAML):
 
     @classmethod
     def reference(cls) -> type | None:
-        return _learn2learn_reference("LearnToLearnFirstOrderMAML")
+        from bench_plugins.learners.l2l import LearnToLearnFirstOrderMAML
+
+        return LearnToLearnFirstOrderMAML

@@ -1,0 +1,37 @@
+"""``bench new-plugin NAME``: a ready-to-install learner plugin package to start from."""
+from __future__ import annotations
+
+import re
+import string
+from importlib import resources
+from pathlib import Path
+
+from bench.errors import BenchError
+from bench.plugins import NAME_PATTERN
+
+FILES = {  # template -> path in the new package ({module} is the import name)
+    "pyproject.toml.tmpl": "pyproject.toml",
+    "README.md.tmpl": "README.md",
+    "plugin.py.tmpl": "src/{module}/plugin.py",
+    "learner.py.tmpl": "src/{module}/learner.py",
+    "test_conformance.py.tmpl": "tests/test_conformance.py",
+}
+
+
+def new_plugin(name: str, parent: Path) -> Path:
+    """Write the package ``metabench-NAME`` into ``parent/metabench-NAME``; return its folder."""
+    if not NAME_PATTERN.match(name) or not re.match(r"^[a-z][a-z0-9_-]*$", name):
+        raise BenchError(f"plugin name {name!r}: use lower-case letters, digits, '-' and '_', starting with a letter")
+    module = "metabench_" + name.replace("-", "_")
+    values = {"name": name, "module": module, "distribution": f"metabench-{name}",
+              "cls": "".join(part.capitalize() for part in re.split(r"[-_]", name))}
+    root = parent / values["distribution"]
+    if root.exists():
+        raise BenchError(f"{root} already exists; choose another name or folder")
+    templates = resources.files("bench") / "templates" / "plugin"
+    for template, target in FILES.items():
+        path = root / target.format(module=module)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(string.Template(templates.joinpath(template).read_text()).substitute(values))
+    (root / "src" / module / "__init__.py").write_text(f'"""The metabench plugin {name}."""\n')
+    return root

@@ -1,0 +1,37 @@
+"""ANIL (Raghu et al. 2019, "Rapid learning or feature reuse?", ICLR 2020): MAML whose inner loop adapts only the head."""
+from __future__ import annotations
+
+from bench_plugins.learners.maml import MAML
+
+from bench.api import MetaTrainContext
+
+
+class ANIL(MAML):
+    """ANIL (almost no inner loop): as maml, but only the head (the backbone's last layer) adapts per task.
+
+    The body's weights are meta-learned in the outer loop only, second order through the head's inner
+    SGD steps; at test time the body is frozen and the head takes SGD steps on the support loss.
+    Hyper-parameters are MAML's (the paper reuses them): the sinusoid ones, and MAML's paper settings
+    on the image suites.
+    """
+
+    @classmethod
+    def reference(cls) -> type | None:
+        """None: learn2learn's MAML adapts every weight, so it is not the same algorithm."""
+        return None
+
+    def build(self, ctx: MetaTrainContext) -> None:
+        from torch.func import functional_call
+
+        from bench.nn.functional import InnerLoop
+
+        model = ctx.backbone()
+        head = f"{len(model) - 1}."  # backbones are nn.Sequential stacks whose last module is the head
+        weights = dict(model.named_parameters())
+        self.loop = InnerLoop(
+            forward=lambda fast, slow, x: functional_call(model, {**slow, **fast}, (x,)),
+            loss=ctx.suite.loss,
+            lr=self.config.inner_lr,
+        )
+        self.fast = {name: weight for name, weight in weights.items() if name.startswith(head)}
+        self.slow = {name: weight for name, weight in weights.items() if not name.startswith(head)}

@@ -1,0 +1,174 @@
+"""learn2learn's MAML and Meta-SGD in their documented clone/adapt usage, registered as the learners
+``l2l-maml`` and ``l2l-metasgd`` (entry point ``l2l``) so that every report can show the built-ins beside
+the reference implementation; ``bench perf`` also times the built-ins against them.
+
+They share the built-ins' hyper-parameter defaults and the suite's seeded backbone, so a run compares like
+with like. Without learn2learn they are listed as unavailable (``requires``) and skipped by ``--learners all``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from abc import abstractmethod
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from bench_plugins.learners.maml import MAML, FirstOrderMAML, MAMLConfig
+from bench_plugins.learners.metasgd import MetaSGD, MetaSGDConfig
+
+from bench import hookimpl
+from bench.api import Episode, Learner, MetaTrainContext, Predictor, Setting, Support, TaskSuite, config_fields
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclasses.dataclass
+class LearnToLearnMAMLConfig:
+    """The built-in maml's hyper-parameters that apply to learn2learn's usage (not chunk_tasks or compile)."""
+
+    inner_lr: float = MAMLConfig.inner_lr
+    inner_steps: int = MAMLConfig.inner_steps
+    meta_batch: int = MAMLConfig.meta_batch
+    outer_lr: float = MAMLConfig.outer_lr
+
+
+class LearnToLearnLearner(Learner):
+    """A learn2learn algorithm wrapper: per task ``clone()``, ``adapt(loss)`` per inner step, the query loss;
+    Adam on the meta-batch mean. Subclasses say which wrapper (``wrap``) and which built-in it mirrors."""
+
+    Config: ClassVar[type]
+    builtin: ClassVar[type[Learner]]
+    """The built-in learner of the same algorithm, whose defaults this one shares."""
+    requires = ("learn2learn",)
+    install_hint = "pip install 'metabench[l2l]' on Python < 3.11; on 3.11+, make setup builds it from source"
+    implementation: ClassVar[str] = "learn2learn"
+    first_order: ClassVar[bool] = False
+
+    def __init__(self, config: Any) -> None:
+        """Takes this class's Config or the built-in's (as ``bench perf`` hands it); keeps the fields that apply."""
+        super().__init__(self.Config(**{name: getattr(config, name) for name in config_fields(self.Config)}))
+
+    @classmethod
+    def suite_defaults(cls, suite: TaskSuite, setting: Setting) -> dict[str, Any]:
+        """The built-in's defaults for this setting (e.g. the paper's), where they apply."""
+        fields = config_fields(cls.Config)
+        return {key: value for key, value in cls.builtin.suite_defaults(suite, setting).items() if key in fields}
+
+    @abstractmethod
+    def wrap(self, model: "torch.nn.Module", ctx: MetaTrainContext) -> "torch.nn.Module":
+        """The learn2learn wrapper (``MAML``, ``MetaSGD``) around the suite's backbone."""
+
+    def build(self, ctx: MetaTrainContext) -> None:
+        self.model = self.wrap(ctx.backbone(), ctx)
+        self.loss = ctx.suite.loss
+
+    def meta_parameters(self) -> list["torch.Tensor"]:
+        return list(self.model.parameters())
+
+    def meta_loss(self, batch: Episode) -> "torch.Tensor":
+        """Mean query loss over the batch, one task at a time, as learn2learn's examples do."""
+        import torch
+
+        losses = []
+        for task in range(batch.support_x.shape[0]):
+            learner = self.model.clone()
+            for _ in range(self.config.inner_steps):
+                learner.adapt(self.loss(learner(batch.support_x[task]), batch.support_y[task]))
+            losses.append(self.loss(learner(batch.query_x[task]), batch.query_y[task]))
+        return torch.stack(losses).mean()
+
+    def accumulate_meta_gradient(self, batch: Episode) -> "torch.Tensor":
+        """Back-propagate the meta-loss of ``batch`` into the meta-parameters' ``.grad``; return the loss."""
+        loss = self.meta_loss(batch)
+        loss.backward()
+        return loss.detach()
+
+    def meta_train(self, ctx: MetaTrainContext) -> None:
+        import torch
+
+        self.build(ctx)
+        # Fused Adam, as the built-ins: the same update rule, so only the meta-gradients differ.
+        optimizer = torch.optim.Adam(self.meta_parameters(), lr=self.config.outer_lr, fused=True)
+        for batch in ctx.batches(self.config.meta_batch):
+            optimizer.zero_grad(set_to_none=True)
+            loss = self.accumulate_meta_gradient(batch)
+            optimizer.step()
+            ctx.log(loss)
+
+    def adapt(self, support: Support, steps: int) -> Iterator[Predictor]:
+        """A clone adapted on the support set (first order: nothing back-propagates at test time)."""
+        learner = self.model.clone()
+        yield _snapshot(learner)
+        for _ in range(steps):
+            learner.adapt(self.loss(learner(support.x), support.y), first_order=True)
+            yield _snapshot(learner)
+
+
+def _snapshot(learner: "torch.nn.Module") -> Predictor:
+    """The learner's current weights as a predictor; ``adapt`` rebinds a clone's weights, never mutates them."""
+    from torch.func import functional_call
+
+    module = learner.module
+    weights = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    return lambda x: functional_call(module, weights, (x,))
+
+
+class LearnToLearnMAML(LearnToLearnLearner):
+    """learn2learn's MAML, the reference implementation of maml: learn2learn.algorithms.MAML, clone/adapt per task."""
+
+    Config = LearnToLearnMAMLConfig
+    builtin = MAML
+
+    def wrap(self, model: "torch.nn.Module", ctx: MetaTrainContext) -> "torch.nn.Module":
+        import learn2learn
+
+        return learn2learn.algorithms.MAML(model, lr=self.config.inner_lr, first_order=self.first_order)
+
+
+class LearnToLearnFirstOrderMAML(LearnToLearnMAML):
+    """learn2learn's first-order MAML (``first_order=True``): ``bench perf``'s reference for fomaml; not registered."""
+
+    first_order = True
+    builtin = FirstOrderMAML
+
+
+@dataclasses.dataclass
+class LearnToLearnMetaSGDConfig:
+    """The built-in metasgd's hyper-parameters that apply to learn2learn's usage (not chunk_tasks or compile)."""
+
+    alpha_low: float = MetaSGDConfig.alpha_low
+    alpha_high: float = MetaSGDConfig.alpha_high
+    inner_steps: int = MetaSGDConfig.inner_steps
+    meta_batch: int = MetaSGDConfig.meta_batch
+    outer_lr: float = MetaSGDConfig.outer_lr
+
+    __post_init__ = MetaSGDConfig.__post_init__
+
+
+class LearnToLearnMetaSGD(LearnToLearnLearner):
+    """learn2learn's Meta-SGD, the reference implementation of metasgd: learn2learn.algorithms.MetaSGD, clone/adapt.
+
+    Its per-weight rates (``lrs``) start as the built-in metasgd's alpha: uniform in [``alpha_low``,
+    ``alpha_high``], drawn from the seeded generator right after the backbone, so both start identical.
+    """
+
+    Config = LearnToLearnMetaSGDConfig
+    builtin = MetaSGD
+
+    def wrap(self, model: "torch.nn.Module", ctx: MetaTrainContext) -> "torch.nn.Module":
+        import learn2learn
+        import torch
+
+        rates = [
+            torch.nn.Parameter(torch.empty(weight.shape, dtype=weight.dtype)
+                               .uniform_(self.config.alpha_low, self.config.alpha_high, generator=ctx.generator)
+                               .to(weight.device))
+            for weight in model.parameters()
+        ]
+        return learn2learn.algorithms.MetaSGD(model, lrs=torch.nn.ParameterList(rates))
+
+
+@hookimpl
+def register_learners(register):
+    register("l2l-maml", LearnToLearnMAML)
+    register("l2l-metasgd", LearnToLearnMetaSGD)

@@ -1,0 +1,176 @@
+"""The conformance kit (bench.testing): every built-in passes it, and each kind of contract breach is caught."""
+from __future__ import annotations
+
+import pytest
+import torch
+from bench_plugins.learners.maml import MAML
+from bench_plugins.suites.sinusoid import Sinusoid
+
+from bench.api import Episode
+from bench.plugins import load_plugins
+from bench.testing import (
+    ConformanceError,
+    LearnerCheck,
+    TinyBlobs,
+    TinyWaves,
+    assert_learner_conforms,
+    assert_suite_conforms,
+    learner_problems,
+    suite_problems,
+)
+
+BUILT_IN_LEARNERS = sorted(name for name, registration in load_plugins().learners.items()
+                           if registration.source.distribution == "metabench" and not registration.unavailable_reason)
+QUICK = LearnerCheck(tasks=500, episodes=10, steps=3)
+
+
+@pytest.mark.parametrize("name", BUILT_IN_LEARNERS)
+def test_every_built_in_learner_conforms(registry, name):
+    """On both tiny suites (those it supports), with the kit's default budget and margins."""
+    assert_learner_conforms(registry.learners[name].cls)
+
+
+@pytest.mark.parametrize("suite", [TinyWaves(), TinyBlobs(), Sinusoid()], ids=lambda suite: suite.name)
+def test_built_in_suites_conform(suite):
+    assert_suite_conforms(suite)
+
+
+# -- learners that break the contract, one way each ------------------------------------------------------
+
+
+class PeeksAtTestEpisodes(MAML):
+    """Reads a test episode (with its query labels) from the suite while adapting."""
+
+    def meta_train(self, ctx):
+        self.suite, self.setting = ctx.suite, ctx.setting
+        super().meta_train(ctx)
+
+    def adapt(self, support, steps):
+        self.suite.sample_episode("test", self.setting, 0, 0)
+        return super().adapt(support, steps)
+
+
+class ReadsValidationSplit(MAML):
+    """Samples meta-validation episodes while meta-training."""
+
+    def meta_train(self, ctx):
+        ctx.suite.sample_batch("val", ctx.setting, 0, range(4))
+        super().meta_train(ctx)
+
+
+class YieldsTooFewPredictors(MAML):
+    """Skips the predictor of the last step."""
+
+    def adapt(self, support, steps):
+        return iter(list(super().adapt(support, steps))[:-1])
+
+
+class UnseededNoise(MAML):
+    """Adds noise from torch's global generator: not reproducible under a seed."""
+
+    def adapt(self, support, steps):
+        for predictor in super().adapt(support, steps):
+            noise = torch.randn(())
+            yield lambda x, predictor=predictor, noise=noise: predictor(x) + noise
+
+
+class NeverMetaTrains(MAML):
+    """Builds its network and stops."""
+
+    def meta_train(self, ctx):
+        self.build(ctx)
+
+
+class BatchedDisagrees(MAML):
+    """Its batched path predicts something else than one episode at a time."""
+
+    def adapt_batch(self, supports, steps):
+        for predictor in super().adapt_batch(supports, steps):
+            yield lambda x, predictor=predictor: predictor(x) + 1.0
+
+
+class WrongShape(MAML):
+    """Predicts one value per query set instead of one per query point."""
+
+    def adapt(self, support, steps):
+        for predictor in super().adapt(support, steps):
+            yield lambda x, predictor=predictor: predictor(x).mean(dim=0)
+
+
+class NoConfig(MAML):
+    """Has no Config dataclass."""
+
+    Config = dict
+
+
+@pytest.mark.parametrize(("learner", "message"), [
+    (PeeksAtTestEpisodes, "adapt() sampled a 'test' episode from the suite"),
+    (ReadsValidationSplit, "meta_train() sampled a 'val' episode (only the training split is allowed)"),
+    (YieldsTooFewPredictors, "yielded 3 predictors, not steps + 1 = 4"),
+    (UnseededNoise, "two runs with seed 0 differ"),
+    (NeverMetaTrains, "did not learn on 'tiny-waves'"),
+    (BatchedDisagrees, "adapt_batch() and adapt() disagree on 'tiny-waves'"),
+    (WrongShape, "returned shape (1,) for 20 query inputs; expected (20, 1)"),
+    (NoConfig, "needs a Config dataclass"),
+], ids=lambda value: value.__name__ if isinstance(value, type) else "")
+def test_each_contract_breach_is_named(learner, message):
+    problems = learner_problems(learner, suites=[TinyWaves()], check=QUICK)
+    assert any(message in problem for problem in problems), problems
+
+
+def test_assert_learner_conforms_lists_every_problem():
+    with pytest.raises(ConformanceError) as raised:
+        assert_learner_conforms(UnseededNoise, suites=[TinyWaves()], check=QUICK)
+    assert "learner UnseededNoise does not conform:\n  - on 'tiny-waves': two runs with seed 0 differ" in str(raised.value)
+
+
+# -- suites that break the contract ----------------------------------------------------------------------
+
+
+class IgnoresTheSplit(TinyWaves):
+    name = "ignores-the-split"
+
+    def sample_episode(self, split, setting, seed, index):
+        return super().sample_episode("train", setting, seed, index)
+
+
+class UnseededEpisodes(TinyWaves):
+    name = "unseeded"
+
+    def sample_episode(self, split, setting, seed, index):
+        episode = super().sample_episode(split, setting, seed, index)
+        return episode._replace(support_x=episode.support_x + torch.rand(()))
+
+
+class TooFewSupportExamples(TinyBlobs):
+    name = "too-few"
+
+    def sample_episode(self, split, setting, seed, index):
+        episode = super().sample_episode(split, setting, seed, index)
+        return episode._replace(support_x=episode.support_x[:-1], support_y=episode.support_y[:-1])
+
+
+class FastBatchDiffers(TinyWaves):
+    name = "fast-batch"
+
+    def sample_batch(self, split, setting, seed, indices):
+        batch = super().sample_batch(split, setting, seed, indices)
+        return Episode(*batch[:4], batch.classes)._replace(query_y=batch.query_y * 2)
+
+
+class UpsideDownMetric(TinyBlobs):
+    name = "upside-down"
+    lower_is_better = True
+
+
+@pytest.mark.parametrize(("suite", "message"), [
+    (IgnoresTheSplit(), "appear in both the train and the val split"),
+    (UnseededEpisodes(), "differs between two calls"),
+    (TooFewSupportExamples(), "support_x has 24 examples; 5 shots x 5 ways = 25"),
+    (FastBatchDiffers(), "sample_batch() of 'K=10' (train) differs from stacking sample_episode()"),
+    (UpsideDownMetric(), "check lower_is_better"),
+], ids=lambda value: value.name if hasattr(value, "name") else "")
+def test_each_suite_breach_is_named(suite, message):
+    problems = suite_problems(suite)
+    assert any(message in problem for problem in problems), problems
+

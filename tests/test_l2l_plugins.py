@@ -1,0 +1,159 @@
+"""learn2learn's reference learners (``l2l-maml``, ``l2l-metasgd``) beside the built-ins: the same meta-gradients
+in float64, the same per-episode metric on the same seeded run, learning, and clean listing without learn2learn."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+from bench_plugins.learners.l2l import LearnToLearnMAML, LearnToLearnMetaSGD
+from bench_plugins.learners.maml import MAML
+from bench_plugins.learners.metasgd import MetaSGD
+from bench_plugins.suites.sinusoid import Sinusoid
+from helpers import run_bench
+from test_learning import K10
+from torch.nn import functional as F
+
+from bench.api import Episode
+from bench.nn.backbones import conv4
+from bench.perf import _Float64Context
+from bench.protocol import evaluate
+from bench.runner import HostContext
+
+GRADIENT_TOLERANCE = 1e-10
+"""Relative (max |difference| / max |gradient|), float64; measured here: at most ~1e-15."""
+METRIC_RTOL = 2e-5
+"""Per-episode metric relative to the built-in's, float32 end to end (20 Adam steps, then 10 test steps, in other
+summation orders): measured here at most 2.3e-7 for maml (1.9e-6 absolute) and 1.2e-6 for metasgd (7.6e-5
+absolute); the tolerance allows 16x the larger."""
+NO_L2L = "import sys; sys.modules['learn2learn'] = None; from bench.cli import main; sys.exit(main(sys.argv[1:]))"
+"""Runs ``bench`` as if learn2learn were not installed (``find_spec`` returns None for a module set to None)."""
+
+
+@pytest.fixture
+def l2l():
+    return pytest.importorskip("learn2learn", reason="learn2learn is not installed (make setup builds it)")
+
+
+def sinusoid_case() -> tuple[Callable[[], Any], Episode]:
+    """The suite's own float64 context (seeded 1-40-40-1 MLP, as ``bench perf`` checks) and 25 training tasks."""
+    batch = Sinusoid().sample_batch("train", K10, 0, range(25))
+    return (lambda: _Float64Context(Sinusoid(), K10, 0, 0, torch.device("cpu"), lambda tasks, loss: None),
+            Episode(*(field.double() if field.is_floating_point() else field for field in batch)))
+
+
+def conv4_case() -> tuple[Callable[[], Any], Episode]:
+    """A small seeded Conv-4 (8 filters, batch norm, 3-way, 16x16) and 4 random 3-way tasks, float64."""
+    def context() -> types.SimpleNamespace:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            network = conv4(in_channels=1, filters=8, ways=3, image_size=16).double()
+        return types.SimpleNamespace(backbone=lambda: network, suite=types.SimpleNamespace(loss=F.cross_entropy),
+                                     device=torch.device("cpu"), generator=torch.Generator().manual_seed(1))
+
+    generator = torch.Generator().manual_seed(2)
+    support_x, query_x = (torch.randn(4, count, 1, 16, 16, generator=generator, dtype=torch.float64) for count in (6, 9))
+    support_y, query_y = (torch.randint(0, 3, (4, count), generator=generator) for count in (6, 9))
+    return context, Episode(support_x, support_y, query_x, query_y, torch.zeros(4, 0, dtype=torch.long))
+
+
+def start_and_meta_gradient(learner_class: type, config: Any, context: Callable[[], Any],
+                            batch: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+    """The initial meta-parameters (weights, then any learned rates) and the meta-gradient of ``batch``, flat."""
+    learner = learner_class(config)
+    learner.build(context())
+    start = torch.cat([p.detach().flatten() for p in learner.meta_parameters()])
+    learner.accumulate_meta_gradient(batch)
+    return start, torch.cat([p.grad.flatten() for p in learner.meta_parameters()])
+
+
+@pytest.mark.parametrize("case", [sinusoid_case, conv4_case])
+@pytest.mark.parametrize(("builtin", "reference", "overrides"), [
+    (MAML, LearnToLearnMAML, {"inner_lr": 0.4, "inner_steps": 2}),
+    (MetaSGD, LearnToLearnMetaSGD, {"inner_steps": 2}),
+], ids=["maml", "metasgd"])
+def test_meta_gradient_matches_the_builtin_in_float64(l2l, builtin, reference, overrides, case):
+    """Same seeded weights (and, for Meta-SGD, the same drawn rates), two inner steps, second order."""
+    context, batch = case()
+    config = builtin.Config(**overrides)
+    (start, ours), (reference_start, theirs) = (
+        start_and_meta_gradient(learner_class, config, context, batch) for learner_class in (builtin, reference))
+    assert torch.equal(start, reference_start)
+    difference = float((ours - theirs).abs().max() / theirs.abs().max())
+    assert difference < GRADIENT_TOLERANCE, difference
+
+
+def test_builtins_and_their_l2l_references_score_the_same_on_the_same_seeded_run(l2l, tmp_path):
+    out = tmp_path / "run"
+    result = run_bench("run", "--learners", "maml,l2l-maml,metasgd,l2l-metasgd", "--suites", "sinusoid", "--shots", "10",
+                       "--profile", "smoke", "--seeds", "1", "--no-progress", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    fingerprints = {json.loads(path.read_text())["test_episodes_sha256"] for path in (out / "cells").glob("*.json")}
+    assert len(fingerprints) == 1  # the protocol's guarantee: the same test episodes
+    metric = pd.read_csv(out / "records.csv").pivot_table(index=["episode", "step"], columns="learner", values="metric")
+    assert len(metric) == 25 * 11
+    for builtin in ("maml", "metasgd"):
+        relative = ((metric[builtin] - metric[f"l2l-{builtin}"]).abs() / metric[builtin].abs()).max()
+        assert relative < METRIC_RTOL, (builtin, relative)
+
+
+def one_step_mse(learner_class: type, tasks: int) -> float:
+    """Meta-train on ``tasks`` sinusoid K=10 tasks (0 = untrained); the mean test MSE after one step, 100 episodes."""
+    cpu = torch.device("cpu")
+    learner = learner_class(learner_class.Config())
+    learner.meta_train(HostContext(Sinusoid(), K10, 0, tasks, cpu, lambda tasks, loss: None))
+    metric, _ = evaluate(learner, Sinusoid(), K10, 0, 100, steps=1, device=cpu)
+    return float(metric[:, 1].mean())
+
+
+def test_l2l_metasgd_learns(l2l):
+    """After 2,000 tasks (80 Adam steps) the one-step test MSE is below 0.75 x the untrained one's (seen here:
+    3.66 vs 6.33, a ratio of 0.58; 0.36 after 5,000 tasks)."""
+    untrained, trained = one_step_mse(LearnToLearnMetaSGD, 0), one_step_mse(LearnToLearnMetaSGD, 2_000)
+    assert trained < 0.75 * untrained, (trained, untrained)
+
+
+def bench_without_l2l(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``bench ARGS`` with learn2learn hidden, run in ``cwd``: not in the checkout, where a stale
+    ``metabench.egg-info`` would shadow the installed entry points (``python -c`` puts the cwd on sys.path)."""
+    return subprocess.run([sys.executable, "-c", NO_L2L, *args], cwd=cwd, check=False, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_hiding_learn2learn_makes_find_spec_say_it_is_missing():
+    check = "import importlib.util, sys; sys.modules['learn2learn'] = None; print(importlib.util.find_spec('learn2learn'))"
+    result = subprocess.run([sys.executable, "-c", check], check=False, capture_output=True, text=True)
+    assert result.stdout.strip() == "None", result.stderr
+
+
+def test_without_learn2learn_the_plugins_are_listed_unavailable_with_the_reason(tmp_path):
+    result = bench_without_l2l("plugins", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    entries = {entry["name"]: entry for entry in json.loads(result.stdout)["plugins"]}
+    for name in ("l2l-maml", "l2l-metasgd"):
+        assert entries[name]["unavailable"] == f"needs learn2learn, which is not installed ({LearnToLearnMAML.install_hint})"
+    assert entries["maml"]["unavailable"] is None
+    table = bench_without_l2l("plugins", cwd=tmp_path)
+    assert table.returncode == 0
+    assert sum("unavailable: needs learn2learn" in line for line in table.stdout.splitlines()) == 2
+
+
+def test_without_learn2learn_all_skips_them_and_naming_one_is_a_usage_error(tmp_path):
+    result = bench_without_l2l("run", "--learners", "all", "--suites", "sinusoid", "--shots", "5", "--profile", "smoke",
+                               "--tasks", "50", "--episodes", "3", "--steps", "1", "--no-progress", "--out", "run",
+                               cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for name in ("l2l-maml", "l2l-metasgd"):
+        assert f"note: skipping learner '{name}': needs learn2learn" in result.stderr
+    assert set(pd.read_csv(tmp_path / "run" / "records.csv")["learner"]).isdisjoint({"l2l-maml", "l2l-metasgd"})
+    named = bench_without_l2l("run", "--learners", "l2l-maml", "--profile", "smoke", "--out", "other", cwd=tmp_path)
+    assert named.returncode == 2
+    reason = f"needs learn2learn, which is not installed ({LearnToLearnMAML.install_hint})"
+    assert named.stderr.strip().splitlines() == [f"bench run: error: learner 'l2l-maml' is unavailable: {reason}"]
