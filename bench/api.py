@@ -192,6 +192,16 @@ class MetaTrainContext(ABC):
     def log(self, loss: "torch.Tensor") -> None:
         """Report the latest training loss; a non-finite loss fails the cell."""
 
+    def restore(self) -> "dict[str, Any] | None":
+        """The state last offered to ``checkpoint`` before this cell was interrupted, or None. Call it once,
+        after building the model and before the first batch: ``batches`` then goes on from that point."""
+        return None
+
+    def checkpoint(self, state: "Callable[[], dict[str, Any]]") -> None:
+        """Offer a checkpoint after a meta-training step (optional). When one is due (``--checkpoint-every``)
+        the host calls ``state()`` (tensors, numbers, strings and lists / dicts of them) and saves it with the
+        position in the episode stream and ``generator``'s state."""
+
 
 class Learner(PluginClass, ABC):
     """A few-shot learner: meta-trains on one suite setting, then adapts to test tasks.

@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=None, help="cells at a time for processes / a local Ray (default: CPU cores for processes)")
     run.add_argument("--ray-address", help="the Ray cluster to use (default: start a local Ray for the run)")
     run.add_argument("--cell-timeout", type=float, metavar="SECONDS", help="fail a cell that runs longer (the run goes on)")
+    run.add_argument("--checkpoint-every", type=int, metavar="TASKS", help="save a cell's meta-training state every TASKS tasks, so that a killed cell resumes near where it stopped (learners that support it)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_plugin_flags(run)
 
@@ -188,6 +189,8 @@ def _executor(args: argparse.Namespace, registry):
         raise BenchError(f"--workers must be at least 1, got {args.workers}")
     if args.cell_timeout is not None and args.cell_timeout <= 0:
         raise BenchError(f"--cell-timeout must be positive, got {args.cell_timeout:g}")
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        raise BenchError(f"--checkpoint-every must be at least 1 task, got {args.checkpoint_every}")
     (registration,) = registry.select("executor", [args.executor])
     workers = args.workers or (os.cpu_count() or 1)
     return registration.cls(ExecutorOptions(workers=workers, address=args.ray_address))
@@ -224,7 +227,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     }
     store = RunStore(run_dir)
     env = {**environment(registry, device),
-           "execution": {"executor": args.executor, "workers": executor.options.workers, "cell_timeout": args.cell_timeout}}
+           "execution": {"executor": args.executor, "workers": executor.options.workers, "cell_timeout": args.cell_timeout,
+                         "checkpoint_every": args.checkpoint_every}}
     store.open(resolved, env)
     todo = store.cells_to_run({cell.cell_id: cell_fingerprint(cell, config) for cell in cells},
                               warn=lambda message: print(f"warning: {message}", file=sys.stderr))
@@ -238,7 +242,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         run_cells(cells, config, store, device, show_progress=not args.no_progress, executor=executor,
-                  cell_timeout=args.cell_timeout, on_cell=on_cell)
+                  cell_timeout=args.cell_timeout, checkpoint_every=args.checkpoint_every, on_cell=on_cell)
     except KeyboardInterrupt:
         store.write_run_file(resolved, env, status="interrupted")
         print(f"\ninterrupted: finished cells are kept in {run_dir}; resume with: bench run --resume {run_dir}",

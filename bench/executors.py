@@ -29,6 +29,9 @@ class CellJob:
     device: str
     show_progress: bool = False
     cell_timeout: float | None = None
+    checkpoint_dir: str | None = None
+    """Where mid-cell checkpoints go (the run's cells/ folder; it must be reachable from the workers)."""
+    checkpoint_every: int | None = None
 
 
 CellResult = tuple["Cell", dict[str, Any], "pd.DataFrame | None"]
@@ -38,9 +41,14 @@ def run_one(cell: "Cell", job: CellJob) -> CellResult:
     """Run one cell (in whatever process the executor chose); failures come back in the metadata."""
     import torch
 
-    from bench.runner import run_cell
+    from pathlib import Path
 
-    metadata, records = run_cell(cell, job.config, torch.device(job.device), job.show_progress, job.cell_timeout)
+    from bench.runner import Checkpoints, run_cell
+    from bench.store import checkpoint_file
+
+    checkpoints = (Checkpoints(checkpoint_file(Path(job.checkpoint_dir), cell.cell_id), job.checkpoint_every)
+                   if job.checkpoint_dir and job.checkpoint_every else None)
+    metadata, records = run_cell(cell, job.config, torch.device(job.device), job.show_progress, job.cell_timeout, checkpoints)
     return cell, metadata, records
 
 

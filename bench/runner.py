@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import signal
 import threading
 import time
@@ -27,7 +28,7 @@ from bench.executors import CellJob, Executor, ExecutorOptions, InlineExecutor
 from bench.grid import Cell
 from bench.memory import PeakMemory
 from bench.protocol import episodes_fingerprint, evaluate
-from bench.store import RunStore, config_hash
+from bench.store import RunStore, atomic_write_bytes, config_hash
 
 TRAIN_SPLIT = "train"
 LOSS_CHECK_EVERY = 20
@@ -70,18 +71,48 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@dataclasses.dataclass(frozen=True)
+class Checkpoints:
+    """Mid-cell checkpoints: one file per cell, rewritten every ``every`` tasks seen, removed when the cell ends."""
+
+    path: Path
+    every: int
+
+
 class HostContext(MetaTrainContext):
-    """The meta-training context: the budgeted episode stream, the seeded backbone, loss checks."""
+    """The meta-training context: the budgeted episode stream, the seeded backbone, loss checks, checkpoints."""
 
     def __init__(self, suite: TaskSuite, setting: Setting, seed: int, task_budget: int, device: torch.device,
-                 progress: Callable[[int, float | None], None]) -> None:
+                 progress: Callable[[int, float | None], None], checkpoints: Checkpoints | None = None) -> None:
         self.suite, self.setting, self.seed = suite, setting, seed
         self.task_budget, self.device = task_budget, device
         self.generator = torch.Generator().manual_seed(seed)
         self.tasks_seen = 0
+        self.resumed_from = 0
         self._progress = progress
         self._losses_logged = 0
         self._last_loss: torch.Tensor | None = None
+        self._checkpoints = checkpoints
+        self._last_checkpoint = 0
+
+    def restore(self) -> dict[str, Any] | None:
+        if self._checkpoints is None or not self._checkpoints.path.exists():
+            return None
+        # weights_only: tensors and plain containers; nothing in a results folder is ever executed.
+        saved = torch.load(self._checkpoints.path, map_location=self.device, weights_only=True)
+        self.tasks_seen = self.resumed_from = self._last_checkpoint = saved["tasks_seen"]
+        self.generator.set_state(saved["generator"])
+        self._progress(self.tasks_seen, None)
+        return saved["state"]
+
+    def checkpoint(self, state: Callable[[], dict[str, Any]]) -> None:
+        plan = self._checkpoints
+        if plan is None or self.tasks_seen - self._last_checkpoint < plan.every or self.tasks_seen >= self.task_budget:
+            return
+        buffer = io.BytesIO()
+        torch.save({"tasks_seen": self.tasks_seen, "generator": self.generator.get_state(), "state": state()}, buffer)
+        atomic_write_bytes(plan.path, buffer.getvalue())
+        self._last_checkpoint = self.tasks_seen
 
     def batches(self, meta_batch: int) -> Iterator[Episode]:
         if meta_batch < 1:
@@ -127,8 +158,9 @@ def cell_fingerprint(cell: Cell, config: RunConfig) -> str:
 
 
 def run_cell(cell: Cell, config: RunConfig, device: torch.device, show_progress: bool,
-             timeout: float | None = None) -> tuple[dict[str, Any], pd.DataFrame | None]:
-    """Meta-train and evaluate one cell within ``timeout`` seconds. Failures are returned in the metadata, never raised."""
+             timeout: float | None = None, checkpoints: Checkpoints | None = None) -> tuple[dict[str, Any], pd.DataFrame | None]:
+    """Meta-train and evaluate one cell within ``timeout`` seconds, from its checkpoint if there is one.
+    Failures are returned in the metadata, never raised."""
     budget = config.budget_for(cell.suite.cls)
     hyperparameters = cell.hyperparameters
     metadata: dict[str, Any] = {
@@ -152,7 +184,7 @@ def run_cell(cell: Cell, config: RunConfig, device: torch.device, show_progress:
         if loss is not None:
             bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
 
-    context = HostContext(suite, cell.setting, cell.seed, budget.meta_train_tasks, device, progress)
+    context = HostContext(suite, cell.setting, cell.seed, budget.meta_train_tasks, device, progress, checkpoints)
     try:
         with deadline(timeout), PeakMemory(device) as memory:
             learner: Learner = cell.learner.cls(hyperparameters)
@@ -176,7 +208,8 @@ def run_cell(cell: Cell, config: RunConfig, device: torch.device, show_progress:
         "episode": episodes.ravel(), "step": steps.ravel(), "metric": metric.ravel(),
     })
     metadata.update(
-        status="ok", tasks_seen=context.tasks_seen, meta_train_seconds=meta_train_seconds,
+        status="ok", tasks_seen=context.tasks_seen, resumed_from_tasks=context.resumed_from,
+        meta_train_seconds=meta_train_seconds,
         adapt_ms_per_episode=float(seconds.mean() * 1000), metric_name=suite.metric_name,
         lower_is_better=suite.lower_is_better, **memory.as_dict(),
         test_episodes_sha256=episodes_fingerprint(suite, cell.setting, cell.seed, budget.test_episodes),
@@ -186,12 +219,14 @@ def run_cell(cell: Cell, config: RunConfig, device: torch.device, show_progress:
 
 def run_cells(cells: list[Cell], config: RunConfig, store: RunStore, device: torch.device,
               show_progress: bool = True, executor: Executor | None = None, cell_timeout: float | None = None,
+              checkpoint_every: int | None = None,
               on_cell: Callable[[Cell, dict[str, Any]], None] = lambda cell, metadata: None) -> None:
     """Run the cells not yet finished in ``store`` (default: one after the other, in this process),
     writing each as soon as it completes. Finished cells must match their configuration (``StoreError``)."""
     executor = executor or InlineExecutor(ExecutorOptions())
     todo = store.cells_to_run({cell.cell_id: cell_fingerprint(cell, config) for cell in cells})
-    job = CellJob(config, str(device), show_progress and executor.shows_progress, cell_timeout)
+    job = CellJob(config, str(device), show_progress and executor.shows_progress, cell_timeout,
+                  str(store.cells_dir) if checkpoint_every else None, checkpoint_every)
     try:
         for cell, metadata, records in executor.run([cell for cell in cells if cell.cell_id in todo], job):
             store.write_cell(cell.cell_id, metadata, records)

@@ -6,6 +6,7 @@ Layout of ``results/<run-id>/``::
     cells/<cell>.csv      tidy records of one cell: one row per episode x step
     cells/<cell>.json     the cell's metadata (status, timings, memory, configuration, fingerprint);
                           written last, so its presence marks the cell finished
+    cells/<cell>.checkpoint.pt   mid-cell meta-training state (``--checkpoint-every``), while the cell runs
     cells/corrupt/        cell files found unreadable when the run was resumed (those cells re-run)
     records.csv           all cells' records together (written at the end of a run)
     report.md             the comparison report (tables, figures/, provenance); also report.html
@@ -70,6 +71,11 @@ def config_hash(config: dict[str, Any]) -> str:
 def run_identity(config: dict[str, Any]) -> dict[str, Any]:
     """The part of a run's configuration that determines its results: not where the folder is (it may move)."""
     return {key: value for key, value in config.items() if key != "out"}
+
+
+def checkpoint_file(cells_dir: Path, cell_id: str) -> Path:
+    """The mid-cell checkpoint of a cell (``--checkpoint-every``), beside its records."""
+    return cells_dir / f"{cell_id}.checkpoint.pt"
 
 
 def _read_json(path: Path) -> Any:
@@ -191,6 +197,8 @@ class RunStore:
                 atomic_write_text(self.cells_dir / f"{cell_id}.csv", records.to_csv(index=False))
                 metadata = {**metadata, "record_rows": len(records)}
             atomic_write_json(self.cells_dir / f"{cell_id}.json", metadata)
+            if metadata["status"] != "failed":  # a failed cell runs again from its checkpoint
+                checkpoint_file(self.cells_dir, cell_id).unlink(missing_ok=True)
         except OSError as error:
             raise StoreError(f"cannot write cell {cell_id} to {self.cells_dir}: {error.strerror or error}; the cells "
                              f"finished before are kept: free the space, then resume with bench run --resume {self.path}") from None

@@ -49,3 +49,20 @@ def plugin_dist(tmp_path: Path):
         return root
 
     return make
+
+
+@pytest.fixture(scope="session")
+def staged(tmp_path_factory) -> Path:
+    """Six real Omniglot alphabets (162 characters) in the standard tree (tests/omniglot_data.py)."""
+    from omniglot_data import stage
+
+    data = tmp_path_factory.mktemp("data")
+    stage(data)
+    return data
+
+
+@pytest.fixture
+def private_cache(tmp_path_factory, monkeypatch) -> None:
+    """Image caches in the session's temporary folder, and no data folder from the environment."""
+    monkeypatch.setenv("METABENCH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.delenv("METABENCH_DATA_DIR", raising=False)

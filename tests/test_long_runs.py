@@ -177,6 +177,7 @@ def test_a_finished_cell_from_another_configuration_is_never_mixed_in(tmp_path, 
     (("--executor", "spark"), "unknown executor 'spark'; valid executors: all, inline, processes, ray"),
     (("--workers", "0"), "--workers must be at least 1"),
     (("--cell-timeout", "-1"), "--cell-timeout must be positive"),
+    (("--checkpoint-every", "0"), "--checkpoint-every must be at least 1 task"),
 ])
 def test_bad_resume_and_executor_flags(tmp_path, uninterrupted, args, message):
     values = {"out": str(uninterrupted), "missing": str(tmp_path / "nothing")}
@@ -223,3 +224,29 @@ def test_ctrl_c_keeps_finished_cells_and_says_how_to_resume(tmp_path, plugin_dis
     assert result.returncode == 130
     assert f"interrupted: finished cells are kept in {out}; resume with: bench run --resume {out}" in result.stderr
     assert len(cells_of(out)) == 1 and json.loads((out / "run.json").read_text())["status"] == "interrupted"
+
+
+def test_a_cell_killed_mid_way_resumes_from_its_checkpoint(tmp_path):
+    """One long maml cell, checkpointed every 500 tasks, killed after a checkpoint: the resumed cell goes on
+    from there and ends with exactly the numbers of an uninterrupted cell."""
+    cell = ("--learners", "maml", "--suites", "sinusoid", "--shots", "5", "--profile", "smoke", "--tasks", "4000",
+            "--episodes", "5", "--steps", "2", "--no-progress")
+    whole = tmp_path / "whole"
+    assert run_bench("run", *cell, "--out", str(whole)).returncode == 0
+    out = tmp_path / "killed"
+    process = subprocess.Popen([BENCH, "run", *cell, "--checkpoint-every", "500", "--out", str(out)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = out / "cells" / "sinusoid__K=5__maml__seed0.checkpoint.pt"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert checkpoint.exists() and not cells_of(out), "killed before the first checkpoint or after the cell"
+
+    resumed = run_bench("run", "--resume", str(out), "--checkpoint-every", "500")
+    assert resumed.returncode == 0, resumed.stderr
+    (metadata,) = cells_of(out).values()
+    assert metadata["resumed_from_tasks"] >= 500 and metadata["tasks_seen"] == 4000
+    assert not checkpoint.exists()  # removed once the cell finished
+    pd.testing.assert_frame_equal(records_of(out), records_of(whole))

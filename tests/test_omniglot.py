@@ -9,7 +9,6 @@ import pytest
 import torch
 from bench_plugins.suites.omniglot import Omniglot
 from helpers import run_bench
-from omniglot_data import stage
 
 from bench.errors import DataError
 from bench.protocol import evaluate
@@ -19,18 +18,7 @@ from bench.testing import assert_suite_conforms
 FIVE_WAY_ONE_SHOT = Omniglot().settings()[0]
 
 
-@pytest.fixture(scope="session")
-def staged(tmp_path_factory):
-    """Six real alphabets (162 characters) in the standard tree, and a private cache folder."""
-    data = tmp_path_factory.mktemp("data")
-    stage(data)
-    return data
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("METABENCH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
-    monkeypatch.delenv("METABENCH_DATA_DIR", raising=False)
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def test_standard_split_is_1100_100_423_characters_and_disjoint():

@@ -12,7 +12,6 @@ from bench_plugins.learners.protonet import ProtoNet, ProtoNetConfig
 from bench_plugins.suites.omniglot import Omniglot
 from bench_plugins.suites.sinusoid import Sinusoid
 from matplotlib.axes import Axes
-from omniglot_data import stage
 from torch import nn
 
 from bench import plots, render
@@ -29,18 +28,7 @@ FIVE_WAY_ONE_SHOT = Omniglot().settings()[0]
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="session")
-def staged(tmp_path_factory):
-    """Six real alphabets (162 characters) in the standard tree."""
-    data = tmp_path_factory.mktemp("data")
-    stage(data)
-    return data
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("METABENCH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
-    monkeypatch.delenv("METABENCH_DATA_DIR", raising=False)
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 @pytest.fixture

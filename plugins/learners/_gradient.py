@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, ClassVar
 
 from bench.api import Episode, Learner, MetaTrainContext, Predictor, Support
@@ -30,6 +30,28 @@ class GradientConfig:
     compile: bool = False
     """Compute the meta-gradient with a ``torch.compile``-d ``torch.func`` graph: a one-off compile
     (tens of seconds; needs a C++ compiler on CPU), then much less per-step overhead. Same gradient."""
+
+
+def adam_outer_loop(ctx: MetaTrainContext, parameters: list["torch.Tensor"], outer_lr: float, meta_batch: int,
+                    accumulate: Callable[[Episode], "torch.Tensor"]) -> None:
+    """Fused Adam at ``outer_lr`` on ``parameters``, one step per batch of ``meta_batch`` episodes;
+    ``accumulate`` fills their ``.grad`` with the batch's meta-gradient and returns its meta-loss."""
+    import torch
+
+    optimizer = torch.optim.Adam(parameters, lr=outer_lr, fused=True)
+    saved = ctx.restore()
+    if saved:  # a checkpoint of this cell: go on from there, as if never interrupted
+        with torch.no_grad():
+            for parameter, value in zip(parameters, saved["parameters"], strict=True):
+                parameter.copy_(value)
+        optimizer.load_state_dict(saved["optimizer"])
+    for batch in ctx.batches(meta_batch):
+        optimizer.zero_grad(set_to_none=True)
+        loss = accumulate(batch)
+        optimizer.step()
+        ctx.log(loss)
+        ctx.checkpoint(lambda: {"parameters": [parameter.detach() for parameter in parameters],
+                                "optimizer": optimizer.state_dict()})
 
 
 class GradientMetaLearner(Learner):
@@ -87,15 +109,9 @@ class GradientMetaLearner(Learner):
         return loss * share
 
     def meta_train(self, ctx: MetaTrainContext) -> None:
-        import torch
-
         self.build(ctx)
-        optimizer = torch.optim.Adam(self.meta_parameters(), lr=self.config.outer_lr, fused=True)
-        for batch in ctx.batches(self.config.meta_batch):
-            optimizer.zero_grad(set_to_none=True)
-            loss = self.accumulate_meta_gradient(batch)
-            optimizer.step()
-            ctx.log(loss)
+        adam_outer_loop(ctx, self.meta_parameters(), self.config.outer_lr, self.config.meta_batch,
+                        self.accumulate_meta_gradient)
 
     def adapt(self, support: Support, steps: int) -> Iterator[Predictor]:
         return self.loop.trajectory(self.fast, self.slow, support, steps)

@@ -7,11 +7,15 @@ with like. Without learn2learn they are listed as unavailable (``requires``) and
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 from abc import abstractmethod
 from collections.abc import Iterator
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from bench_plugins.learners._gradient import adam_outer_loop
 from bench_plugins.learners.maml import MAML, FirstOrderMAML, MAMLConfig
 from bench_plugins.learners.metasgd import MetaSGD, MetaSGDConfig
 
@@ -30,6 +34,13 @@ class LearnToLearnMAMLConfig:
     inner_steps: int = MAMLConfig.inner_steps
     meta_batch: int = MAMLConfig.meta_batch
     outer_lr: float = MAMLConfig.outer_lr
+
+
+def import_learn2learn() -> ModuleType:
+    """``import learn2learn``, without the notice that its dependency gym prints on stderr at every import."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        import learn2learn
+    return learn2learn
 
 
 class LearnToLearnLearner(Learner):
@@ -84,16 +95,10 @@ class LearnToLearnLearner(Learner):
         return loss.detach()
 
     def meta_train(self, ctx: MetaTrainContext) -> None:
-        import torch
-
         self.build(ctx)
-        # Fused Adam, as the built-ins: the same update rule, so only the meta-gradients differ.
-        optimizer = torch.optim.Adam(self.meta_parameters(), lr=self.config.outer_lr, fused=True)
-        for batch in ctx.batches(self.config.meta_batch):
-            optimizer.zero_grad(set_to_none=True)
-            loss = self.accumulate_meta_gradient(batch)
-            optimizer.step()
-            ctx.log(loss)
+        # The built-ins' outer loop (fused Adam): the same update rule, so only the meta-gradients differ.
+        adam_outer_loop(ctx, self.meta_parameters(), self.config.outer_lr, self.config.meta_batch,
+                        self.accumulate_meta_gradient)
 
     def adapt(self, support: Support, steps: int) -> Iterator[Predictor]:
         """A clone adapted on the support set (first order: nothing back-propagates at test time)."""
@@ -120,8 +125,7 @@ class LearnToLearnMAML(LearnToLearnLearner):
     builtin = MAML
 
     def wrap(self, model: "torch.nn.Module", ctx: MetaTrainContext) -> "torch.nn.Module":
-        import learn2learn
-
+        learn2learn = import_learn2learn()
         return learn2learn.algorithms.MAML(model, lr=self.config.inner_lr, first_order=self.first_order)
 
 
@@ -156,9 +160,9 @@ class LearnToLearnMetaSGD(LearnToLearnLearner):
     builtin = MetaSGD
 
     def wrap(self, model: "torch.nn.Module", ctx: MetaTrainContext) -> "torch.nn.Module":
-        import learn2learn
         import torch
 
+        learn2learn = import_learn2learn()
         rates = [
             torch.nn.Parameter(torch.empty(weight.shape, dtype=weight.dtype)
                                .uniform_(self.config.alpha_low, self.config.alpha_high, generator=ctx.generator)

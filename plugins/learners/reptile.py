@@ -95,13 +95,12 @@ class Reptile(Learner):
             y = torch.cat([batch.support_y, batch.query_y], dim=1)
             tasks = x.shape[0]
             start = {name: weight.expand(tasks, *weight.shape) for name, weight in self.weights.items()}
-            losses = []
-            for phi, loss in self._descend(start, self._minibatches(x, y, ctx.generator), config.inner_lr, batched=True):
-                losses.append(loss)
+            steps = list(self._descend(start, self._minibatches(x, y, ctx.generator), config.inner_lr, batched=True))
+            (_, first_loss), (phi, _) = steps[0], steps[-1]
             epsilon = config.outer_lr * (1 - seen / ctx.task_budget)
             self.weights = {name: weight + epsilon * (phi[name].mean(0) - weight) for name, weight in self.weights.items()}
             seen += tasks
-            ctx.log(losses[0].mean())  # the tasks' training loss at the initialisation
+            ctx.log(first_loss.mean())  # the tasks' training loss at the initialisation
 
     def _minibatches(self, x: "torch.Tensor", y: "torch.Tensor",
                      generator: "torch.Generator") -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
@@ -167,5 +166,5 @@ class Reptile(Learner):
             forward = vmap(forward)
             weights = {name: weight.expand(support.x.shape[0], *weight.shape) for name, weight in weights.items()}
         yield lambda x, weights=weights: forward(weights, (x,))
-        for weights, _ in self._descend(weights, itertools.repeat(tuple(support), steps), self.config.eval_lr, batched):
-            yield lambda x, weights=weights: forward(weights, (x,))
+        for adapted, _ in self._descend(weights, itertools.repeat(tuple(support), steps), self.config.eval_lr, batched):
+            yield lambda x, adapted=adapted: forward(adapted, (x,))
