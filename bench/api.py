@@ -245,6 +245,10 @@ class Learner(PluginClass, ABC):
         beside this one and checks for the same meta-gradient; None when there is none."""
         return None
 
+    in_all: ClassVar[bool] = True
+    """Whether ``--learners all`` includes this learner. False for one that duplicates another, slower (e.g. a
+    reference implementation such as ``l2l-maml``): it runs only when named."""
+
     batched: ClassVar[bool] = False
     """Whether ``adapt_batch`` is implemented; the host then adapts many test episodes at once."""
 

@@ -210,6 +210,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         if list(names) == ["all"]:
             for name, reason in registry.unavailable(kind).items():
                 print(f"note: skipping {kind} '{name}': {reason}", file=sys.stderr)
+    if list(config.learners) == ["all"]:
+        named_only = sorted(name for name, registration in registry.learners.items()
+                            if not registration.cls.in_all and not registration.unavailable_reason)
+        if named_only:
+            print(f"note: not in 'all', run when named: {', '.join(named_only)}", file=sys.stderr)
     suites = {cell.suite.name: cell.suite for cell in cells}.values()
     for suite in suites:  # data problems: one line, before any work
         config.make_suite(suite.cls).prepare()

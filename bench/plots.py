@@ -34,7 +34,15 @@ def _axis_label(report: Report, suite: str) -> str:
     return f"{metric_name} ({'lower' if lower_is_better else 'higher'} is better)"
 
 
+LOG_SCALE_RANGE = 100.0
+"""Positive values spanning more than this factor (e.g. a diverging learner beside converged ones) get a log axis."""
+
+
 def _line_chart(figure: plt.Figure, axes: plt.Axes, title: str, xlabel: str, ylabel: str) -> bytes:
+    values = np.concatenate([np.asarray(line.get_ydata(), dtype=float) for line in axes.get_lines()] or [np.empty(0)])
+    finite = values[np.isfinite(values)]
+    if finite.size and finite.min() > 0 and finite.max() > LOG_SCALE_RANGE * finite.min():
+        axes.set_yscale("log")
     axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
     axes.grid(alpha=0.3)
     axes.legend(frameon=False)

@@ -94,14 +94,16 @@ class Registry:
         return {name: reason for name, reason in reasons.items() if reason}
 
     def select(self, kind: str, names: str | Iterable[str]) -> list[Registration]:
-        """Resolve ``"all"`` (every available one) or a list / comma-separated string of names, in the order given."""
+        """Resolve ``"all"`` (every available one but those with ``in_all = False``) or a list / comma-separated
+        string of names, in the order given."""
         registered = self.of_kind(kind)
         if isinstance(names, str):
             names = [part.strip() for part in names.split(",") if part.strip()]
         names = list(names)
         unavailable = self.unavailable(kind)
         if names == ["all"]:
-            return [registered[name] for name in sorted(registered) if name not in unavailable]
+            return [registered[name] for name in sorted(registered)
+                    if name not in unavailable and getattr(registered[name].cls, "in_all", True)]
         unknown = [name for name in names if name not in registered]
         if unknown or not names:
             valid = ", ".join(sorted(registered)) or "none installed"

@@ -33,7 +33,9 @@ class Table:
 def format_number(value: float | None, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–" if value is None or math.isnan(value) else str(value)
-    return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    if abs(value) < 1e4:
+        return f"{value:.{digits}g}"
+    return f"{value:,.0f}" if abs(value) < 1e9 else f"{value:.{digits}g}"  # a diverged mean: 4.27e+31, not 32 digits
 
 
 def format_p(comparison: Comparison) -> str:

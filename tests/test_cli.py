@@ -112,9 +112,13 @@ def test_smoke_run_writes_results_and_resumes(tmp_path, third_party):
     result = run_bench("run", "--learners", "all", *SMOKE, "--out", str(out), pythonpath=[third_party])
     assert result.returncode == 0, result.stderr
     assert f"Results: {out}" in result.stdout
-    available = [name for name, registration in load_plugins().learners.items() if not registration.unavailable_reason]
+    available = [name for name, registration in load_plugins().learners.items()
+                 if registration.cls.in_all and not registration.unavailable_reason]
     for learner in [*available, "zero-shot"]:
         assert learner in result.stdout
+    if "l2l-maml" in load_plugins().learners and not load_plugins().learners["l2l-maml"].unavailable_reason:
+        assert "note: not in 'all', run when named: l2l-maml, l2l-metasgd" in result.stderr
+        assert "l2l-maml" not in result.stdout
     run_info = json.loads((out / "run.json").read_text())
     assert run_info["status"] == "finished"
     assert run_info["config"]["hyperparameters"]["maml @ sinusoid K=5"]["inner_lr"] == 0.01

@@ -77,3 +77,10 @@ def test_unpaired_test_is_mann_whitney_with_the_exact_p_value():
     # [1, 2, 3] against [4, 5, 6]: U = 0, one arrangement in C(6, 3) = 20 at each extreme: p = 2 / 20.
     result = unpaired_comparison(series([1.0, 2.0, 3.0]), series([4.0, 5.0, 6.0]))
     assert result.test == "Mann-Whitney U" and result.p_value == pytest.approx(0.1) and result.difference == 3.0
+
+
+def test_numbers_stay_readable_from_tiny_to_diverged():
+    from bench.report import format_number
+
+    assert [format_number(value) for value in (0.0424, 3.0, 12_345.6, 4.27e31, float("inf"), None)] == [
+        "0.0424", "3", "12,346", "4.27e+31", "inf", "–"]

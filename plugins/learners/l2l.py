@@ -51,6 +51,7 @@ class LearnToLearnLearner(Learner):
     builtin: ClassVar[type[Learner]]
     """The built-in learner of the same algorithm, whose defaults this one shares."""
     requires = ("learn2learn",)
+    in_all = False  # one task at a time, several times slower than the built-in it checks: run when named
     install_hint = "pip install 'metabench[l2l]' on Python < 3.11; on 3.11+, make setup builds it from source"
     implementation: ClassVar[str] = "learn2learn"
     first_order: ClassVar[bool] = False
