@@ -35,6 +35,7 @@ class ProcessExecutor(Executor):
         if pool is None:
             return
         if self.pending:  # stopped early (an error, Ctrl-C): running cells are abandoned, not awaited
+            # (the pool has no public way to stop busy workers before Python 3.14's terminate_workers)
             for process in list(pool._processes.values()):
                 process.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
