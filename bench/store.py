@@ -137,9 +137,6 @@ class RunStore:
             raise StoreError(f"{self.path} is not a metabench run folder (no {RUN_FILE})")
         return _read_json(run_file)
 
-    def finished_cells(self) -> set[str]:
-        return {path.stem for path in self.cells_dir.glob("*.json")}
-
     def cells_to_run(self, planned: dict[str, str], warn: Callable[[str], None] = lambda message: None) -> set[str]:
         """Of the planned cells (id -> fingerprint), those to run: new, failed, or found corrupt (moved to
         ``cells/corrupt/``, with a warning). A finished cell with another fingerprint is refused: its
