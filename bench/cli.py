@@ -220,7 +220,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config.make_suite(suite.cls).prepare()
 
     from bench.environment import environment
-    from bench.runner import cell_fingerprint, default_run_dir, resolve_device, run_cells
+    from bench.runner import default_run_dir, resolve_device, run_cells
     from bench.store import RunStore
 
     device = resolve_device(config.device)
@@ -235,10 +235,10 @@ def cmd_run(args: argparse.Namespace) -> int:
            "execution": {"executor": args.executor, "workers": executor.options.workers, "cell_timeout": args.cell_timeout,
                          "checkpoint_every": args.checkpoint_every}}
     store.open(resolved, env)
-    todo = store.cells_to_run({cell.cell_id: cell_fingerprint(cell, config) for cell in cells},
-                              warn=lambda message: print(f"warning: {message}", file=sys.stderr))
-    print(f"metabench: {len(cells)} cells ({len(cells) - len(todo)} already finished) on {env['device_name']} "
-          f"with the {args.executor} executor -> {run_dir}", file=sys.stderr)
+
+    def on_start(finished: int) -> None:
+        print(f"metabench: {len(cells)} cells ({finished} already finished) on {env['device_name']} "
+              f"with the {args.executor} executor -> {run_dir}", file=sys.stderr)
 
     def on_cell(cell, metadata: dict[str, Any]) -> None:
         status = metadata["status"]
@@ -247,7 +247,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         run_cells(cells, config, store, device, show_progress=not args.no_progress, executor=executor,
-                  cell_timeout=args.cell_timeout, checkpoint_every=args.checkpoint_every, on_cell=on_cell)
+                  cell_timeout=args.cell_timeout, checkpoint_every=args.checkpoint_every,
+                  warn=lambda message: print(f"warning: {message}", file=sys.stderr), on_start=on_start, on_cell=on_cell)
     except KeyboardInterrupt:
         store.write_run_file(resolved, env, status="interrupted")
         print(f"\ninterrupted: finished cells are kept in {run_dir}; resume with: bench run --resume {run_dir}",

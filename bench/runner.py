@@ -219,12 +219,15 @@ def run_cell(cell: Cell, config: RunConfig, device: torch.device, show_progress:
 
 def run_cells(cells: list[Cell], config: RunConfig, store: RunStore, device: torch.device,
               show_progress: bool = True, executor: Executor | None = None, cell_timeout: float | None = None,
-              checkpoint_every: int | None = None,
+              checkpoint_every: int | None = None, warn: Callable[[str], None] = lambda message: None,
+              on_start: Callable[[int], None] = lambda finished: None,
               on_cell: Callable[[Cell, dict[str, Any]], None] = lambda cell, metadata: None) -> None:
     """Run the cells not yet finished in ``store`` (default: one after the other, in this process),
-    writing each as soon as it completes. Finished cells must match their configuration (``StoreError``)."""
+    writing each as soon as it completes. Finished cells must match their configuration (``StoreError``);
+    ``warn`` hears of corrupt cell files, ``on_start`` of how many cells were already finished."""
     executor = executor or InlineExecutor(ExecutorOptions())
-    todo = store.cells_to_run({cell.cell_id: cell_fingerprint(cell, config) for cell in cells})
+    todo = store.cells_to_run({cell.cell_id: cell_fingerprint(cell, config) for cell in cells}, warn)
+    on_start(len(cells) - len(todo))
     job = CellJob(config, str(device), show_progress and executor.shows_progress, cell_timeout,
                   str(store.cells_dir) if checkpoint_every else None, checkpoint_every)
     try:

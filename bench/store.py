@@ -146,12 +146,10 @@ class RunStore:
             path = self.cells_dir / f"{cell_id}.json"
             if not path.exists():
                 continue
-            problem = self._cell_problem(path)
+            metadata, problem = self._read_cell(path)
             if problem:
                 warn(f"{path}: {problem}; moved to {self._quarantine(cell_id)}/, the cell runs again")
-                continue
-            metadata = json.loads(path.read_text())
-            if metadata.get("cell_fingerprint", fingerprint) != fingerprint:
+            elif metadata.get("cell_fingerprint", fingerprint) != fingerprint:
                 stale.append(cell_id)
             elif metadata["status"] in ("ok", "n/a"):
                 todo.discard(cell_id)
@@ -160,23 +158,23 @@ class RunStore:
                              f"({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}); choose another --out")
         return todo
 
-    def _cell_problem(self, path: Path) -> str | None:
-        """Why a cell's files cannot be used, or None."""
+    def _read_cell(self, path: Path) -> tuple[dict[str, Any], str | None]:
+        """A cell's metadata, and why its files cannot be used (None when they can)."""
         try:
             metadata = json.loads(path.read_text())
             status = metadata["status"]
         except (OSError, ValueError, KeyError, TypeError) as error:
-            return f"unreadable or corrupt ({type(error).__name__}: {error})"
+            return {}, f"unreadable or corrupt ({type(error).__name__}: {error})"
         if status != "ok":
-            return None
+            return metadata, None
         records = path.with_suffix(".csv")
         try:
             rows = len(pd.read_csv(records))
         except (OSError, ValueError) as error:
-            return f"its records {records.name} are unreadable or missing ({type(error).__name__})"
+            return metadata, f"its records {records.name} are unreadable or missing ({type(error).__name__})"
         if rows != metadata.get("record_rows", rows):
-            return f"its records {records.name} are truncated ({rows} of {metadata['record_rows']} rows)"
-        return None
+            return metadata, f"its records {records.name} are truncated ({rows} of {metadata['record_rows']} rows)"
+        return metadata, None
 
     def _quarantine(self, cell_id: str) -> Path:
         folder = self.cells_dir / "corrupt" / time.strftime("%Y%m%d-%H%M%S")
