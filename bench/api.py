@@ -1,4 +1,5 @@
-"""The types plugins use: episodes, settings, the Learner and TaskSuite base classes.
+"""The types plugins use: episodes, settings, the Learner, TaskSuite and Executor base classes, and the
+MetaGradient protocol that ``bench perf`` checks learners against their reference with.
 
 This module imports no torch at start-up, so that listing plugins stays fast; tensors appear
 only in type hints.
@@ -10,8 +11,8 @@ import enum
 import hashlib
 import importlib.util
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from torch import nn
 
 SPLITS = ("train", "val", "test")
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
 def episode_entropy(suite: str, split: str, setting: str, seed: int, index: int) -> tuple[int, int]:
@@ -92,7 +95,7 @@ Predictor = Callable[["torch.Tensor"], "torch.Tensor"]
 
 
 class PluginClass:
-    """What learners and suites share: the optional modules they need to run."""
+    """What learners, suites and executors share: the optional modules they need to run."""
 
     requires: ClassVar[tuple[str, ...]] = ()
     """Modules this class imports when it runs (e.g. ``("learn2learn",)``). Without them it is listed as
@@ -231,8 +234,13 @@ class Learner(PluginClass, ABC):
         """Learn from the meta-training split only, within ``ctx.task_budget`` tasks."""
 
     @abstractmethod
-    def adapt(self, support: Support, steps: int) -> Iterator[Predictor]:
-        """Adapt to one task; yield a predictor after each of 0..steps adaptation steps."""
+    def adapt(self, support: Support, steps: int, *, batched: bool = False) -> Iterator[Predictor]:
+        """Adapt to one task; yield a predictor after each of 0..steps adaptation steps.
+
+        ``batched=True`` (passed only to a learner that sets ``batched = True``): ``support`` holds many tasks,
+        every tensor with a leading task dimension, as do the predictors' inputs and outputs; the numbers must
+        be those of adapting to each task alone. A learner that does not batch may omit the keyword.
+        """
 
     max_adaptation_steps: ClassVar[int | None] = None
     """The most adaptation steps this learner takes at test time: None follows the protocol's steps;
@@ -241,23 +249,83 @@ class Learner(PluginClass, ABC):
 
     @classmethod
     def reference(cls) -> "type | None":
-        """Another implementation of the same algorithm (e.g. in learn2learn) that ``bench perf`` times
-        beside this one and checks for the same meta-gradient; None when there is none."""
+        """Another implementation of the same algorithm (e.g. in learn2learn), a Learner whose constructor takes
+        this learner's config, that ``bench perf`` times beside this one; None when there is none. The meta-gradients
+        are checked to be the same when both implement ``MetaGradient``."""
         return None
+
+    implementation: ClassVar[str | None] = None
+    """Whose implementation of the algorithm this is, as ``bench perf`` labels its rows (e.g. ``"learn2learn"``
+    for a wrapper of that library); None: the distribution that registered the learner (a reference that
+    declares none: its qualified class name)."""
 
     in_all: ClassVar[bool] = True
     """Whether ``--learners all`` includes this learner. False for one that duplicates another, slower (e.g. a
     reference implementation such as ``l2l-maml``): it runs only when named."""
 
     batched: ClassVar[bool] = False
-    """Whether ``adapt_batch`` is implemented; the host then adapts many test episodes at once."""
+    """Whether ``adapt`` accepts ``batched=True``; the host then adapts many test episodes at once."""
 
-    def adapt_batch(self, supports: Support, steps: int) -> Iterator[Predictor]:
-        """``adapt`` for a batch of tasks (leading task dimension on every tensor, in and out).
 
-        Optional (set ``batched = True``); it must give the same numbers as ``adapt`` episode by episode.
-        """
-        raise NotImplementedError
+class MetaGradient(ABC):
+    """A learner whose meta-gradient can be computed on its own, so that ``bench perf`` can check it against
+    the one of its ``reference()`` (mixed into a Learner: ``class MyMAML(Learner, MetaGradient)``).
+
+    When a learner and its reference both implement it, ``bench perf`` builds each from the same seeded
+    backbone in float64, accumulates the meta-gradient of one identical batch, and reports the largest
+    difference relative to the reference's largest entry (above 1e-5 the command fails).
+    """
+
+    @abstractmethod
+    def build(self, ctx: MetaTrainContext) -> None:
+        """Create the model from ``ctx.backbone()`` as ``meta_train`` starts, without training it."""
+
+    @abstractmethod
+    def meta_parameters(self) -> "list[torch.Tensor]":
+        """The meta-learned tensors, in the same order as every other implementation of the algorithm lists
+        them (the gradients are compared entry by entry)."""
+
+    @abstractmethod
+    def accumulate_meta_gradient(self, batch: Episode) -> "torch.Tensor":
+        """Add the meta-gradient of ``batch`` (a batch of episodes) to the ``.grad`` of ``meta_parameters()``,
+        without an optimiser step; return the meta-loss."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutorOptions:
+    """How the user asked cells to be spread (``bench run --workers``, ``--ray-address``)."""
+
+    workers: int = 1
+    """Parallel calls (worker processes, or Ray tasks at a time)."""
+    address: str | None = None
+    """A cluster to connect to (Ray: ``--ray-address``); None starts a local one where that applies."""
+
+
+class Executor(PluginClass, ABC):
+    """Runs the cells of a run: in this process, in worker processes, on a cluster.
+
+    The host hands ``map`` a work function and the items to apply it to (the cells still to run); both pickle,
+    so they can travel to other processes and machines, and the work function returns failures as results
+    rather than raising. The host writes each result as it arrives, so an executor never writes into the run
+    folder. Results must not depend on the executor: a cell is a pure function of its configuration and seed.
+    The first line of a subclass's docstring is what ``bench plugins`` shows.
+    """
+
+    shows_progress: ClassVar[bool] = False
+    """Whether the work can draw progress bars (only where it runs in this process)."""
+
+    def __init__(self, options: ExecutorOptions) -> None:
+        self.options = options
+
+    @abstractmethod
+    def map(self, work: Callable[[Item], Result], items: Sequence[Item], *, gpus: int = 0) -> Iterator[Result]:
+        """Yield ``work(item)`` for every item as each call finishes, in any order (``concurrent.futures``'
+        ``map``, in order of completion). ``gpus``: how many GPUs each call needs, for executors that reserve
+        resources per call (Ray). Stopping the iteration early (an error, Ctrl-C) must cancel the calls still
+        queued or running: see ``close``."""
+
+    def close(self) -> None:
+        """Stop every call still running and release the workers; called however the run ends."""
 
 
 def config_fields(config_class: type) -> dict[str, dataclasses.Field]:

@@ -1,18 +1,91 @@
-"""The ``bench`` command. Heavy imports (torch, plugins) happen inside the subcommands that need them."""
+"""The ``bench`` command: parses the command line and hands the work to the host (``bench.session`` for
+``bench run``). Heavy imports (torch, plugins) happen inside the commands that need them, so ``bench --help``
+and ``bench plugins`` stay fast. ``main(argv)`` returns the exit status; only a command line that does not
+parse raises ``SystemExit`` (status 2, one line on stderr)."""
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import NoReturn
 
 from bench.errors import BenchError
 
 REPORT_FORMATS = ("md", "html", "latex", "csv")
 
-EXIT_OK, EXIT_CELLS_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_CELLS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (``bench run: error: ...``), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _integer(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    return _integer(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer of at least 0."""
+    return _integer(text, 0)
+
+
+def positive_ints(text: str) -> list[int]:
+    """An argparse type: comma-separated integers of at least 1."""
+    return [positive_int(part.strip()) for part in text.split(",")]
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+SELECTION_FLAGS = (  # flag, type, metavar, help, the default of bench run (from the config)
+    ("--learners", str, None, "'all' or comma-separated learner names", "all"),
+    ("--suites", str, None, "'all' or comma-separated suite names", "sinusoid"),
+    ("--shots", positive_ints, "K,...", "only the settings with these shots", "all settings"),
+    ("--ways", positive_ints, "N,...", "only the settings with these ways (classification suites)", "all settings"),
+    ("--device", str, None, "auto (CUDA when present), cpu or cuda", "auto"),
+    ("--data-dir", str, "DIR", "where suites find their data sets", "$METABENCH_DATA_DIR"),
+)
+
+
+def _dest(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
+
+
+def add_selection_flags(parser: argparse.ArgumentParser, **defaults: str) -> None:
+    """Declare the flags that choose what runs (``bench run`` and ``bench perf``): learners, suites, settings,
+    device, data folder and ``--set``. A flag in ``defaults`` (by its option name, ``data_dir``) gets that
+    default; the others are None when not given, so that a config file or ``RunConfig`` decides."""
+    for flag, kind, metavar, text, usual in SELECTION_FLAGS:
+        default = defaults.get(_dest(flag))
+        parser.add_argument(flag, type=kind, default=default, metavar=metavar,
+                            help=f"{text} (default: {default if default is not None else usual})")
+    parser.add_argument("--set", action="append", default=[], metavar="LEARNER.KEY=VALUE",
+                        help="override a learner hyper-parameter, e.g. maml.inner_lr=0.01 (repeatable)")
 
 
 def _add_plugin_flags(parser: argparse.ArgumentParser) -> None:
@@ -20,30 +93,24 @@ def _add_plugin_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bench", description="metabench: benchmark few-shot meta-learners under one paired episodic protocol.")
+    parser = Parser(prog="bench", description="metabench: benchmark few-shot meta-learners under one paired episodic protocol.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="meta-train and evaluate learners on suites", description="Meta-train and evaluate every learner on every suite setting, then print the summary tables.")
-    run.add_argument("--learners", help="'all' or comma-separated learner names (default: all)")
-    run.add_argument("--suites", help="'all' or comma-separated suite names (default: sinusoid)")
+    add_selection_flags(run)
     run.add_argument("--profile", help="budget profile: smoke, quick (default) or paper")
-    run.add_argument("--seeds", help="number of seeds, 0..N-1 (default: 1)")
-    run.add_argument("--shots", help="only the settings with these shots, comma-separated (default: all)")
-    run.add_argument("--ways", help="only the settings with these ways, comma-separated (classification suites)")
-    run.add_argument("--steps", help="adaptation steps at test time (default: the profile's, 10)")
-    run.add_argument("--episodes", help="test episodes per cell (default: the profile's)")
-    run.add_argument("--tasks", help="meta-training budget per cell in tasks seen (default: the profile's)")
-    run.add_argument("--device", help="auto (default: CUDA when present), cpu or cuda")
+    run.add_argument("--seeds", type=positive_int, metavar="N", help="number of seeds, 0..N-1 (default: 1)")
+    run.add_argument("--steps", type=non_negative_int, metavar="S", help="adaptation steps at test time (default: the profile's, 10)")
+    run.add_argument("--episodes", type=positive_int, metavar="N", help="test episodes per cell (default: the profile's)")
+    run.add_argument("--tasks", type=positive_int, metavar="N", help="meta-training budget per cell in tasks seen (default: the profile's)")
     run.add_argument("--out", help="run folder (default: results/<time>-<suites>-<profile>); an existing run folder of the same configuration is resumed")
-    run.add_argument("--data-dir", help="where suites look for their data sets (default: $METABENCH_DATA_DIR)")
     run.add_argument("--config", type=Path, help="TOML or YAML file with the same keys as these flags (flags win)")
-    run.add_argument("--set", action="append", default=[], metavar="LEARNER.KEY=VALUE", help="override a learner hyper-parameter, e.g. maml.inner_lr=0.01 (repeatable)")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run: its configuration from RUN_DIR/run.json; finished cells are kept, failed ones run again")
     run.add_argument("--executor", default="inline", help="how cells run: inline (default, one at a time here), processes (--workers on this machine), ray (a Ray cluster), or a plugin's")
-    run.add_argument("--workers", type=int, default=None, help="cells at a time for processes / a local Ray (default: CPU cores for processes)")
+    run.add_argument("--workers", type=positive_int, metavar="N", help="cells at a time for processes / a local Ray (default: CPU cores)")
     run.add_argument("--ray-address", help="the Ray cluster to use (default: start a local Ray for the run)")
-    run.add_argument("--cell-timeout", type=float, metavar="SECONDS", help="fail a cell that runs longer (the run goes on)")
-    run.add_argument("--checkpoint-every", type=int, metavar="TASKS", help="save a cell's meta-training state every TASKS tasks, so that a killed cell resumes near where it stopped (learners that support it)")
+    run.add_argument("--cell-timeout", type=positive_float, metavar="SECONDS", help="fail a cell that runs longer (the run goes on)")
+    run.add_argument("--checkpoint-every", type=positive_int, metavar="TASKS", help="save a cell's meta-training state every TASKS tasks, so that a killed cell resumes near where it stopped (learners that support it)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_plugin_flags(run)
 
@@ -70,18 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     perf = sub.add_parser("perf", help="time meta-training and evaluation, beside reference implementations",
                           description="Meta-training tasks/s, peak memory and evaluation episodes/s of learners on one "
-                                      "setting per suite; learners with a reference implementation (maml, fomaml, metasgd: "
-                                      "learn2learn's MAML and MetaSGD) are timed beside it and checked for the same meta-gradient.")
-    perf.add_argument("--learners", default="maml,fomaml,adaptation-layer,finetune", help="learners to time (default: %(default)s)")
-    perf.add_argument("--suites", default="sinusoid,omniglot", help="suites (default: %(default)s; a suite without its data is skipped with a warning)")
-    perf.add_argument("--shots", default="10,1", help="pick each suite's first setting with these shots (default: %(default)s)")
-    perf.add_argument("--ways", default="5", help="... and these ways, for classification (default: %(default)s)")
-    perf.add_argument("--data-dir", help="where suites find their data (default: $METABENCH_DATA_DIR)")
-    perf.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    perf.add_argument("--iterations", type=int, default=20, help="timed meta-training iterations per learner (default: 20)")
-    perf.add_argument("--warmup", type=int, default=3, help="untimed first iterations (default: 3)")
-    perf.add_argument("--eval-episodes", type=int, default=100, help="test episodes timed per learner (default: 100)")
-    perf.add_argument("--set", action="append", default=[], metavar="LEARNER.KEY=VALUE", help="hyper-parameter override (repeatable)")
+                                      "setting per suite (the first with the given shots and ways; a suite without its "
+                                      "data is skipped with a warning); learners with a reference implementation (maml, "
+                                      "fomaml, metasgd: learn2learn's MAML and MetaSGD) are timed beside it and checked "
+                                      "for the same meta-gradient.")
+    add_selection_flags(perf, learners="maml,fomaml,adaptation-layer,finetune", suites="sinusoid,omniglot",
+                        shots="10,1", ways="5")
+    perf.add_argument("--iterations", type=positive_int, default=20, help="timed meta-training iterations per learner (default: 20)")
+    perf.add_argument("--warmup", type=non_negative_int, default=3, help="untimed first iterations (default: 3)")
+    perf.add_argument("--eval-episodes", type=positive_int, default=100, help="test episodes timed per learner (default: 100)")
     perf.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
     _add_plugin_flags(perf)
 
@@ -132,162 +196,51 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _run_config(args: argparse.Namespace):
-    """The file's values (validated alone, so errors name the file), then the given flags on top."""
-    from bench.config import (
-        ConfigError,
-        build_run_config,
-        parse_set_option,
-        read_config_file,
-    )
+    """The run's configuration: the config file's values, then the flags given on top; or, with ``--resume``,
+    the run folder's own (flags that would change it are refused)."""
+    from bench.config import CONFIG_KEYS, resolve_run_config
 
-    values: dict[str, Any] = {}
-    if args.resume:
-        return _resumed_config(args)
-    if args.config:
-        values = read_config_file(args.config)
-        build_run_config(values, origin=f"config file {args.config}")
-    for key in ("learners", "suites", "profile", "seeds", "shots", "ways", "steps", "episodes", "tasks", "device", "out", "data_dir"):
-        given = getattr(args, key)
-        if given is not None:
-            values[key] = given
-    if args.set:
-        table = values.setdefault("set", {})
-        for option in args.set:
-            learner, key, value = parse_set_option(option)
-            if not isinstance(table.get(learner, {}), dict):
-                raise ConfigError(f"set.{learner}: expected a table of hyper-parameters")
-            table.setdefault(learner, {})[key] = value
-    return build_run_config(values, origin="command line")
+    given = {key: getattr(args, key) for key in CONFIG_KEYS if key != "set"}
+    if args.resume is None:
+        return resolve_run_config(args.config, given, args.set)
+    flags = {**given, "config": args.config, "set": args.set or None}
+    changing = [f"--{key.replace('_', '-')}" for key, value in flags.items() if value is not None]
+    if changing:
+        raise BenchError(f"--resume takes the configuration from {args.resume / 'run.json'}; drop {', '.join(changing)}")
+    from bench.session import resumed_config
+
+    return resumed_config(args.resume)
 
 
-CONFIG_FLAGS = ("learners", "suites", "profile", "seeds", "shots", "ways", "steps", "episodes", "tasks", "device",
-                "out", "data_dir", "config")
-
-
-def _resumed_config(args: argparse.Namespace):
-    """The configuration a run folder was started with; flags that would change it are refused."""
-    import dataclasses
-
-    from bench.config import RunConfig, build_run_config
-    from bench.store import RunStore
-
-    given = [f"--{key.replace('_', '-')}" for key in CONFIG_FLAGS if getattr(args, key) is not None] + (["--set"] if args.set else [])
-    if given:
-        raise BenchError(f"--resume takes the configuration from {args.resume / 'run.json'}; drop {', '.join(given)}")
-    stored = RunStore(args.resume).run_info().get("config", {})
-    keys = {field.name for field in dataclasses.fields(RunConfig)}
-    return build_run_config({key: value for key, value in stored.items() if key in keys} | {"out": str(args.resume)},
-                            origin=f"{args.resume / 'run.json'}")
-
-
-def _executor(args: argparse.Namespace, registry):
-    import os
-
-    from bench.executors import ExecutorOptions
-
-    if args.workers is not None and args.workers < 1:
-        raise BenchError(f"--workers must be at least 1, got {args.workers}")
-    if args.cell_timeout is not None and args.cell_timeout <= 0:
-        raise BenchError(f"--cell-timeout must be positive, got {args.cell_timeout:g}")
-    if args.checkpoint_every is not None and args.checkpoint_every < 1:
-        raise BenchError(f"--checkpoint-every must be at least 1 task, got {args.checkpoint_every}")
-    (registration,) = registry.select("executor", [args.executor])
-    workers = args.workers or (os.cpu_count() or 1)
-    return registration.cls(ExecutorOptions(workers=workers, address=args.ray_address))
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _run_config(args)
     registry = _load_registry(args.strict)
-    executor = _executor(args, registry)
 
-    import dataclasses
-
-    from bench.grid import plan
-
-    cells = plan(config, registry)
-    for kind, names in (("learner", config.learners), ("suite", config.suites)):
-        if list(names) == ["all"]:
-            for name, reason in registry.unavailable(kind).items():
-                print(f"note: skipping {kind} '{name}': {reason}", file=sys.stderr)
-    if list(config.learners) == ["all"]:
-        named_only = sorted(name for name, registration in registry.learners.items()
-                            if not registration.cls.in_all and not registration.unavailable_reason)
-        if named_only:
-            print(f"note: not in 'all', run when named: {', '.join(named_only)}", file=sys.stderr)
-    suites = {cell.suite.name: cell.suite for cell in cells}.values()
-    for suite in suites:  # data problems: one line, before any work
-        config.make_suite(suite.cls).prepare()
-
-    from bench.environment import environment
-    from bench.runner import default_run_dir, resolve_device, run_cells
-    from bench.store import RunStore
-
-    device = resolve_device(config.device)
-    run_dir = Path(config.out) if config.out else default_run_dir(config)
-    resolved = {
-        **dataclasses.asdict(config), "out": str(run_dir),
-        "budgets": {suite.name: dataclasses.asdict(config.budget_for(suite.cls)) for suite in suites},
-        "hyperparameters": {f"{c.learner.name} @ {c.suite.name} {c.setting.name}": dataclasses.asdict(c.hyperparameters) for c in cells},
-    }
-    store = RunStore(run_dir)
-    env = {**environment(registry, device),
-           "execution": {"executor": args.executor, "workers": executor.options.workers, "cell_timeout": args.cell_timeout,
-                         "checkpoint_every": args.checkpoint_every}}
-    store.open(resolved, env)
-
-    def on_start(finished: int) -> None:
-        print(f"metabench: {len(cells)} cells ({finished} already finished) on {env['device_name']} "
-              f"with the {args.executor} executor -> {run_dir}", file=sys.stderr)
-
-    def on_cell(cell, metadata: dict[str, Any]) -> None:
-        status = metadata["status"]
-        detail = f": {metadata['error']}" if status != "ok" else f" ({metadata['meta_train_seconds']:.1f} s meta-training)"
-        print(f"  {status:6} {cell.label}{detail}", file=sys.stderr)
-
-    try:
-        run_cells(cells, config, store, device, show_progress=not args.no_progress, executor=executor,
-                  cell_timeout=args.cell_timeout, checkpoint_every=args.checkpoint_every,
-                  warn=lambda message: print(f"warning: {message}", file=sys.stderr), on_start=on_start, on_cell=on_cell)
-    except KeyboardInterrupt:
-        store.write_run_file(resolved, env, status="interrupted")
-        print(f"\ninterrupted: finished cells are kept in {run_dir}; resume with: bench run --resume {run_dir}",
-              file=sys.stderr)
-        return 130
-    failed = store.failed_cells()
-    store.write_run_file(resolved, env, status="finished" if not failed else "finished with failed cells")
-    report, _ = _write_report(store)
     from bench import render
+    from bench.session import INTERRUPTED, Execution, run_benchmark
 
-    print(render.text(report), end="")
-    print(f"Results: {run_dir} (report.md, report.html)")
-    return EXIT_CELLS_FAILED if failed else EXIT_OK
-
-
-def _write_report(store):
-    """Aggregate a run folder's cells; write records.csv and the report files into it; return the report."""
-    from bench import plots, render
-    from bench.report import Report
-
-    records = store.records()
-    report = Report(records, store.cells(), store.run_info())
-    figures = plots.figures(report)
-    store.write_report(records, {
-        "report.md": render.markdown(report, list(figures)),
-        "report.html": render.html_document(report, figures),
-        "summary.csv": render.csv(report),
-        **{f"figures/{name}": png for name, png in figures.items()},
-    })
-    return report, figures
+    execution = Execution(args.executor, args.workers, args.ray_address, args.cell_timeout, args.checkpoint_every,
+                          show_progress=not args.no_progress)
+    outcome = run_benchmark(config, registry, execution, say=_say)
+    if outcome.status == INTERRUPTED:
+        return EXIT_INTERRUPTED
+    print(render.text(outcome.report), end="")
+    print(f"Results: {outcome.run_dir} (report.md, report.html)")
+    return EXIT_CELLS_FAILED if outcome.failed_cells else EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from bench import render
+    from bench.report_files import write_report
     from bench.store import RunStore, atomic_write_bytes
 
     store = RunStore(args.run_dir)
     store.run_info()
-    report, figures = _write_report(store)
+    report, figures = write_report(store)
     if args.format is None:
         if args.out is not None:
             raise BenchError("--out needs --format (md, html, latex or csv)")
@@ -365,16 +318,12 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_perf(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from bench.config import build_run_config, parse_set_option
+    from bench.config import resolve_run_config
     from bench.errors import DataError
     from bench.grid import plan
 
-    overrides: dict[str, dict[str, str]] = {}
-    for option in args.set:
-        learner, key, value = parse_set_option(option)
-        overrides.setdefault(learner, {})[key] = value
-    config = build_run_config({"learners": args.learners, "suites": args.suites, "shots": args.shots, "ways": args.ways,
-                               "data_dir": args.data_dir, "device": args.device, "set": overrides}, origin="bench perf")
+    selection = {_dest(flag): getattr(args, _dest(flag)) for flag, *_ in SELECTION_FLAGS}
+    config = resolve_run_config(None, selection, args.set)
     registry = _load_registry(args.strict)
     cells = plan(config, registry)
 

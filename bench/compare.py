@@ -8,13 +8,13 @@ episode); otherwise unpaired (Mann-Whitney U), and the table says so.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 from pathlib import Path
 
-import pandas as pd
-
 from bench.errors import BenchError
-from bench.report import Report, Table, format_number, format_p
+from bench.report import GroupKey, Report, Table, format_number, format_p
 from bench.stats import paired_comparison, unpaired_comparison
 from bench.store import RUN_FILE, RunStore, StoreError
 
@@ -34,33 +34,27 @@ class Run:
         info = store.run_info()
         return cls(path.name or str(path), Report(store.records(), store.cells(), info))
 
-    def ok_cells(self) -> pd.DataFrame:
-        cells = self.report.cells
-        return cells[cells["status"] == "ok"]
+    @functools.cached_property
+    def groups(self) -> set[GroupKey]:
+        """The (suite, setting, learner) groups with results."""
+        return {key for key, group in self.report.groups.items() if group.ok}
 
-    def groups(self) -> set[tuple[str, str, str]]:
-        cells = self.ok_cells()
-        return set(zip(cells["suite"], cells["setting"], cells["learner"]))
-
-    def protocol(self, suite: str, setting: str, learner: str) -> tuple[str, int, tuple[tuple[int, str | None], ...]]:
+    def protocol(self, key: GroupKey) -> tuple[str, int, tuple[tuple[int, str | None], ...]]:
         """(metric name, adaptation steps its curve ends at, (seed, episode fingerprint or None if not recorded) per
         cell) of a group; the steps are the recorded ones (0 for a learner with nothing to adapt, whatever ``--steps``)."""
-        cells = self.ok_cells()
-        group = cells[(cells["suite"] == suite) & (cells["setting"] == setting) & (cells["learner"] == learner)]
-        recorded = group["test_episodes_sha256"] if "test_episodes_sha256" in group else pd.Series(None, index=group.index)
-        fingerprints = tuple(sorted(zip(group["seed"], recorded.where(recorded.notna(), None))))
-        steps = int(self.report.curve(suite, setting, learner)["step"].max())
-        return str(group["metric_name"].iloc[0]), steps, fingerprints
+        group = self.report.groups[key]
+        fingerprints = tuple(sorted((cell.seed, cell.test_episodes_sha256) for cell in group.ok))
+        return str(group.ok[0].metric_name), int(group.curve["step"].max()), fingerprints
 
 
-def _check_comparable(baseline: Run, other: Run, common: list[tuple[str, str, str]]) -> None:
+def _check_comparable(baseline: Run, other: Run, common: list[GroupKey]) -> None:
     if not common:
         def describe(run: Run) -> str:
-            return "; ".join(sorted(f"{learner} on {suite} {setting}" for suite, setting, learner in run.groups())) or "no finished cells"
+            return "; ".join(sorted(f"{learner} on {suite} {setting}" for suite, setting, learner in run.groups)) or "no finished cells"
         raise NotComparableError(f"runs '{baseline.label}' and '{other.label}' have no suite setting and learner in common: "
                                  f"'{baseline.label}' has {describe(baseline)}; '{other.label}' has {describe(other)}")
     for group in common:
-        (metric_a, steps_a, _), (metric_b, steps_b, _) = baseline.protocol(*group), other.protocol(*group)
+        (metric_a, steps_a, _), (metric_b, steps_b, _) = baseline.protocol(group), other.protocol(group)
         if (metric_a, steps_a) != (metric_b, steps_b):
             suite, setting, learner = group
             raise NotComparableError(
@@ -73,7 +67,7 @@ def compare(runs: list[Run]) -> Table:
     if len(runs) < 2:
         raise NotComparableError("compare needs at least two run folders")
     baseline = runs[0]
-    shared = {other.label: sorted(baseline.groups() & other.groups()) for other in runs[1:]}
+    shared = {other.label: sorted(baseline.groups & other.groups) for other in runs[1:]}
     for other in runs[1:]:
         _check_comparable(baseline, other, shared[other.label])
     columns = ["suite", "setting", "learner", *(f"{run.label}: mean ± 95% CI" for run in runs),
@@ -82,19 +76,20 @@ def compare(runs: list[Run]) -> Table:
         f"Metric after the final step in each run; differences to '{baseline.label}' with a two-sided test: "
         "Wilcoxon signed-rank where both runs scored the same test episodes (paired), Mann-Whitney U otherwise "
         "(marked unpaired); n.s. = not significantly different at p < 0.05."))
-    for group in sorted(set().union(*shared.values()), key=lambda g: (g[0], baseline.report.settings().index(g[:2]), g[2])):
+    settings = list(baseline.report.settings)
+    for group in sorted(set().union(*shared.values()), key=lambda g: (g[0], settings.index(g[:2]), g[2])):
         row = list(group)
         for run in runs:
-            final = run.report.curve(*group).iloc[-1] if group in run.groups() else None
+            final = run.report.groups[group].curve.iloc[-1] if group in run.groups else None
             row.append("–" if final is None else f"{format_number(final['mean'])} ± {format_number(final['ci95'], 2)}")
         for other in runs[1:]:
             if group not in shared[other.label]:
                 row.append("–")
                 continue
-            episodes = baseline.protocol(*group)[2]
-            paired = episodes == other.protocol(*group)[2] and all(fingerprint for _, fingerprint in episodes)
+            episodes = baseline.protocol(group)[2]
+            paired = episodes == other.protocol(group)[2] and all(fingerprint for _, fingerprint in episodes)
             test = paired_comparison if paired else unpaired_comparison
-            result = test(baseline.report.final_metric(*group), other.report.final_metric(*group))
+            result = test(baseline.report.groups[group].final, other.report.groups[group].final)
             row.append(f"{format_number(result.difference)}, {format_p(result)}" + ("" if paired else ", unpaired"))
         table.rows.append(row)
     return table
@@ -108,19 +103,19 @@ def list_runs(results: Path) -> list[dict[str, str]]:
         try:
             store = RunStore(path)
             info = store.run_info()
-            cells = pd.DataFrame(store.cells())
+            cells = store.cells()
         except (StoreError, OSError, ValueError) as error:
             rows.append({"run": path.name, "status": f"unreadable: {error}"})
             continue
         config, environment = info.get("config", {}), info.get("environment", {})
-        counts = cells["status"].value_counts().to_dict() if len(cells) else {}
+        counts = collections.Counter(cell.status.value for cell in cells)
         rows.append({
             "run": path.name,
             "started": str(environment.get("started", "–")),
             "status": str(info.get("status", "–")),
             "profile": str(config.get("profile", "–")),
-            "suites": ",".join(sorted(set(cells["suite"]))) if len(cells) else ",".join(config.get("suites", [])),
-            "learners": ",".join(sorted(set(cells["learner"]))) if len(cells) else ",".join(config.get("learners", [])),
+            "suites": ",".join(sorted({cell.suite for cell in cells}) if cells else config.get("suites", [])),
+            "learners": ",".join(sorted({cell.learner for cell in cells}) if cells else config.get("learners", [])),
             "cells": ", ".join(f"{count} {status}" for status, count in sorted(counts.items())) or "none finished",
         })
     return rows

@@ -87,6 +87,10 @@ class RunConfig:
         )
 
 
+CONFIG_KEYS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(RunConfig))
+"""The keys of a config file, of ``run.json``'s configuration, and of the ``bench run`` flags that set them."""
+
+
 def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation)).replace("typing.", "")
 
@@ -150,13 +154,28 @@ def read_config_file(path: Path) -> dict[str, Any]:
 def build_run_config(values: dict[str, Any], origin: str) -> RunConfig:
     """Validate ``values`` (keys of RunConfig) and make a RunConfig; ``origin`` prefixes errors."""
     hints = typing.get_type_hints(RunConfig)
-    unknown = sorted(set(values) - set(hints))
+    unknown = sorted(set(values) - set(CONFIG_KEYS))
     if unknown:
-        raise ConfigError(f"{origin}: unknown key {', '.join(unknown)}; valid keys: {', '.join(hints)}")
+        raise ConfigError(f"{origin}: unknown key {', '.join(unknown)}; valid keys: {', '.join(CONFIG_KEYS)}")
     typed = {key: coerce(value, hints[key], f"{origin}: {key}") for key, value in values.items()}
     if "set" in typed:
         typed["set"] = _check_set_table(typed["set"], origin)
-    return RunConfig(**typed)
+    try:
+        return RunConfig(**typed)
+    except ConfigError as error:  # RunConfig's own checks (__post_init__)
+        raise ConfigError(f"{origin}: {error}") from None
+
+
+def resolve_run_config(config_file: Path | None, given: dict[str, Any], set_options: list[str]) -> RunConfig:
+    """The config file's values (validated alone, so that errors name the file), then the ``given`` values
+    (None: not given) and the ``--set`` options on top."""
+    values = read_config_file(config_file) if config_file else {}
+    if config_file:
+        build_run_config(values, origin=f"config file {config_file}")
+    values |= {key: value for key, value in given.items() if value is not None}
+    if set_options:
+        values["set"] = parse_set_options(set_options, values.get("set", {}))
+    return build_run_config(values, origin="command line")
 
 
 def _check_set_table(table: Any, origin: str) -> dict[str, dict[str, Any]]:
@@ -165,13 +184,16 @@ def _check_set_table(table: Any, origin: str) -> dict[str, dict[str, Any]]:
     return table
 
 
-def parse_set_option(option: str) -> tuple[str, str, str]:
-    """Split ``learner.key=value`` into its three parts."""
-    target, sep, value = option.partition("=")
-    learner, dot, key = target.strip().partition(".")
-    if not sep or not dot or not learner or not key:
-        raise ConfigError(f"--set {option!r}: expected LEARNER.KEY=VALUE, e.g. maml.inner_lr=0.01")
-    return learner, key.strip(), value.strip()
+def parse_set_options(options: list[str], table: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The ``set`` table of ``--set LEARNER.KEY=VALUE`` options, on top of a validated ``table`` (not changed)."""
+    merged = {learner: dict(values) for learner, values in (table or {}).items()}
+    for option in options:
+        target, sep, value = option.partition("=")
+        learner, dot, key = target.strip().partition(".")
+        if not sep or not dot or not learner or not key.strip():
+            raise ConfigError(f"--set {option!r}: expected LEARNER.KEY=VALUE, e.g. maml.inner_lr=0.01")
+        merged.setdefault(learner, {})[key.strip()] = value.strip()
+    return merged
 
 
 def learner_config(learner: str, config_class: type, overrides: dict[str, Any]) -> Any:

@@ -22,4 +22,4 @@ def register_suites(register: Callable[[str, type], None]) -> None:
 
 @hookspec
 def register_executors(register: Callable[[str, type], None]) -> None:
-    """Register executors, which run a run's cells: ``register("ray", RayExecutor)``. Each must subclass bench.executors.Executor."""
+    """Register executors, which run a run's cells: ``register("ray", RayExecutor)``. Each must subclass bench.api.Executor."""

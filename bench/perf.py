@@ -1,6 +1,7 @@
 """``bench perf``: meta-training throughput, peak memory and evaluation speed of learners, with each
 learner's reference implementation (where it declares one, e.g. learn2learn) timed side by side on
-the identical configuration and checked for the same meta-gradient.
+the identical configuration and, where both implement ``bench.api.MetaGradient``, checked for the same
+meta-gradient.
 
 Method: every learner meta-trains through the host's own context on the same task stream; each
 iteration is timed (with a device sync on CUDA), the first ``warmup`` are dropped and the median of
@@ -21,7 +22,8 @@ from typing import Any
 
 import torch
 
-from bench.api import Episode, TaskSuite
+from bench.api import Episode, Learner, MetaGradient, TaskSuite
+from bench.errors import BenchError
 from bench.grid import Cell
 from bench.protocol import evaluate, synchronize
 from bench.memory import PeakMemory
@@ -43,6 +45,9 @@ class PerfRow:
     speedup_vs_reference: float | None = None
     memory_vs_reference: float | None = None
     gradient_rel_diff: float | None = None
+    gradient_check: str | None = None
+    """Whether the meta-gradients were compared: "checked" (see ``gradient_rel_diff``), "not checked (...)" with
+    the reason, or None without a reference."""
 
 
 def _release_memory() -> None:
@@ -53,7 +58,7 @@ def _release_memory() -> None:
         pass
 
 
-def _timed_training(learner, cell: Cell, suite: TaskSuite, device: torch.device, iterations: int, warmup: int) -> tuple[float, int, float]:
+def _timed_training(learner: Learner, cell: Cell, suite: TaskSuite, device: torch.device, iterations: int, warmup: int) -> tuple[float, int, float]:
     """Median tasks/s over ``iterations`` timed meta-training iterations, tasks per iteration, peak MiB."""
     stamps: list[tuple[float, int]] = []
 
@@ -62,9 +67,12 @@ def _timed_training(learner, cell: Cell, suite: TaskSuite, device: torch.device,
             synchronize(device)
             stamps.append((time.perf_counter(), tasks))
 
-    probe = _BatchSizeProbe(suite, cell.setting, 0, 0, device, on_batch)
-    learner.meta_train(probe)
-    batch_tasks = probe.asked
+    try:
+        learner.meta_train(_BatchSizeProbe(suite, cell.setting, 0, 0, device, on_batch))
+    except _BatchSizeFound as found:
+        batch_tasks = found.tasks
+    else:
+        raise BenchError(f"{type(learner).__qualname__} meta-trains without asking ctx.batches for tasks: nothing to time")
     _release_memory()
     context = HostContext(suite, cell.setting, 0, (warmup + iterations + 1) * batch_tasks, device, on_batch)
     stamps.clear()
@@ -79,17 +87,22 @@ def _timed_training(learner, cell: Cell, suite: TaskSuite, device: torch.device,
     return statistics.median(rates), batch_tasks, peak
 
 
-class _BatchSizeProbe(HostContext):
-    """A context that records how many tasks per iteration a learner asks for, and hands out none."""
+class _BatchSizeFound(Exception):
+    """How many tasks per iteration a learner asked for; stops its ``meta_train`` there."""
 
-    asked: int = 0
+    def __init__(self, tasks: int) -> None:
+        super().__init__(tasks)
+        self.tasks = tasks
+
+
+class _BatchSizeProbe(HostContext):
+    """A context that stops a learner's ``meta_train`` at its first request for batches (``_BatchSizeFound``)."""
 
     def batches(self, meta_batch: int) -> Iterator[Episode]:
-        self.asked = meta_batch
-        return iter(())
+        raise _BatchSizeFound(meta_batch)
 
 
-def _eval_speed(learner, cell: Cell, suite: TaskSuite, device: torch.device, episodes: int) -> float:
+def _eval_speed(learner: Learner, cell: Cell, suite: TaskSuite, device: torch.device, episodes: int) -> float:
     evaluate(learner, suite, cell.setting, 0, min(episodes, 5), 10, device)  # warm-up
     start = time.perf_counter()
     evaluate(learner, suite, cell.setting, 0, episodes, 10, device)
@@ -104,7 +117,7 @@ class _Float64Context(HostContext):
         return super().backbone().double()
 
 
-def _meta_gradient(learner_class, cell: Cell, suite: TaskSuite, batch: Episode, device: torch.device) -> torch.Tensor:
+def _meta_gradient(learner_class: type[MetaGradient], cell: Cell, suite: TaskSuite, batch: Episode, device: torch.device) -> torch.Tensor:
     """The meta-gradient of one batch from the seeded initial weights every implementation shares, in
     float64, so that the check compares the algorithms rather than float32 summation orders (a compiled
     graph sums in another order; second-order terms and batch norm amplify that to ~1e-4 in float32)."""
@@ -114,9 +127,19 @@ def _meta_gradient(learner_class, cell: Cell, suite: TaskSuite, batch: Episode, 
     return torch.cat([p.grad.flatten() for p in learner.meta_parameters()])
 
 
+def _implementation(learner_class: type[Learner], cell: Cell) -> str:
+    """How rows name an implementation: its ``implementation``, else the distribution that registered the learner
+    (a reference class that declares none: its qualified name)."""
+    if learner_class.implementation:
+        return learner_class.implementation
+    if learner_class is cell.learner.cls:
+        return cell.learner.source.distribution
+    return f"{learner_class.__module__}.{learner_class.__qualname__}"
+
+
 def measure(cell: Cell, suite: TaskSuite, device: torch.device, iterations: int, warmup: int, eval_episodes: int) -> list[PerfRow]:
     """Rows for one learner on one suite setting: the learner, then its reference implementation if any."""
-    implementations = [cell.learner.cls]
+    implementations: list[type[Learner]] = [cell.learner.cls]
     reference = cell.learner.cls.reference()
     if reference is not None and reference.unavailable_reason() is None:  # e.g. learn2learn not installed
         implementations.append(reference)
@@ -125,13 +148,19 @@ def measure(cell: Cell, suite: TaskSuite, device: torch.device, iterations: int,
         learner = learner_class(cell.hyperparameters)
         tasks_per_s, batch_tasks, peak = _timed_training(learner, cell, suite, device, iterations, warmup)
         rows.append(PerfRow(cell.suite.name, cell.setting.name, cell.learner.name,
-                            getattr(learner_class, "implementation", "metabench"), batch_tasks, tasks_per_s, peak,
+                            _implementation(learner_class, cell), batch_tasks, tasks_per_s, peak,
                             _eval_speed(learner, cell, suite, device, eval_episodes)))
     if len(rows) == 2:
         ours, theirs = rows
-        batch = suite.sample_batch("train", cell.setting, 0, range(ours.meta_batch)).to(device)
-        mine, other = (_meta_gradient(learner_class, cell, suite, batch, device) for learner_class in implementations)
-        ours.gradient_rel_diff = float((mine - other).abs().max() / other.abs().max())
+        without = [learner_class.__qualname__ for learner_class in implementations
+                   if not issubclass(learner_class, MetaGradient)]
+        if without:
+            ours.gradient_check = f"not checked (no MetaGradient: {', '.join(without)})"
+        else:
+            batch = suite.sample_batch("train", cell.setting, 0, range(ours.meta_batch)).to(device)
+            mine, other = (_meta_gradient(learner_class, cell, suite, batch, device) for learner_class in implementations)
+            ours.gradient_rel_diff = float((mine - other).abs().max() / other.abs().max())
+            ours.gradient_check = "checked"
         ours.speedup_vs_reference = ours.train_tasks_per_s / theirs.train_tasks_per_s
         ours.memory_vs_reference = ours.train_peak_mib / theirs.train_peak_mib if theirs.train_peak_mib > 0 else None
     return rows

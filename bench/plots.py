@@ -25,7 +25,7 @@ def _png(figure: plt.Figure) -> bytes:
 
 def _color(report: Report, learner: str) -> str:
     """One colour per learner across every figure of a report."""
-    learners = sorted(set(report.cells["learner"]))
+    learners = sorted({cell.learner for cell in report.cells})
     return f"C{learners.index(learner) % 10}"
 
 
@@ -57,13 +57,12 @@ def _single_point(axes: plt.Axes, x: float, curve, label: str, color: str) -> No
 
 def adaptation_curves(report: Report, suite: str, setting: str) -> bytes:
     figure, axes = plt.subplots(figsize=(6, 3.8))
-    for learner in report.ranked(suite, setting):
-        curve = report.curve(suite, setting, learner)
-        color = _color(report, learner)
+    for group in report.rankings[suite, setting]:
+        curve, color = group.curve, _color(report, group.learner)
         if len(curve) == 1:
-            _single_point(axes, 0, curve, learner, color)
+            _single_point(axes, 0, curve, group.learner, color)
             continue
-        axes.plot(curve["step"], curve["mean"], marker="o", markersize=3, label=learner, color=color)
+        axes.plot(curve["step"], curve["mean"], marker="o", markersize=3, label=group.learner, color=color)
         axes.fill_between(curve["step"], curve["mean"] - curve["ci95"], curve["mean"] + curve["ci95"],
                           color=color, alpha=0.15, linewidth=0)
     return _line_chart(figure, axes, f"{suite} {setting}: adaptation (mean, 95% CI)", "adaptation steps",
@@ -74,27 +73,26 @@ def metric_versus_time(report: Report, suite: str, setting: str) -> bytes:
     """Step k of a learner is placed at k/K of its measured time to adapt one episode through all K steps; a
     learner with no test-time adaptation (a single point) at its whole measured time, its prediction's cost."""
     figure, axes = plt.subplots(figsize=(6, 3.8))
-    for learner in report.ranked(suite, setting):
-        curve = report.curve(suite, setting, learner)
-        milliseconds = report.ok_cells(suite, setting, learner)["adapt_ms_per_episode"].mean()
+    for group in report.rankings[suite, setting]:
+        curve, milliseconds, color = group.curve, group.adapt_ms_per_episode, _color(report, group.learner)
         if len(curve) == 1:
-            _single_point(axes, milliseconds, curve, learner, _color(report, learner))
+            _single_point(axes, milliseconds, curve, group.learner, color)
             continue
         steps = curve["step"].to_numpy()
-        axes.plot(steps / max(steps.max(), 1) * milliseconds, curve["mean"], marker="o", markersize=3, label=learner,
-                  color=_color(report, learner))
+        axes.plot(steps / max(steps.max(), 1) * milliseconds, curve["mean"], marker="o", markersize=3,
+                  label=group.learner, color=color)
     return _line_chart(figure, axes, f"{suite} {setting}: metric vs. adaptation time",
                        "ms per episode (steps spread evenly)", _axis_label(report, suite))
 
 
 def final_bars(report: Report, suite: str, setting: str) -> bytes:
-    learners = report.ranked(suite, setting)
-    finals = [report.curve(suite, setting, learner).iloc[-1] for learner in learners]
+    ranked = report.rankings[suite, setting]
+    finals = [group.curve.iloc[-1] for group in ranked]
     figure, axes = plt.subplots(figsize=(6, 3.2))
-    positions = np.arange(len(learners))
+    positions = np.arange(len(ranked))
     axes.bar(positions, [row["mean"] for row in finals], yerr=[row["ci95"] for row in finals], capsize=4,
-             color=[_color(report, learner) for learner in learners])
-    axes.set_xticks(positions, learners)
+             color=[_color(report, group.learner) for group in ranked])
+    axes.set_xticks(positions, [group.learner for group in ranked])
     axes.set(title=f"{suite} {setting}: after the final step (mean, 95% CI)", ylabel=_axis_label(report, suite))
     axes.grid(axis="y", alpha=0.3)
     return _png(figure)
@@ -104,8 +102,8 @@ def figures(report: Report) -> dict[str, bytes]:
     """PNG bytes by file name, for every suite setting with at least one learner's results."""
     charts = {"curves": adaptation_curves, "time": metric_versus_time, "bars": final_bars}
     result = {}
-    for suite, setting in report.settings():
-        if not report.ranked(suite, setting):
+    for suite, setting in report.settings:
+        if not report.rankings[suite, setting]:
             continue
         stem = "".join(character if character.isalnum() else "-" for character in f"{suite}-{setting}")
         for kind, chart in charts.items():

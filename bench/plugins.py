@@ -1,4 +1,10 @@
-"""Plugin discovery: built-ins and third-party packages through the ``metabench`` entry points.
+"""Plugin discovery: the built-ins by module, then third-party packages through the ``metabench`` entry points.
+
+The built-in plugins (``bench_plugins``, the repository's ``plugins/`` folder) are registered by
+module, as llm and datasette register their default plugins, so a source checkout that was never
+installed works and no environment variable can remove them. ``METABENCH_DISABLE_PLUGIN_AUTOLOAD=1``
+loads the built-ins only (the project's own tests use it, so whatever else is installed cannot change
+their results); ``METABENCH_DISABLE_PLUGINS`` skips third-party plugins by name.
 
 Every problem with one plugin (import error, misspelled hook, a hook that raises, a class of the
 wrong type, a duplicate name) becomes one line in ``Registry.problems`` and the other plugins still
@@ -7,23 +13,31 @@ load; ``strict=True`` turns any problem into a ``PluginLoadError``.
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
 import inspect
 import os
 import re
 import sys
 from collections.abc import Callable, Iterable
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from types import ModuleType
 
 import pluggy
 
-from bench import hookspecs
-from bench.api import Learner, TaskSuite
-from bench.executors import Executor
+from bench import __version__, hookspecs
+from bench.api import Executor, Learner, TaskSuite
 from bench.errors import BenchError
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
+BUILTIN_PACKAGE = "bench_plugins"
+BUILTIN_PLUGINS = {"learners": "bench_plugins.learners", "l2l": "bench_plugins.learners.l2l",
+                   "suites": "bench_plugins.suites", "executors": "bench_plugins.executors"}
+"""The built-in plugins: name -> module, registered in this order before any entry point."""
+BUILTIN_DISTRIBUTION = "metabench"
 DISABLE_ENV = "METABENCH_DISABLE_PLUGINS"
+NO_AUTOLOAD_ENV = "METABENCH_DISABLE_PLUGIN_AUTOLOAD"
 TRACE_ENV = "METABENCH_TRACE_PLUGINS"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 KINDS = {"learner": ("register_learners", Learner), "suite": ("register_suites", TaskSuite),
@@ -126,9 +140,28 @@ def _source_of(entry_point: EntryPoint) -> PluginSource:
 
 
 def _discover() -> list[EntryPoint]:
-    """The group's entry points, the built-ins (this distribution) first, each once."""
-    unique = {(ep.name, ep.value): ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
-    return sorted(unique.values(), key=lambda ep: (_source_of(ep).distribution != "metabench", ep.name))
+    """The group's third-party entry points, each once, by name (an older metabench's own entry points for its
+    built-ins are skipped: the built-ins are registered by module)."""
+    unique = {(ep.name, ep.value): ep for ep in entry_points(group=ENTRY_POINT_GROUP)
+              if _source_of(ep).distribution != BUILTIN_DISTRIBUTION}
+    return sorted(unique.values(), key=lambda ep: ep.name)
+
+
+def _import_builtin(module: str) -> ModuleType:
+    """Import a built-in plugin module; in a source checkout that was never installed, ``bench_plugins`` is the
+    ``plugins/`` folder beside ``bench/``."""
+    if BUILTIN_PACKAGE not in sys.modules and importlib.util.find_spec(BUILTIN_PACKAGE) is None:
+        folder = Path(__file__).resolve().parents[1] / "plugins"
+        spec = importlib.util.spec_from_file_location(BUILTIN_PACKAGE, folder / "__init__.py",
+                                                      submodule_search_locations=[str(folder)])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[BUILTIN_PACKAGE] = package
+        spec.loader.exec_module(package)
+    return importlib.import_module(module)
+
+
+def _autoload() -> bool:
+    return os.environ.get(NO_AUTOLOAD_ENV, "") in ("", "0")
 
 
 def _disabled() -> set[str]:
@@ -144,6 +177,12 @@ def class_problem(kind: str, name: object, cls: object) -> str | None:
         return f"registered {kind} '{name}' as {cls!r}, which is not a subclass of {base.__module__}.{base.__name__}"
     if kind == "suite" and getattr(cls, "name", None) != name:
         return f"suite '{name}' ({cls.__qualname__}) must set name = '{name}' (it seeds the suite's episodes)"
+    if kind == "learner" and hasattr(cls, "adapt_batch"):
+        return (f"learner '{name}' ({cls.__qualname__}) defines adapt_batch(), which metabench no longer calls: "
+                f"implement adapt(support, steps, *, batched=False) with its batched path and drop adapt_batch")
+    if kind == "learner" and cls.batched and "batched" not in inspect.signature(cls.adapt).parameters:
+        return (f"learner '{name}' ({cls.__qualname__}) sets batched = True, but its adapt() takes no batched "
+                f"keyword: accept adapt(support, steps, *, batched=False), or set batched = False")
     if inspect.isabstract(cls):
         missing = ", ".join(sorted(cls.__abstractmethods__))
         return f"{kind} '{name}' ({cls.__qualname__}) does not implement {missing}"
@@ -239,10 +278,13 @@ class _Loader:
 
 
 def load_plugins(strict: bool = False, extra: Iterable[tuple[PluginSource, ModuleType]] = ()) -> Registry:
-    """Discover and validate every plugin; ``extra`` adds in-process plugin modules (tests, notebooks)."""
+    """Register the built-ins, discover and validate every third-party plugin (unless autoloading is off);
+    ``extra`` adds in-process plugin modules (tests, notebooks)."""
     loader = _Loader()
+    for name, module in BUILTIN_PLUGINS.items():
+        loader.add(PluginSource(name, module, BUILTIN_DISTRIBUTION, __version__), lambda module=module: _import_builtin(module))
     disabled = _disabled()
-    for entry_point in _discover():
+    for entry_point in _discover() if _autoload() else ():
         source = _source_of(entry_point)
         if source.name not in disabled and source.distribution not in disabled:
             loader.add(source, entry_point.load)

@@ -40,13 +40,16 @@ def evaluate(
     """Adapt ``learner`` to test episodes 0..episodes-1 and score the query set after each step.
 
     The learner sees the support set and the query inputs, never the query labels; the metric is
-    computed here from its predictions. Learners with ``adapt_batch`` adapt many episodes at once
-    (``batched`` forces the choice; see ``default_batching``). A learner is adapted through
+    computed here from its predictions. Learners that set ``batched`` adapt many episodes at once, in one
+    ``adapt(support, steps, batched=True)`` call (``batched`` forces the choice; see ``default_batching``); the
+    others are called as ``adapt(support, steps)``, one episode at a time. A learner is adapted through
     ``learner_steps(learner, steps)`` steps. Returns ``metric[episode, step]`` for those steps (non-finite
     values kept as they are: divergence is a result) and the adaptation seconds per episode.
     """
     steps = learner_steps(learner, steps)
     batched = default_batching(learner, suite, device) if batched is None else batched
+    if batched and not learner.batched:
+        raise ValueError(f"{type(learner).__name__} adapts one task at a time (it does not set batched = True)")
     size = _episodes_per_batch(suite.sample_episode(TEST_SPLIT, setting, seed, 0)) if batched else 1
     metric = np.empty((episodes, steps + 1))
     seconds = np.empty(episodes)
@@ -54,7 +57,7 @@ def evaluate(
         stop = min(start + size, episodes)
         if batched:
             batch = suite.sample_batch(TEST_SPLIT, setting, seed, range(start, stop)).to(device)
-            predictors = learner.adapt_batch(batch.support, steps)
+            predictors = learner.adapt(batch.support, steps, batched=True)
 
             def score(predictions: torch.Tensor, targets: torch.Tensor = batch.query_y) -> torch.Tensor:
                 return torch.stack([suite.metric(p, y) for p, y in zip(predictions, targets)])

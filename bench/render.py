@@ -16,7 +16,7 @@ def text_tables(tables: list[Table]) -> str:
 
 
 def text(report: Report) -> str:
-    return text_tables(report.tables()) + f"\nCells: {report.cell_counts()}.\n"
+    return text_tables(report.tables) + f"\nCells: {report.cell_counts()}.\n"
 
 
 def _emphasised(table: Table, bold: str) -> list[list[str]]:
@@ -25,7 +25,7 @@ def _emphasised(table: Table, bold: str) -> list[list[str]]:
 
 
 def _title(report: Report) -> str:
-    suites = ", ".join(dict.fromkeys(suite for suite, _ in report.settings()))
+    suites = ", ".join(dict.fromkeys(suite for suite, _ in report.settings))
     return f"metabench report: {suites}"
 
 
@@ -36,7 +36,7 @@ def markdown_table(table: Table) -> str:
 
 def markdown(report: Report, figure_names: list[str], figure_dir: str = "figures") -> str:
     """Markdown (GitHub tables); ``figure_names`` are linked from ``figure_dir``."""
-    parts = [f"# {_title(report)}", ""] + [markdown_table(table) for table in report.tables()]
+    parts = [f"# {_title(report)}", ""] + [markdown_table(table) for table in report.tables]
     if figure_names:
         parts += ["## Figures", ""] + [f"![{name}]({figure_dir}/{name})" for name in figure_names] + [""]
     parts += ["## Provenance", ""] + [f"- **{key}**: `{value}`" if key == "command" else f"- **{key}**: {value}"
@@ -62,7 +62,7 @@ def html_document(report: Report, figures: dict[str, bytes]) -> str:
     """One HTML file that needs nothing else: styles inline, figures as data URIs."""
     escape = html.escape
     body = [f"<h1>{escape(_title(report))}</h1>"]
-    for table in report.tables():
+    for table in report.tables:
         head = "".join(f"<th>{escape(column)}</th>" for column in table.columns)
         best = ' class="best"'
         rows = "".join(
@@ -109,8 +109,8 @@ def latex_table(table: Table) -> str:
 
 def latex(report: Report) -> str:
     """The report's tables, ready to ``\\input``."""
-    return "\n".join(latex_table(table) for table in report.tables())
+    return "\n".join(latex_table(table) for table in report.tables)
 
 
 def csv(report: Report) -> str:
-    return report.summary_frame().to_csv(index=False)
+    return report.summary_frame.to_csv(index=False)

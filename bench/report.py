@@ -4,20 +4,30 @@ Tables are built here as ``Table`` objects (cells as text, with the cells to set
 formats (Markdown, HTML, LaTeX, CSV) are in ``bench.render`` and the figures in ``bench.plots``.
 The best learner of a setting is the one with the best mean at the final step; every other learner
 is tested against it on the shared episodes (``bench.stats.paired_comparison``).
+
+A report computes once: its cells and records are grouped by (suite, setting, learner) as it is built,
+the ranking, the tests and the tables when first asked for; every format and figure reads the same.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from bench.cells import CellMetadata, CellStatus
 from bench.stats import EPISODE_KEY, Comparison, paired_comparison, steps_to_fraction_of_gain, summarize
 
 GROUP = ["suite", "setting", "learner"]
 SPEED_STEPS = (0, 1, 2, 5, 10)
+TEST_COLUMNS = ["vs_best_test", "vs_best_p_value", "vs_best_difference"]
+GroupKey = tuple[str, str, str]
+SettingKey = tuple[str, str]
 
 
 @dataclasses.dataclass
@@ -45,122 +55,150 @@ def format_p(comparison: Comparison) -> str:
     return p if comparison.significant else f"n.s. ({p})"
 
 
+def _mean(values: Iterable[float | None]) -> float:
+    """The mean of the values recorded (NaN when none is)."""
+    present = [value for value in values if value is not None]
+    return float(np.mean(present)) if present else math.nan
+
+
+def _largest(values: Iterable[float | None]) -> float | None:
+    """The largest of the values recorded (None when none is)."""
+    return max((value for value in values if value is not None), default=None)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Group:
+    """The cells of one (suite, setting, learner) of a run and, where any finished, their curve and final metric."""
+
+    suite: str
+    setting: str
+    learner: str
+    cells: tuple[CellMetadata, ...]
+    curve: pd.DataFrame
+    """The summary (``bench.stats.summarize``) by step, from step 0; empty without results."""
+    final: pd.Series
+    """The metric after the group's own last step (step 0 for a learner with nothing to adapt at test time), one
+    value per (seed, episode): learners ending at different steps pair on the same episodes."""
+
+    @functools.cached_property
+    def ok(self) -> list[CellMetadata]:
+        """The finished cells."""
+        return [cell for cell in self.cells if cell.status is CellStatus.OK]
+
+    @property
+    def status_note(self) -> str | None:
+        """'n/a: reason' or 'failed: error' when no cell of the group succeeded."""
+        if self.ok:
+            return None
+        first = self.cells[0]
+        return f"{first.status}: {first.error or ''}"
+
+    @property
+    def adapt_ms_per_episode(self) -> float:
+        """Milliseconds to adapt one test episode through all steps (mean over the finished cells)."""
+        return _mean(cell.adapt_ms_per_episode for cell in self.ok)
+
+
+def _final_metric(records: pd.DataFrame) -> pd.Series:
+    final = records[records["step"] == records["step"].max()]
+    return final.set_index(EPISODE_KEY)["metric"]
+
+
 class Report:
     """Tables of one run, from its records (one row per episode x step) and cell metadata."""
 
-    def __init__(self, records: pd.DataFrame, cells: list[dict[str, Any]], run_info: dict[str, Any] | None = None) -> None:
-        self.cells = pd.DataFrame(cells).sort_values(["suite", "setting_index", "learner", "seed"])
+    def __init__(self, records: pd.DataFrame, cells: list[CellMetadata], run_info: dict[str, Any] | None = None) -> None:
+        self.cells = sorted(cells, key=lambda cell: (cell.suite, cell.setting_index, cell.learner, cell.seed))
         self.records = records
         self.summary = summarize(records, GROUP) if len(records) else pd.DataFrame(columns=[*GROUP, "step"])
         self.run_info = run_info or {}
+        curves = {key: curve.sort_values("step") for key, curve in self.summary.groupby(GROUP, sort=False)}
+        finals = {key: _final_metric(group) for key, group in records.groupby(GROUP, sort=False)} if len(records) else {}
+        members: dict[GroupKey, list[CellMetadata]] = {}
+        for cell in self.cells:
+            members.setdefault((cell.suite, cell.setting, cell.learner), []).append(cell)
+        self.groups: dict[GroupKey, Group] = {
+            key: Group(*key, tuple(group_cells), curves.get(key, self.summary.iloc[:0]),
+                       finals.get(key, pd.Series(dtype=float)))
+            for key, group_cells in members.items()}
+        """Every (suite, setting, learner) with cells, in the report's order."""
+        self.settings: dict[SettingKey, list[Group]] = {}
+        """Every (suite, setting) with cells, in the report's order, with its groups (learners by name)."""
+        for group in self.groups.values():
+            self.settings.setdefault((group.suite, group.setting), []).append(group)
+        self._orientations: dict[str, tuple[str, bool]] = {}
+        for cell in self.cells:
+            if cell.status is CellStatus.OK:
+                self._orientations.setdefault(cell.suite, (str(cell.metric_name), bool(cell.lower_is_better)))
 
-    # -- groups and their data -------------------------------------------------------------------
-
-    def settings(self) -> list[tuple[str, str]]:
-        return list(dict.fromkeys(zip(self.cells["suite"], self.cells["setting"])))
-
-    def learners(self, suite: str, setting: str) -> list[str]:
-        cells = self.cells[(self.cells["suite"] == suite) & (self.cells["setting"] == setting)]
-        return list(dict.fromkeys(cells["learner"]))
-
-    def _cell_info(self, suite: str, setting: str, learner: str) -> pd.DataFrame:
-        cells = self.cells
-        return cells[(cells["suite"] == suite) & (cells["setting"] == setting) & (cells["learner"] == learner)]
-
-    def ok_cells(self, suite: str, setting: str, learner: str) -> pd.DataFrame:
-        """The group's finished cells."""
-        info = self._cell_info(suite, setting, learner)
-        return info[info["status"] == "ok"]
+    # -- ranking and tests, per setting ------------------------------------------------------------
 
     def orientation(self, suite: str) -> tuple[str, bool]:
         """(metric name, lower is better) of a suite."""
-        ok = self.cells[(self.cells["suite"] == suite) & (self.cells["status"] == "ok")]
-        if ok.empty:
-            return "metric", True
-        return str(ok["metric_name"].iloc[0]), bool(ok["lower_is_better"].iloc[0])
+        return self._orientations.get(suite, ("metric", True))
 
-    def status_note(self, suite: str, setting: str, learner: str) -> str | None:
-        """'n/a: reason' or 'failed: error' when no cell of the group succeeded."""
-        info = self._cell_info(suite, setting, learner)
-        if (info["status"] == "ok").any():
-            return None
-        first = info.iloc[0]
-        return f"{first['status']}: {first.get('error', '')}"
+    @functools.cached_property
+    def rankings(self) -> dict[SettingKey, list[Group]]:
+        """Per setting, its groups with results, best final mean first (non-finite means last)."""
+        rankings = {}
+        for (suite, setting), groups in self.settings.items():
+            _, lower_is_better = self.orientation(suite)
+            means = {group: group.curve["mean"].iloc[-1] for group in groups if group.status_note is None}
+            finite = sorted((group for group, mean in means.items() if np.isfinite(mean)),
+                            key=means.__getitem__, reverse=not lower_is_better)
+            rankings[suite, setting] = finite + [group for group in means if group not in finite]
+        return rankings
 
-    def curve(self, suite: str, setting: str, learner: str) -> pd.DataFrame:
-        s = self.summary
-        return s[(s["suite"] == suite) & (s["setting"] == setting) & (s["learner"] == learner)].sort_values("step")
+    @functools.cached_property
+    def comparisons(self) -> dict[SettingKey, dict[str, Comparison]]:
+        """Per setting, each learner with results but the best, tested against the best."""
+        return {key: {group.learner: paired_comparison(ranked[0].final, group.final) for group in ranked[1:]}
+                for key, ranked in self.rankings.items()}
 
-    def final_metric(self, suite: str, setting: str, learner: str) -> pd.Series:
-        """The metric after the group's own last step (step 0 for a learner with nothing to adapt at test
-        time), one value per (seed, episode): learners ending at different steps pair on the same episodes."""
-        r = self.records
-        group = r[(r["suite"] == suite) & (r["setting"] == setting) & (r["learner"] == learner)]
-        final = group[group["step"] == group["step"].max()]
-        return final.set_index(EPISODE_KEY)["metric"]
-
-    def short_curves(self) -> dict[str, int]:
-        """Learners whose curve ends before the protocol's last step (they declare fewer adaptation steps,
-        ``max_adaptation_steps``), with the step it ends at: 0 for a learner with no test-time adaptation."""
-        ok = self.cells[self.cells["status"] == "ok"]
-        if "test_steps" not in ok or self.summary.empty:
-            return {}
-        last = self.summary.groupby("learner")["step"].max()
-        requested = ok.groupby("learner")["test_steps"].max()
-        return {learner: int(last[learner]) for learner in requested.index
-                if learner in last.index and last[learner] < requested[learner]}
-
+    @functools.cached_property
     def _short_curve_note(self) -> str:
-        """A sentence naming the learners whose curve ends early, or nothing."""
-        short = self.short_curves()
+        """A sentence naming the learners whose curve ends before the protocol's last step (they declare fewer
+        adaptation steps, ``max_adaptation_steps``) and the step it ends at, or nothing."""
+        last: dict[str, int] = {}
+        requested: dict[str, int] = {}
+        for group in self.groups.values():
+            if group.curve.empty:
+                continue
+            learner = group.learner
+            last[learner] = max(last.get(learner, 0), int(group.curve["step"].iloc[-1]))
+            requested[learner] = max([requested.get(learner, 0), *(cell.test_steps for cell in group.ok)])
+        short = {learner: last[learner] for learner in sorted(last) if last[learner] < requested[learner]}
         if not short:
             return ""
-        described = [f"{learner} (no test-time adaptation: a single point at step 0)" if last == 0
-                     else f"{learner} (at most {last} steps)" for learner, last in short.items()]
+        described = [f"{learner} (no test-time adaptation: a single point at step 0)" if step == 0
+                     else f"{learner} (at most {step} steps)" for learner, step in short.items()]
         return (" Curves that end before the protocol's last step (that is their final step; – at the steps they lack): "
                 f"{', '.join(described)}.")
 
-    def ranked(self, suite: str, setting: str) -> list[str]:
-        """The learners with results, best final mean first."""
-        _, lower_is_better = self.orientation(suite)
-        means = {learner: self.curve(suite, setting, learner)["mean"].iloc[-1]
-                 for learner in self.learners(suite, setting) if self.status_note(suite, setting, learner) is None}
-        finite = {learner: mean for learner, mean in means.items() if np.isfinite(mean)}
-        order = sorted(finite, key=lambda learner: finite[learner], reverse=not lower_is_better)
-        return order + [learner for learner in means if learner not in finite]
-
-    def comparisons(self, suite: str, setting: str) -> dict[str, Comparison]:
-        """Each learner with results but the best, tested against the best."""
-        ranked = self.ranked(suite, setting)
-        if not ranked:
-            return {}
-        best = self.final_metric(suite, setting, ranked[0])
-        return {learner: paired_comparison(best, self.final_metric(suite, setting, learner)) for learner in ranked[1:]}
-
     # -- tables ------------------------------------------------------------------------------------
 
+    @functools.cached_property
     def accuracy_table(self) -> Table:
         columns = ["suite", "setting", "learner", "mean ± 95% CI", "median", "vs best (Wilcoxon)", "non-finite", "episodes"]
         table = Table("Accuracy", columns, [], note=(
             "Metric after the final adaptation step over all test episodes and seeds (↑ higher is better, "
             "↓ lower is better). The best learner is in bold; every other learner is compared with it on the "
             "same episodes by Wilcoxon's signed-rank test, n.s. = not significantly different at p < 0.05."
-            + self._short_curve_note()))
-        for suite, setting in self.settings():
+            + self._short_curve_note))
+        for (suite, setting), groups in self.settings.items():
             metric_name, lower_is_better = self.orientation(suite)
-            ranked, comparisons = self.ranked(suite, setting), self.comparisons(suite, setting)
-            for learner in self.learners(suite, setting):
-                row = [suite, setting, learner]
-                note = self.status_note(suite, setting, learner)
-                if note:
-                    table.rows.append(row + [note, "–", "–", "–", "–"])
+            ranked, comparisons = self.rankings[suite, setting], self.comparisons[suite, setting]
+            for group in groups:
+                row = [suite, setting, group.learner]
+                if group.status_note:
+                    table.rows.append(row + [group.status_note, "–", "–", "–", "–"])
                     continue
-                final = self.curve(suite, setting, learner).iloc[-1]
-                if learner == ranked[0]:
+                final = group.curve.iloc[-1]
+                if group is ranked[0]:
                     versus = "best"
                     table.bold.add((len(table.rows), 3))
                 else:
-                    versus = format_p(comparisons[learner])
+                    versus = format_p(comparisons[group.learner])
                 table.rows.append(row + [
                     f"{metric_name} {'↓' if lower_is_better else '↑'} {format_number(final['mean'])} ± {format_number(final['ci95'], 2)}",
                     format_number(final["median"]), versus,
@@ -170,68 +208,66 @@ class Report:
                 ])
         return table
 
+    @functools.cached_property
     def speed_table(self) -> Table:
         columns = ["suite", "setting", "learner", *(f"step {step}" for step in SPEED_STEPS), "steps to 90%", "adapt ms/episode"]
         table = Table("Adaptation speed", columns, [], note=(
             "Mean metric after each number of adaptation steps; steps to 90% of the final gain over step 0, "
             "read off the median curve (0 for a single-point curve); wall-clock milliseconds to adapt one test "
-            "episode through all steps." + self._short_curve_note()))
-        for suite, setting, learner in self._groups():
-            row = [suite, setting, learner]
-            note = self.status_note(suite, setting, learner)
-            if note:
-                table.rows.append(row + [note] + ["–"] * (len(columns) - 4))
+            "episode through all steps." + self._short_curve_note))
+        for group in self.groups.values():
+            row = [group.suite, group.setting, group.learner]
+            if group.status_note:
+                table.rows.append(row + [group.status_note] + ["–"] * (len(columns) - 4))
                 continue
-            _, lower_is_better = self.orientation(suite)
-            curve = self.curve(suite, setting, learner)
-            by_step = curve.set_index("step")["mean"]
-            medians = curve["median"].tolist()
+            _, lower_is_better = self.orientation(group.suite)
+            by_step = group.curve.set_index("step")["mean"]
+            medians = group.curve["median"].tolist()
             reached = steps_to_fraction_of_gain(medians if lower_is_better else [-m for m in medians])
-            info = self.ok_cells(suite, setting, learner)
             table.rows.append(row + [format_number(by_step.get(step, math.nan)) for step in SPEED_STEPS] + [
-                "–" if reached is None else str(reached), format_number(info["adapt_ms_per_episode"].mean())])
+                "–" if reached is None else str(reached), format_number(group.adapt_ms_per_episode)])
         return table
 
+    @functools.cached_property
     def cost_table(self) -> Table:
         columns = ["suite", "setting", "learner", "meta-train s", "tasks seen", "peak RSS MiB", "peak CUDA MiB", "device"]
         table = Table("Cost", columns, [], note=(
             "Meta-training wall-clock seconds and tasks (mean over seeds); peak resident memory of the process "
             "and the CUDA allocator's peak during the cell (the largest over seeds)."))
-        for suite, setting, learner in self._groups():
-            row = [suite, setting, learner]
-            note = self.status_note(suite, setting, learner)
-            if note:
-                table.rows.append(row + [note, "–", "–", "–", "–"])
+        for group in self.groups.values():
+            row = [group.suite, group.setting, group.learner]
+            if group.status_note:
+                table.rows.append(row + [group.status_note, "–", "–", "–", "–"])
                 continue
-            info = self.ok_cells(suite, setting, learner)
-            cuda = info["peak_cuda_mib"].dropna() if "peak_cuda_mib" in info else pd.Series(dtype=float)
+            ok = group.ok
             table.rows.append(row + [
-                format_number(info["meta_train_seconds"].mean()), f"{int(info['tasks_seen'].mean()):,}",
-                format_number(info["peak_rss_mib"].max(), 4), format_number(cuda.max(), 4) if len(cuda) else "–",
-                ", ".join(sorted(set(info["device"]))),
+                format_number(_mean(cell.meta_train_seconds for cell in ok)),
+                f"{int(_mean(cell.tasks_seen for cell in ok)):,}",
+                format_number(_largest(cell.peak_rss_mib for cell in ok), 4),
+                format_number(_largest(cell.peak_cuda_mib for cell in ok), 4),
+                ", ".join(sorted({cell.device for cell in ok})),
             ])
         return table
 
+    @functools.cached_property
     def failures_table(self) -> Table:
         """Every failed cell with its error, also where other seeds of its group succeeded."""
-        failed = self.cells[self.cells["status"] == "failed"]
-        rows = [[cell["suite"], cell["setting"], cell["learner"], str(cell["seed"]), str(cell.get("error", ""))]
-                for _, cell in failed.iterrows()]
+        rows = [[cell.suite, cell.setting, cell.learner, str(cell.seed), cell.error or ""]
+                for cell in self.cells if cell.status is CellStatus.FAILED]
         return Table("Failed cells", ["suite", "setting", "learner", "seed", "error"], rows, note=(
             "Cells that raised, reported a non-finite training loss or ran past the cell timeout; their tracebacks "
             "are in cells/<cell>.json. The tables above summarise the other seeds of each group."))
 
+    @functools.cached_property
     def tables(self) -> list[Table]:
-        failures = self.failures_table()
-        return [self.accuracy_table(), self.speed_table(), self.cost_table(), *([failures] if failures.rows else [])]
-
-    def _groups(self) -> list[tuple[str, str, str]]:
-        return [(suite, setting, learner) for suite, setting in self.settings() for learner in self.learners(suite, setting)]
+        """The tables every format shows: accuracy, speed, cost, and the failed cells if any."""
+        failures = [self.failures_table] if self.failures_table.rows else []
+        return [self.accuracy_table, self.speed_table, self.cost_table, *failures]
 
     # -- provenance and machine-readable summary ----------------------------------------------------
 
     def cell_counts(self) -> str:
-        statuses = self.cells["status"].value_counts().to_dict()
+        statuses = collections.Counter(cell.status.value for cell in self.cells)
         return ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
 
     def provenance(self) -> list[tuple[str, str]]:
@@ -252,16 +288,15 @@ class Report:
         ]
         return items
 
+    @functools.cached_property
     def summary_frame(self) -> pd.DataFrame:
         """Every (suite, setting, learner, step) with n, mean, ci95, median, non-finite count, and at the
         final step the test against the best learner (machine-readable; ``--format csv``)."""
-        summary = self.summary.copy()
-        summary["final_step"] = summary.groupby(GROUP)["step"].transform("max") == summary["step"]
-        summary["vs_best_test"] = summary["vs_best_p_value"] = summary["vs_best_difference"] = None
-        for suite, setting in self.settings():
-            for learner, comparison in self.comparisons(suite, setting).items():
-                where = ((summary["suite"] == suite) & (summary["setting"] == setting)
-                         & (summary["learner"] == learner) & summary["final_step"])
-                summary.loc[where, ["vs_best_test", "vs_best_p_value", "vs_best_difference"]] = (
-                    comparison.test, comparison.p_value, comparison.difference)
-        return summary.drop(columns=["std"])
+        final_step = self.summary.groupby(GROUP)["step"].transform("max") == self.summary["step"]
+        tests = pd.DataFrame([(suite, setting, learner, comparison.test, comparison.p_value, comparison.difference)
+                              for (suite, setting), comparisons in self.comparisons.items()
+                              for learner, comparison in comparisons.items()], columns=[*GROUP, *TEST_COLUMNS])
+        summary = (self.summary.drop(columns=["std"], errors="ignore").assign(final_step=final_step)
+                   .merge(tests, on=GROUP, how="left"))
+        summary.loc[~summary["final_step"], TEST_COLUMNS] = None
+        return summary

@@ -1,13 +1,14 @@
 """Running cells: meta-training under a shared task budget, then the episodic evaluation.
 
 Each cell runs in isolation: an exception, a non-finite training loss or running past the cell
-timeout fails that cell (error and traceback kept in its metadata) and the run goes on. Every
-finished cell is written at once, whichever executor ran it.
+timeout fails that cell (error and traceback kept in its metadata) and the run goes on. An executor
+maps ``CellWork`` over the cells wherever it runs them; every finished cell is written at once.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import signal
 import threading
@@ -22,13 +23,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from bench.api import Episode, Learner, MetaTrainContext, Setting, TaskSuite
+from bench.api import Episode, Executor, Learner, MetaTrainContext, Setting, TaskSuite
+from bench.cells import CellMetadata, CellStatus
 from bench.config import ConfigError, RunConfig
-from bench.executors import CellJob, Executor, ExecutorOptions, InlineExecutor
 from bench.grid import Cell
 from bench.memory import PeakMemory
 from bench.protocol import episodes_fingerprint, evaluate
-from bench.store import RunStore, atomic_write_bytes, config_hash
+from bench.store import RunStore, atomic_write_bytes, checkpoint_file, config_hash
 
 TRAIN_SPLIT = "train"
 LOSS_CHECK_EVERY = 20
@@ -158,24 +159,23 @@ def cell_fingerprint(cell: Cell, config: RunConfig) -> str:
 
 
 def run_cell(cell: Cell, config: RunConfig, device: torch.device, show_progress: bool,
-             timeout: float | None = None, checkpoints: Checkpoints | None = None) -> tuple[dict[str, Any], pd.DataFrame | None]:
+             timeout: float | None = None, checkpoints: Checkpoints | None = None) -> tuple[CellMetadata, pd.DataFrame | None]:
     """Meta-train and evaluate one cell within ``timeout`` seconds, from its checkpoint if there is one.
     Failures are returned in the metadata, never raised."""
     budget = config.budget_for(cell.suite.cls)
     hyperparameters = cell.hyperparameters
-    metadata: dict[str, Any] = {
-        "cell_id": cell.cell_id, "suite": cell.suite.name, "setting": cell.setting.name,
-        "setting_index": cell.setting_index,
-        "shots": cell.setting.shots, "ways": cell.setting.ways, "learner": cell.learner.name, "seed": cell.seed,
-        "hyperparameters": dataclasses.asdict(hyperparameters), "device": str(device),
-        "learner_plugin": dataclasses.asdict(cell.learner.source), "suite_plugin": dataclasses.asdict(cell.suite.source),
-        "task_budget": budget.meta_train_tasks, "test_episodes": budget.test_episodes, "test_steps": budget.test_steps,
-        "cell_fingerprint": cell_fingerprint(cell, config),
-    }
+    metadata = functools.partial(
+        CellMetadata, cell_id=cell.cell_id, suite=cell.suite.name, setting=cell.setting.name,
+        setting_index=cell.setting_index, shots=cell.setting.shots, ways=cell.setting.ways, learner=cell.learner.name,
+        seed=cell.seed, hyperparameters=dataclasses.asdict(hyperparameters), device=str(device),
+        learner_plugin=dataclasses.asdict(cell.learner.source), suite_plugin=dataclasses.asdict(cell.suite.source),
+        task_budget=budget.meta_train_tasks, test_episodes=budget.test_episodes, test_steps=budget.test_steps,
+        cell_fingerprint=cell_fingerprint(cell, config),
+    )
     suite: TaskSuite = config.make_suite(cell.suite.cls)
     reason = cell.learner.cls.unsupported_reason(suite)
     if reason:
-        return {**metadata, "status": "n/a", "error": reason}, None
+        return metadata(status=CellStatus.NOT_APPLICABLE, error=reason), None
     bar = tqdm(total=budget.meta_train_tasks, desc=f"meta-train {cell.label}", unit="task",
                disable=None if show_progress else True, leave=False, dynamic_ncols=True)
 
@@ -198,8 +198,8 @@ def run_cell(cell: Cell, config: RunConfig, device: torch.device, show_progress:
             metric, seconds = evaluate(learner, suite, cell.setting, cell.seed, budget.test_episodes,
                                        budget.test_steps, device, on_episodes=bar.update)
     except Exception as error:  # a plugin's failure fails its cell, not the run
-        return {**metadata, "status": "failed", "error": f"{type(error).__name__}: {error}",
-                "traceback": traceback.format_exc(), "tasks_seen": context.tasks_seen}, None
+        return metadata(status=CellStatus.FAILED, error=f"{type(error).__name__}: {error}",
+                        traceback=traceback.format_exc(), tasks_seen=context.tasks_seen), None
     finally:
         bar.close()
     episodes, steps = np.meshgrid(np.arange(metric.shape[0]), np.arange(metric.shape[1]), indexing="ij")
@@ -207,35 +207,61 @@ def run_cell(cell: Cell, config: RunConfig, device: torch.device, show_progress:
         "suite": cell.suite.name, "setting": cell.setting.name, "learner": cell.learner.name, "seed": cell.seed,
         "episode": episodes.ravel(), "step": steps.ravel(), "metric": metric.ravel(),
     })
-    metadata.update(
-        status="ok", tasks_seen=context.tasks_seen, resumed_from_tasks=context.resumed_from,
+    return metadata(
+        status=CellStatus.OK, tasks_seen=context.tasks_seen, resumed_from_tasks=context.resumed_from,
         meta_train_seconds=meta_train_seconds,
         adapt_ms_per_episode=float(seconds.mean() * 1000), metric_name=suite.metric_name,
         lower_is_better=suite.lower_is_better, **memory.as_dict(),
         test_episodes_sha256=episodes_fingerprint(suite, cell.setting, cell.seed, budget.test_episodes),
-    )
-    return metadata, records
+    ), records
+
+
+CellResult = tuple[Cell, CellMetadata, pd.DataFrame | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class CellWork:
+    """Runs one cell of a run, in whatever process an executor calls it; what every cell shares, picklable so
+    that it can travel to workers. Failures come back in the metadata."""
+
+    config: RunConfig
+    device: str
+    show_progress: bool = False
+    cell_timeout: float | None = None
+    checkpoint_dir: str | None = None
+    """Where mid-cell checkpoints go (the run's cells/ folder; it must be reachable from the workers)."""
+    checkpoint_every: int | None = None
+
+    def __call__(self, cell: Cell) -> CellResult:
+        checkpoints = (Checkpoints(checkpoint_file(Path(self.checkpoint_dir), cell.cell_id), self.checkpoint_every)
+                       if self.checkpoint_dir and self.checkpoint_every else None)
+        metadata, records = run_cell(cell, self.config, torch.device(self.device), self.show_progress,
+                                     self.cell_timeout, checkpoints)
+        return cell, metadata, records
 
 
 def run_cells(cells: list[Cell], config: RunConfig, store: RunStore, device: torch.device,
               show_progress: bool = True, executor: Executor | None = None, cell_timeout: float | None = None,
               checkpoint_every: int | None = None, warn: Callable[[str], None] = lambda message: None,
               on_start: Callable[[int], None] = lambda finished: None,
-              on_cell: Callable[[Cell, dict[str, Any]], None] = lambda cell, metadata: None) -> None:
-    """Run the cells not yet finished in ``store`` (default: one after the other, in this process),
-    writing each as soon as it completes. Finished cells must match their configuration (``StoreError``);
-    ``warn`` hears of corrupt cell files, ``on_start`` of how many cells were already finished."""
-    executor = executor or InlineExecutor(ExecutorOptions())
+              on_cell: Callable[[Cell, CellMetadata], None] = lambda cell, metadata: None) -> None:
+    """Run the cells not yet finished in ``store`` with ``executor`` (None: one after the other, in this
+    process), writing each as soon as it completes. Finished cells must match their configuration
+    (``StoreError``); ``warn`` hears of corrupt cell files, ``on_start`` of how many cells were already finished."""
     todo = store.cells_to_run({cell.cell_id: cell_fingerprint(cell, config) for cell in cells}, warn)
     on_start(len(cells) - len(todo))
-    job = CellJob(config, str(device), show_progress and executor.shows_progress, cell_timeout,
-                  str(store.cells_dir) if checkpoint_every else None, checkpoint_every)
+    work = CellWork(config, str(device), show_progress and (executor is None or executor.shows_progress),
+                    cell_timeout, str(store.cells_dir) if checkpoint_every else None, checkpoint_every)
+    pending = [cell for cell in cells if cell.cell_id in todo]
     try:
-        for cell, metadata, records in executor.run([cell for cell in cells if cell.cell_id in todo], job):
+        results = (executor.map(work, pending, gpus=int(device.type == "cuda")) if executor is not None
+                   else map(work, pending))
+        for cell, metadata, records in results:
             store.write_cell(cell.cell_id, metadata, records)
             on_cell(cell, metadata)
     finally:
-        executor.close()
+        if executor is not None:
+            executor.close()
 
 
 def default_run_dir(config: RunConfig) -> Path:

@@ -19,6 +19,7 @@ and a folder holding a different configuration is refused.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -30,6 +31,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.cells import CellMetadata, CellStatus
 from bench.errors import BenchError
 
 FORMAT_VERSION = 1
@@ -149,31 +151,30 @@ class RunStore:
             metadata, problem = self._read_cell(path)
             if problem:
                 warn(f"{path}: {problem}; moved to {self._quarantine(cell_id)}/, the cell runs again")
-            elif metadata.get("cell_fingerprint", fingerprint) != fingerprint:
+            elif metadata.cell_fingerprint not in (None, fingerprint):
                 stale.append(cell_id)
-            elif metadata["status"] in ("ok", "n/a"):
+            elif metadata.status is not CellStatus.FAILED:
                 todo.discard(cell_id)
         if stale:
             raise StoreError(f"{self.path}: finished cells were run with another configuration or plugin version "
                              f"({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}); choose another --out")
         return todo
 
-    def _read_cell(self, path: Path) -> tuple[dict[str, Any], str | None]:
+    def _read_cell(self, path: Path) -> tuple[CellMetadata | None, str | None]:
         """A cell's metadata, and why its files cannot be used (None when they can)."""
         try:
-            metadata = json.loads(path.read_text())
-            status = metadata["status"]
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            return {}, f"unreadable or corrupt ({type(error).__name__}: {error})"
-        if status != "ok":
+            metadata = CellMetadata.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as error:
+            return None, f"unreadable or corrupt ({type(error).__name__}: {error})"
+        if metadata.status is not CellStatus.OK:
             return metadata, None
         records = path.with_suffix(".csv")
         try:
             rows = len(pd.read_csv(records))
         except (OSError, ValueError) as error:
             return metadata, f"its records {records.name} are unreadable or missing ({type(error).__name__})"
-        if rows != metadata.get("record_rows", rows):
-            return metadata, f"its records {records.name} are truncated ({rows} of {metadata['record_rows']} rows)"
+        if metadata.record_rows not in (None, rows):
+            return metadata, f"its records {records.name} are truncated ({rows} of {metadata.record_rows} rows)"
         return metadata, None
 
     def _quarantine(self, cell_id: str) -> Path:
@@ -185,14 +186,14 @@ class RunStore:
                 os.replace(source, folder / source.name)
         return folder
 
-    def write_cell(self, cell_id: str, metadata: dict[str, Any], records: pd.DataFrame | None) -> None:
+    def write_cell(self, cell_id: str, metadata: CellMetadata, records: pd.DataFrame | None) -> None:
         """Records first, metadata (with the record count) last: a cell counts as finished only once both are in place."""
         try:
             if records is not None:
                 atomic_write_text(self.cells_dir / f"{cell_id}.csv", records.to_csv(index=False))
-                metadata = {**metadata, "record_rows": len(records)}
-            atomic_write_json(self.cells_dir / f"{cell_id}.json", metadata)
-            if metadata["status"] != "failed":  # a failed cell runs again from its checkpoint
+                metadata = dataclasses.replace(metadata, record_rows=len(records))
+            atomic_write_json(self.cells_dir / f"{cell_id}.json", metadata.to_json())
+            if metadata.status is not CellStatus.FAILED:  # a failed cell runs again from its checkpoint
                 checkpoint_file(self.cells_dir, cell_id).unlink(missing_ok=True)
         except OSError as error:
             raise StoreError(f"cannot write cell {cell_id} to {self.cells_dir}: {error.strerror or error}; the cells "
@@ -206,18 +207,25 @@ class RunStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(path, content.encode() if isinstance(content, str) else content)
 
-    def cells(self) -> list[dict[str, Any]]:
-        return [_read_json(path) for path in sorted(self.cells_dir.glob("*.json"))]
+    def cells(self) -> list[CellMetadata]:
+        """The metadata of every cell written so far."""
+        cells = []
+        for path in sorted(self.cells_dir.glob("*.json")):
+            try:
+                cells.append(CellMetadata.from_json(_read_json(path)))
+            except (ValueError, TypeError) as error:
+                raise StoreError(f"{path} is not a cell's metadata ({error}); move it away to re-run that cell") from None
+        return cells
 
     def failed_cells(self) -> int:
-        return sum(cell["status"] == "failed" for cell in self.cells())
+        return sum(cell.status is CellStatus.FAILED for cell in self.cells())
 
     def records(self) -> pd.DataFrame:
         frames = []
         for cell in self.cells():
-            if cell["status"] != "ok":
+            if cell.status is not CellStatus.OK:
                 continue
-            path = self.cells_dir / f"{cell['cell_id']}.csv"
+            path = self.cells_dir / f"{cell.cell_id}.csv"
             try:
                 frames.append(pd.read_csv(path))
             except (OSError, ValueError) as error:

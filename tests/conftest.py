@@ -1,12 +1,17 @@
 """Shared fixtures: the --runslow switch, the built-in registry, a factory for on-disk plugin packages."""
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from bench.plugins import load_plugins
+from bench.plugins import NO_AUTOLOAD_ENV, load_plugins
+
+# Only the built-ins, in this process and every `bench` it starts: whatever other metabench plugins the
+# developer has installed cannot change what the tests see. Tests of third-party plugins turn it back on.
+os.environ[NO_AUTOLOAD_ENV] = "1"
 
 collect_ignore = ["fixtures"]  # tests/fixtures/ holds a plugin package with its own tests, run by test_third_party.py
 
@@ -53,7 +58,7 @@ def plugin_dist(tmp_path: Path):
 
 @pytest.fixture(scope="session")
 def staged(tmp_path_factory) -> Path:
-    """Six real Omniglot alphabets (162 characters) in the standard tree (tests/omniglot_data.py)."""
+    """Six real Omniglot alphabets (162 characters) shipped in tests/data/omniglot, staged as the standard tree."""
     from omniglot_data import stage
 
     data = tmp_path_factory.mktemp("data")

@@ -1,22 +1,26 @@
-"""Staging real Omniglot alphabets from ../shared/data/omniglot for the tests (never committed here)."""
+"""Staging the six real Omniglot alphabets shipped in tests/data/omniglot as the standard PNG tree."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
+import numpy as np
+from PIL import Image
 
-SHARED_OMNIGLOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
-# 162 characters: 110 meta-train, 10 meta-val and 42 meta-test after the split (x 4 rotations each).
-ALPHABETS = ("Latin", "Greek", "Korean", "Braille", "Angelic", "Atlantean")
+ARRAYS = Path(__file__).parent / "data" / "omniglot" / "six-alphabets.npz"
+SIDE = 105
 
 
-def stage(destination: Path, alphabets: tuple[str, ...] = ALPHABETS) -> Path:
-    """Rebuild the standard PNG tree of ``alphabets`` under ``destination/omniglot``; return that root."""
-    if not (SHARED_OMNIGLOT / "stage.py").exists():
-        pytest.skip(f"real Omniglot arrays not found in {SHARED_OMNIGLOT}")
+def stage(destination: Path) -> Path:
+    """Write ``destination/omniglot/<split>/<Alphabet>/characterNN/NNNN_DD.png`` for the 162 shipped characters
+    (110 meta-train, 10 meta-val and 42 meta-test after the suite's split, x 4 rotations each); return that root."""
     root = destination / "omniglot"
-    subprocess.run([sys.executable, str(SHARED_OMNIGLOT / "stage.py"), str(SHARED_OMNIGLOT), str(root), *alphabets],
-                   check=True)
+    with np.load(ARRAYS) as arrays:
+        images = np.unpackbits(arrays["images"], axis=-1, count=SIDE).astype(bool)
+        characters = arrays["characters"]
+    for drawings, name in zip(images, characters):
+        character_id, split, alphabet, number = str(name).split(" ")
+        folder = root / split / alphabet / f"character{number}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for drawer, image in enumerate(drawings, start=1):
+            Image.fromarray(image).save(folder / f"{character_id}_{drawer:02d}.png", optimize=True)
     return root

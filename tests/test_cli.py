@@ -1,6 +1,7 @@
 """The ``bench`` command as a user runs it: listings, runs, results, and one clear line for bad input."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -9,6 +10,9 @@ import pandas as pd
 import pytest
 from helpers import run_bench
 
+from bench import plugins
+from bench.cli import build_parser, main
+from bench.config import CONFIG_KEYS, RunConfig, build_run_config, parse_set_options, resolve_run_config
 from bench.plugins import load_plugins
 
 SMOKE = ("--profile", "smoke", "--tasks", "50", "--episodes", "3", "--steps", "2", "--shots", "5", "--no-progress")
@@ -51,6 +55,11 @@ BROKEN = {
     "duplicate": ("from bench import hookimpl\nfrom bench_plugins.learners.maml import MAML\n"
                   "@hookimpl\ndef register_learners(register):\n    register('maml', MAML)\n",
                   "learner 'maml' is also registered by plugin 'learners'"),
+    "adaptbatch": ("from bench import hookimpl\nfrom bench_plugins.learners.maml import MAML\n"
+                   "class OldMAML(MAML):\n    def adapt_batch(self, supports, steps):\n        pass\n"
+                   "@hookimpl\ndef register_learners(register):\n    register('old-maml', OldMAML)\n",
+                   "learner 'old-maml' (OldMAML) defines adapt_batch(), which metabench no longer calls: implement "
+                   "adapt(support, steps, *, batched=False) with its batched path and drop adapt_batch"),
 }
 
 
@@ -159,23 +168,21 @@ def test_config_file_and_overrides(tmp_path):
     [
         (["--learners", "mamll"], f"unknown learner 'mamll'; valid learners: all, {BUILTIN_LEARNERS}"),
         (["--suites", "omniglotx"], "unknown suite 'omniglotx'; valid suites: all, miniimagenet, omniglot, sinusoid"),
-        (["--set", "maml.innr_lr=0.1"], "--set maml.innr_lr: learner 'maml' has no hyper-parameter 'innr_lr'; valid: inner_lr, inner_steps, meta_batch, outer_lr, chunk_tasks"),
+        (["--set", "maml.innr_lr=0.1"], "--set maml.innr_lr: learner 'maml' has no hyper-parameter 'innr_lr'; valid: inner_steps, meta_batch, outer_lr, chunk_tasks, compile, inner_lr"),
         (["--set", "maml.inner_lr=fast"], "--set maml.inner_lr: expected float, got 'fast'"),
         (["--set", "maml.inner_steps=1.5"], "--set maml.inner_steps: expected int, got '1.5'"),
         (["--set", "inner_lr=0.1"], "expected LEARNER.KEY=VALUE"),
         (["--set", "finetune.head=svm"], "--set finetune: head must be 'linear' or 'cosine', got 'svm'"),
         (["--set", "raptile.lr=0.1"], "unknown learner 'raptile'"),
         (["--profile", "huge"], "unknown profile 'huge'; valid: smoke, quick, paper"),
-        (["--seeds", "two"], "seeds: expected int, got 'two'"),
-        (["--seeds", "0"], "seeds: must be positive, got 0"),
         (["--device", "tpu"], "device: expected one of auto, cpu, cuda, got 'tpu'"),
         (["--shots", "7"], "suite 'sinusoid' has no setting with shots [7]; it offers: K=5, K=10, K=20"),
     ],
 )
-def test_bad_input_gives_one_clear_line(tmp_path, args, message):
-    result = run_bench("run", *args, "--out", str(tmp_path / "run"), "--no-progress")
-    assert result.returncode == 2
-    assert result.stderr.count("error:") == 1 and message in result.stderr, result.stderr
+def test_bad_input_gives_one_clear_line(tmp_path, capsys, args, message):
+    assert main(["run", *args, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.count("error:") == 1 and message in stderr, stderr
     assert not (tmp_path / "run").exists()
 
 
@@ -186,19 +193,18 @@ def test_unwritable_out_is_refused(tmp_path):
     assert result.returncode == 2 and f"cannot write to {blocker / 'run'}" in result.stderr
 
 
-def test_bad_config_files_name_the_problem(tmp_path):
-    unknown = tmp_path / "unknown.toml"
-    unknown.write_text('learner = "maml"\n')
-    result = run_bench("run", "--config", str(unknown))
-    assert result.returncode == 2 and f"config file {unknown}: unknown key learner; valid keys:" in result.stderr
-    wrong_type = tmp_path / "wrong.yaml"
-    wrong_type.write_text("seeds: many\n")
-    result = run_bench("run", "--config", str(wrong_type))
-    assert result.returncode == 2 and f"config file {wrong_type}: seeds: expected int, got 'many'" in result.stderr
-    broken = tmp_path / "broken.toml"
-    broken.write_text("learners = [\n")
-    result = run_bench("run", "--config", str(broken))
-    assert result.returncode == 2 and "not valid TOML" in result.stderr
+@pytest.mark.parametrize(("name", "text", "message"), [
+    ("unknown.toml", 'learner = "maml"\n', "unknown key learner; valid keys: " + ", ".join(CONFIG_KEYS)),
+    ("wrong.yaml", "seeds: many\n", "seeds: expected int, got 'many'"),
+    ("zero.toml", "seeds = 0\n", "seeds: must be positive, got 0"),
+    ("negative.yaml", "steps: -1\n", "steps: must be >= 0, got -1"),
+    ("broken.toml", "learners = [\n", "not valid TOML"),
+])
+def test_bad_config_files_name_the_problem(tmp_path, capsys, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    assert main(["run", "--config", str(path)]) == 2
+    assert f"bench run: error: config file {path}: {message}" in capsys.readouterr().err
 
 
 def test_a_failing_cell_sets_the_exit_status(tmp_path, plugin_dist):
@@ -212,3 +218,75 @@ def test_a_failing_cell_sets_the_exit_status(tmp_path, plugin_dist):
     cells = {json.loads(path.read_text())["learner"]: json.loads(path.read_text()) for path in (out / "cells").glob("*.json")}
     assert cells["zero-shot"]["status"] == "failed" and cells["maml"]["status"] == "ok"
     assert json.loads((out / "run.json").read_text())["status"] == "finished with failed cells"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["run", "--seeds", "0"], "argument --seeds: must be at least 1, got 0"),
+    (["run", "--seeds", "two"], "argument --seeds: expected an integer, got 'two'"),
+    (["run", "--steps", "-1"], "argument --steps: must be at least 0, got -1"),
+    (["run", "--episodes", "0"], "argument --episodes: must be at least 1, got 0"),
+    (["run", "--tasks", "1e3"], "argument --tasks: expected an integer, got '1e3'"),
+    (["run", "--shots", "x"], "argument --shots: expected an integer, got 'x'"),
+    (["run", "--ways", "5,0"], "argument --ways: must be at least 1, got 0"),
+    (["run", "--workers", "0"], "argument --workers: must be at least 1, got 0"),
+    (["run", "--cell-timeout", "-1"], "argument --cell-timeout: must be positive, got -1"),
+    (["run", "--cell-timeout", "soon"], "argument --cell-timeout: expected a number, got 'soon'"),
+    (["run", "--checkpoint-every", "0"], "argument --checkpoint-every: must be at least 1, got 0"),
+    (["perf", "--iterations", "0"], "argument --iterations: must be at least 1, got 0"),
+    (["perf", "--warmup", "-1"], "argument --warmup: must be at least 0, got -1"),
+    (["perf", "--eval-episodes", "none"], "argument --eval-episodes: expected an integer, got 'none'"),
+    (["perf", "--shots", "1,"], "argument --shots: expected an integer, got ''"),
+])
+def test_bad_numbers_are_refused_when_parsing_before_any_plugin_loads(monkeypatch, capsys, args, message):
+    monkeypatch.setattr(plugins, "load_plugins", lambda **kwargs: pytest.fail("plugins loaded for a bad number"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"bench {args[0]}: error: {message}\n"
+
+
+def test_config_keys_are_the_run_config_fields_and_each_is_a_run_flag():
+    fields = tuple(field.name for field in dataclasses.fields(RunConfig))
+    assert CONFIG_KEYS == fields
+    run_defaults = vars(build_parser().parse_args(["run"]))
+    assert set(fields) <= set(run_defaults)  # so --resume refuses every flag that would change the configuration
+    assert all(run_defaults[key] is None for key in fields if key != "set")  # absent flags leave the file's values
+    assert build_run_config({key: getattr(RunConfig(), key) for key in fields}, origin="test") == RunConfig()
+
+
+def test_run_and_perf_share_the_selection_flags_with_their_own_defaults():
+    run, perf = (vars(build_parser().parse_args([command])) for command in ("run", "perf"))
+    selection = {"learners", "suites", "shots", "ways", "device", "data_dir", "set"}
+    assert {key: run[key] for key in selection} == {**dict.fromkeys(selection), "set": []}
+    assert {key: perf[key] for key in selection} == {"learners": "maml,fomaml,adaptation-layer,finetune",
+                                                     "suites": "sinusoid,omniglot", "shots": [10, 1], "ways": [5],
+                                                     "device": None, "data_dir": None, "set": []}
+    given = ["--learners", "maml", "--suites", "omniglot", "--shots", "5,10", "--ways", "20", "--device", "cpu", "--data-dir", "d", "--set", "a.b=1"]
+    assert ({key: value for key, value in vars(build_parser().parse_args(["run", *given])).items() if key in selection}
+            == {key: value for key, value in vars(build_parser().parse_args(["perf", *given])).items() if key in selection})
+
+
+def test_set_options_make_one_table_over_the_config_files(tmp_path):
+    file_table = {"maml": {"inner_lr": 0.02}}
+    table = parse_set_options(["maml.inner_steps=2", " protonet.distance = cosine ", "maml.inner_lr=0.5"], file_table)
+    assert table == {"maml": {"inner_lr": "0.5", "inner_steps": "2"}, "protonet": {"distance": "cosine"}}
+    assert file_table == {"maml": {"inner_lr": 0.02}}
+    config = tmp_path / "bench.toml"
+    config.write_text('seeds = 2\nshots = [5]\n[set.maml]\ninner_lr = 0.02\n')
+    resolved = resolve_run_config(config, {"seeds": 3, "shots": None}, ["maml.inner_steps=2"])
+    assert (resolved.seeds, resolved.shots, resolved.set) == (3, [5], {"maml": {"inner_lr": 0.02, "inner_steps": "2"}})
+
+
+def test_every_command_runs_in_process(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "results" / "run"
+    assert main(["run", "--learners", "maml", *SMOKE, "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert f"Results: {out} (report.md, report.html)" in captured.out and "maml" in captured.out
+    assert "metabench: 1 cells (0 already finished)" in captured.err and "ok     maml | sinusoid K=5 | seed 0" in captured.err
+    assert main(["report", str(out), "--format", "csv"]) == 0 and "maml" in capsys.readouterr().out
+    assert main(["compare", str(out), str(out)]) == 0 and "maml" in capsys.readouterr().out
+    assert main(["runs", "--results", str(tmp_path / "results")]) == 0 and "finished" in capsys.readouterr().out
+    assert main(["plugins", "--json"]) == 0 and json.loads(capsys.readouterr().out)["problems"] == []
+    assert main(["new-plugin", "my-learner", "--dir", str(tmp_path)]) == 0 and (tmp_path / "metabench-my-learner").is_dir()
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "bench report: error:" in capsys.readouterr().err

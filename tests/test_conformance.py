@@ -45,9 +45,9 @@ class PeeksAtTestEpisodes(MAML):
         self.suite, self.setting = ctx.suite, ctx.setting
         super().meta_train(ctx)
 
-    def adapt(self, support, steps):
+    def adapt(self, support, steps, *, batched=False):
         self.suite.sample_episode("test", self.setting, 0, 0)
-        return super().adapt(support, steps)
+        return super().adapt(support, steps, batched=batched)
 
 
 class ReadsValidationSplit(MAML):
@@ -61,15 +61,15 @@ class ReadsValidationSplit(MAML):
 class YieldsTooFewPredictors(MAML):
     """Skips the predictor of the last step."""
 
-    def adapt(self, support, steps):
-        return iter(list(super().adapt(support, steps))[:-1])
+    def adapt(self, support, steps, *, batched=False):
+        return iter(list(super().adapt(support, steps, batched=batched))[:-1])
 
 
 class UnseededNoise(MAML):
     """Adds noise from torch's global generator: not reproducible under a seed."""
 
-    def adapt(self, support, steps):
-        for predictor in super().adapt(support, steps):
+    def adapt(self, support, steps, *, batched=False):
+        for predictor in super().adapt(support, steps, batched=batched):
             noise = torch.randn(())
             yield lambda x, predictor=predictor, noise=noise: predictor(x) + noise
 
@@ -84,17 +84,31 @@ class NeverMetaTrains(MAML):
 class BatchedDisagrees(MAML):
     """Its batched path predicts something else than one episode at a time."""
 
+    def adapt(self, support, steps, *, batched=False):
+        for predictor in super().adapt(support, steps, batched=batched):
+            yield (lambda x, predictor=predictor: predictor(x) + 1.0) if batched else predictor
+
+
+class DropsTheBatchedKeyword(MAML):
+    """Overrides a batched learner's adapt without the keyword its batched = True promises."""
+
+    def adapt(self, support, steps):
+        return super().adapt(support, steps)
+
+
+class DefinesAdaptBatch(MAML):
+    """Written for the old contract: batches in a second method, adapt_batch."""
+
     def adapt_batch(self, supports, steps):
-        for predictor in super().adapt_batch(supports, steps):
-            yield lambda x, predictor=predictor: predictor(x) + 1.0
+        return super().adapt(supports, steps, batched=True)
 
 
 class WrongShape(MAML):
     """Predicts one value per query set instead of one per query point."""
 
-    def adapt(self, support, steps):
-        for predictor in super().adapt(support, steps):
-            yield lambda x, predictor=predictor: predictor(x).mean(dim=0)
+    def adapt(self, support, steps, *, batched=False):
+        for predictor in super().adapt(support, steps, batched=batched):
+            yield lambda x, predictor=predictor: predictor(x).mean(dim=-2)
 
 
 class NoConfig(MAML):
@@ -109,7 +123,11 @@ class NoConfig(MAML):
     (YieldsTooFewPredictors, "yielded 3 predictors, not steps + 1 = 4"),
     (UnseededNoise, "two runs with seed 0 differ"),
     (NeverMetaTrains, "did not learn on 'tiny-waves'"),
-    (BatchedDisagrees, "adapt_batch() and adapt() disagree on 'tiny-waves'"),
+    (BatchedDisagrees, "adapt(batched=True) and adapt() disagree on 'tiny-waves'"),
+    (DropsTheBatchedKeyword, "sets batched = True, but its adapt() takes no batched keyword: accept "
+                             "adapt(support, steps, *, batched=False), or set batched = False"),
+    (DefinesAdaptBatch, "defines adapt_batch(), which metabench no longer calls: implement "
+                        "adapt(support, steps, *, batched=False) with its batched path and drop adapt_batch"),
     (WrongShape, "returned shape (1,) for 20 query inputs; expected (20, 1)"),
     (NoConfig, "needs a Config dataclass"),
 ], ids=lambda value: value.__name__ if isinstance(value, type) else "")

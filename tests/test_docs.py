@@ -38,7 +38,9 @@ def test_every_hook_is_documented_with_its_signature(hook):
 
 
 @pytest.mark.parametrize(("cls", "title"), [(api.Learner, "`bench.api.Learner`"), (api.TaskSuite, "`bench.api.TaskSuite`"),
-                                            (api.MetaTrainContext, "`bench.api.MetaTrainContext`")])
+                                            (api.MetaTrainContext, "`bench.api.MetaTrainContext`"),
+                                            (api.MetaGradient, "`bench.api.MetaGradient`"),
+                                            (api.Executor, "`bench.api.Executor`")])
 def test_every_public_api_member_is_documented(cls, title):
     members = {name for name in dir(cls) if not name.startswith("_")} | set(cls.__annotations__)
     text = section(title)

@@ -2,10 +2,13 @@
 in float64, the same per-episode metric on the same seeded run, learning, and clean listing without learn2learn."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import pickle
 import subprocess
 import sys
 import types
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -102,6 +105,23 @@ def test_builtins_and_their_l2l_references_score_the_same_on_the_same_seeded_run
     for builtin in ("maml", "metasgd"):
         relative = ((metric[builtin] - metric[f"l2l-{builtin}"]).abs() / metric[builtin].abs()).max()
         assert relative < METRIC_RTOL, (builtin, relative)
+
+
+@pytest.mark.parametrize(("builtin", "reference"), [(MAML, LearnToLearnMAML), (MetaSGD, LearnToLearnMetaSGD)],
+                         ids=["maml", "metasgd"])
+def test_reference_configs_are_the_builtins_without_the_vectorisation_options(builtin, reference):
+    """Derived from the built-in's Config: the same names, types, defaults and checks, less chunk_tasks and compile."""
+    fields = {field.name: field for field in dataclasses.fields(builtin.Config)}
+    derived = {field.name: field for field in dataclasses.fields(reference.Config)}
+    assert list(derived) == [name for name in fields if name not in ("chunk_tasks", "compile")]
+    assert all(derived[name].default == fields[name].default for name in derived)
+    assert typing.get_type_hints(reference.Config) == {name: typing.get_type_hints(builtin.Config)[name] for name in derived}
+    assert pickle.loads(pickle.dumps(reference.Config(inner_steps=3))) == reference.Config(inner_steps=3)
+
+
+def test_l2l_metasgd_config_keeps_the_builtins_check():
+    with pytest.raises(ValueError, match="need 0 <= alpha_low <= alpha_high, got 0.2 and 0.1"):
+        LearnToLearnMetaSGD.Config(alpha_low=0.2, alpha_high=0.1)
 
 
 def one_step_mse(learner_class: type, tasks: int) -> float:

@@ -167,6 +167,32 @@ def test_csv_images_are_converted_and_resized(tmp_path):
     assert np.array_equal(MiniImageNet(data_dir=root).pool("train").images, pool.images)
 
 
+def test_image_cache_is_read_back_and_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
+    """The suites' one cache helper: built once, then read; a write that fails (here: the disk, at fsync)
+    costs only the cache, the images are still returned and no temporary file stays behind."""
+    from bench_plugins.suites._images import cached_images
+
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    builds = []
+
+    def build():
+        builds.append(1)
+        return images
+
+    def failing_fsync(descriptor):
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("bench.store.os.fsync", failing_fsync)
+        assert np.array_equal(cached_images("toy", build, fits=lambda cached: True), images)
+    assert list((tmp_path / "cache").iterdir()) == []
+    assert np.array_equal(cached_images("toy", build, fits=lambda cached: True), images) and len(builds) == 2
+    assert [path.name for path in (tmp_path / "cache").iterdir()] == ["toy.npz"]
+    assert np.array_equal(cached_images("toy", build, fits=lambda cached: True), images) and len(builds) == 2
+    assert np.array_equal(cached_images("toy", build, fits=lambda cached: cached.shape == (9,)), images)
+    assert len(builds) == 3  # a cached array that does not fit is rebuilt
+
+
 @pytest.mark.parametrize("protocol", [2, 4, 5])
 def test_pickle_protocols_load(tmp_path, protocol):
     write_pickle(tmp_path / PICKLES["train"], DATA["train"], protocol=protocol)

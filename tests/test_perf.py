@@ -1,4 +1,4 @@
-"""`bench perf` on the sinusoid configuration: the table, the JSON, and the learn2learn gradient check."""
+"""`bench perf` on the sinusoid configuration: the table, the JSON, the learn2learn gradient check, third-party learners."""
 from __future__ import annotations
 
 import json
@@ -24,9 +24,121 @@ def test_perf_times_learners_beside_learn2learn_and_checks_gradients(tmp_path):
         assert row["train_tasks_per_s"] > 0 and row["eval_episodes_per_s"] > 0
     for row in rows[0], rows[2]:
         assert row["gradient_rel_diff"] < 1e-5 and row["speedup_vs_reference"] > 0
+        assert row["gradient_check"] == "checked"
+    assert rows[4]["gradient_check"] is None  # finetune has no reference
 
 
 def test_perf_skips_a_suite_without_data_with_a_warning(tmp_path):
     result = run_bench("perf", "--suites", "omniglot", "--learners", "maml", env={"METABENCH_DATA_DIR": ""})
     assert result.returncode == 0
     assert "warning: skipping suite 'omniglot': suite 'omniglot' needs its data" in result.stderr
+
+
+THIRD_PARTY_LEARNER = '''
+"""A third-party learner that declares a reference; neither implements bench.api.MetaGradient."""
+import dataclasses
+
+from bench import hookimpl
+from bench.api import Learner
+
+
+@dataclasses.dataclass
+class MeanConfig:
+    meta_batch: int = 4
+
+
+class MeanReference(Learner):
+    """Predicts the mean meta-training target (the reference implementation)."""
+
+    Config = MeanConfig
+
+    def meta_train(self, ctx):
+        import torch
+
+        targets = [batch.query_y.mean() for batch in ctx.batches(self.config.meta_batch)]
+        self.mean = float(torch.stack(targets).mean())
+        ctx.log(torch.tensor(0.0))
+
+    def adapt(self, support, steps):
+        import torch
+
+        for _ in range(steps + 1):
+            yield lambda x: torch.full((x.shape[0], 1), self.mean)
+
+
+class Mean(MeanReference):
+    """Predicts the mean meta-training target."""
+
+    @classmethod
+    def reference(cls):
+        return MeanReference
+
+
+@hookimpl
+def register_learners(register):
+    register("mean", Mean)
+'''
+
+
+def test_perf_times_a_third_party_learner_and_its_reference_without_a_meta_gradient(tmp_path, plugin_dist, monkeypatch,
+                                                                                   capsys):
+    from bench.cli import main
+    from bench.plugins import NO_AUTOLOAD_ENV
+
+    monkeypatch.setenv(NO_AUTOLOAD_ENV, "0")
+    monkeypatch.syspath_prepend(str(plugin_dist("metabench-mean", {"metabench_mean": THIRD_PARTY_LEARNER},
+                                                {"mean": "metabench_mean"})))
+    out = tmp_path / "perf.json"
+    status = main(["perf", "--suites", "sinusoid", "--learners", "mean", "--iterations", "2", "--warmup", "1",
+                   "--eval-episodes", "5", "--json", str(out)])
+    assert status == 0, capsys.readouterr().err
+    assert "not checked (no MetaGradient: Mean, MeanReference)" in capsys.readouterr().out
+    ours, theirs = json.loads(out.read_text())["rows"]
+    assert (ours["implementation"], theirs["implementation"]) == ("metabench-mean", "metabench_mean.MeanReference")
+    assert ours["meta_batch"] == theirs["meta_batch"] == 4
+    for row in ours, theirs:
+        assert row["train_tasks_per_s"] > 0 and row["eval_episodes_per_s"] > 0
+    assert ours["speedup_vs_reference"] > 0 and ours["gradient_rel_diff"] is None
+    assert ours["gradient_check"] == "not checked (no MetaGradient: Mean, MeanReference)"
+
+
+LAZY_LEARNER = '''
+import dataclasses
+
+from bench import hookimpl
+from bench.api import Learner
+
+
+@dataclasses.dataclass
+class LazyConfig:
+    pass
+
+
+class Lazy(Learner):
+    """Learns nothing from the meta-training tasks."""
+
+    Config = LazyConfig
+
+    def meta_train(self, ctx):
+        pass
+
+    def adapt(self, support, steps):
+        raise NotImplementedError
+
+
+@hookimpl
+def register_learners(register):
+    register("lazy", Lazy)
+'''
+
+
+def test_perf_refuses_a_learner_that_asks_for_no_tasks_in_one_line(plugin_dist, monkeypatch, capsys):
+    from bench.cli import main
+    from bench.plugins import NO_AUTOLOAD_ENV
+
+    monkeypatch.setenv(NO_AUTOLOAD_ENV, "0")
+    monkeypatch.syspath_prepend(str(plugin_dist("metabench-lazy", {"metabench_lazy": LAZY_LEARNER}, {"lazy": "metabench_lazy"})))
+    status = main(["perf", "--suites", "sinusoid", "--learners", "lazy", "--iterations", "2", "--warmup", "1"])
+    assert status == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "bench perf: error: Lazy meta-trains without asking ctx.batches for tasks: nothing to time")

@@ -13,6 +13,7 @@ from bench_plugins.suites.sinusoid import Sinusoid
 
 from bench import hookimpl
 from bench.api import SPLITS, Learner, episode_entropy
+from bench.cells import CellStatus
 from bench.config import RunConfig
 from bench.grid import plan
 from bench.plugins import PluginSource, load_plugins
@@ -203,10 +204,10 @@ def test_host_computes_the_metric_and_keeps_divergence(tmp_path):
 )
 def test_a_failing_learner_fails_only_its_cell(tmp_path, learner, message):
     store = run(tmp_path, {"bad": learner, "constant": Constant})
-    cells = {cell["learner"]: cell for cell in store.cells()}
-    assert cells["bad"]["status"] == "failed" and message in cells["bad"]["error"]
-    assert "Traceback" in cells["bad"]["traceback"]
-    assert cells["constant"]["status"] == "ok"
+    cells = {cell.learner: cell for cell in store.cells()}
+    assert cells["bad"].status is CellStatus.FAILED and message in cells["bad"].error
+    assert "Traceback" in cells["bad"].traceback
+    assert cells["constant"].status is CellStatus.OK
     assert set(store.records().learner) == {"constant"}
 
 
@@ -223,6 +224,15 @@ def test_batched_evaluation_gives_the_same_numbers_as_one_at_a_time(registry, le
     np.testing.assert_allclose(batched, one_at_a_time, rtol=1e-5, atol=1e-7)
 
 
+def test_a_learner_that_does_not_batch_is_adapted_one_episode_at_a_time():
+    """Its adapt(support, steps) never gets the batched keyword, even where batching is the default (regression)."""
+    setting, cpu = Sinusoid().settings()[0], torch.device("cpu")
+    metric, _ = evaluate(Constant(NoConfig()), Sinusoid(), setting, 0, 3, 2, cpu)
+    assert metric.shape == (3, 3)
+    with pytest.raises(ValueError, match=r"Constant adapts one task at a time \(it does not set batched = True\)"):
+        evaluate(Constant(NoConfig()), Sinusoid(), setting, 0, 3, 2, cpu, batched=True)
+
+
 class DeclinesSinusoid(Constant):
     """Declines the sinusoid suite, to exercise the "n/a" path."""
 
@@ -233,7 +243,7 @@ class DeclinesSinusoid(Constant):
 
 def test_a_learner_that_does_not_apply_is_reported_not_applicable(tmp_path):
     store = run(tmp_path, {"declines": DeclinesSinusoid, "constant": Constant})
-    cells = {cell["learner"]: cell for cell in store.cells()}
-    assert cells["declines"]["status"] == "n/a" and cells["declines"]["error"] == "needs a regression suite"
+    cells = {cell.learner: cell for cell in store.cells()}
+    assert cells["declines"].status is CellStatus.NOT_APPLICABLE and cells["declines"].error == "needs a regression suite"
     tables = render.text(Report(store.records(), store.cells()))
     assert "n/a: needs a regression suite" in tables

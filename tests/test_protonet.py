@@ -16,6 +16,7 @@ from torch import nn
 
 from bench import plots, render
 from bench.api import Learner, Support
+from bench.cells import CellStatus
 from bench.compare import Run, compare
 from bench.config import RunConfig
 from bench.grid import plan
@@ -23,6 +24,7 @@ from bench.protocol import ProtocolError, evaluate
 from bench.report import Report
 from bench.runner import HostContext, run_cells
 from bench.store import RunStore
+from helpers import finished_cell
 
 FIVE_WAY_ONE_SHOT = Omniglot().settings()[0]
 CPU = torch.device("cpu")
@@ -72,7 +74,7 @@ def test_prototypes_and_logits_match_a_hand_computed_example():
     torch.testing.assert_close(predictors[0](query), torch.tensor([[-1.0, -2.0], [-4.0, -13.0]]))
 
     other = Support(torch.tensor([[1.0, 1.0], [5.0, 5.0], [3.0, 3.0]]), torch.tensor([1, 0, 1]))
-    (batched,) = learner.adapt_batch(Support(*(torch.stack(pair) for pair in zip(support, other))), steps=5)
+    (batched,) = learner.adapt(Support(*(torch.stack(pair) for pair in zip(support, other))), steps=5, batched=True)
     expected = torch.stack([next(learner.adapt(s, 0))(query) for s in (support, other)])
     torch.testing.assert_close(batched(torch.stack([query, query])), expected)
 
@@ -156,15 +158,15 @@ def rows_by_learner(table) -> dict[str, list[str]]:
 def test_a_real_run_records_step_0_for_protonet_and_every_step_for_maml(registry, staged, tmp_path, one_thread):
     store = run_in_process(registry, tmp_path / "run", learners=["protonet", "maml"], suites=["omniglot"],
                            shots=[1], ways=[5], data_dir=str(staged))
-    assert {cell["status"] for cell in store.cells()} == {"ok"}
+    assert {cell.status for cell in store.cells()} == {CellStatus.OK}
     steps = store.records().groupby("learner")["step"].unique()
     assert sorted(steps["protonet"]) == [0] and sorted(steps["maml"]) == [0, 1, 2]
     report = Report(store.records(), store.cells())
-    speed = rows_by_learner(report.speed_table())
+    speed = rows_by_learner(report.speed_table)
     assert speed["protonet"][4:8] == ["–"] * 4 and speed["protonet"][8] == "0"  # steps 1, 2, 5, 10; steps to 90%
     assert speed["maml"][4:6] != ["–", "–"] and speed["maml"][6:8] == ["–", "–"]  # steps 5, 10: beyond --steps 2
-    assert "protonet (no test-time adaptation: a single point at step 0)" in report.speed_table().note
-    assert set(rows_by_learner(report.accuracy_table())) == {"protonet", "maml"}
+    assert "protonet (no test-time adaptation: a single point at step 0)" in report.speed_table.note
+    assert set(rows_by_learner(report.accuracy_table)) == {"protonet", "maml"}
     assert len(plots.figures(report)) == 3
     run = Run.load(tmp_path / "run")
     compared = rows_by_learner(compare([run, run]))
@@ -173,10 +175,10 @@ def test_a_real_run_records_step_0_for_protonet_and_every_step_for_maml(registry
 
 def test_protonet_on_a_regression_suite_is_reported_not_applicable(registry, tmp_path):
     store = run_in_process(registry, tmp_path / "run", learners=["protonet", "maml"], suites=["sinusoid"], shots=[5])
-    cells = {cell["learner"]: cell for cell in store.cells()}
+    cells = {cell.learner: cell for cell in store.cells()}
     reason = "protonet classifies by nearest class prototype; 'sinusoid' is a regression suite"
-    assert cells["protonet"]["status"] == "n/a" and cells["protonet"]["error"] == reason
-    assert cells["maml"]["status"] == "ok"
+    assert cells["protonet"].status is CellStatus.NOT_APPLICABLE and cells["protonet"].error == reason
+    assert cells["maml"].status is CellStatus.OK
     assert f"n/a: {reason}" in render.text(Report(store.records(), store.cells()))
 
 
@@ -194,13 +196,11 @@ def write_run(path: Path, learners: dict[str, tuple[list[float], int]], test_ste
             {"suite": "toy", "setting": "5-way", "learner": learner, "seed": 0, "episode": episode, "step": step,
              "metric": value - 0.1 * (last - step)}
             for episode, value in enumerate(finals) for step in range(last + 1)])
-        cell_id = f"{learner}-toy-0"
-        store.write_cell(cell_id, {
-            "cell_id": cell_id, "suite": "toy", "setting": "5-way", "setting_index": 0, "learner": learner, "seed": 0,
-            "status": "ok", "metric_name": "accuracy", "lower_is_better": False, "test_steps": test_steps,
-            "test_episodes_sha256": "same", "adapt_ms_per_episode": 3.0 if last == 0 else 9.0,
-            "meta_train_seconds": 1.0, "tasks_seen": 16, "peak_rss_mib": 500.0, "peak_cuda_mib": None,
-            "device": "cpu"}, records)
+        cell = finished_cell("toy", "5-way", learner, test_episodes=len(finals), test_steps=test_steps,
+                             metric_name="accuracy", lower_is_better=False, test_episodes_sha256="same",
+                             adapt_ms_per_episode=3.0 if last == 0 else 9.0, meta_train_seconds=1.0, tasks_seen=16,
+                             peak_rss_mib=500.0)
+        store.write_cell(cell.cell_id, cell, records)
     return path
 
 
@@ -208,14 +208,14 @@ def test_reports_take_step_0_as_protonets_final_and_pair_it_with_other_learners_
     # protonet (step 0 only) beats maml (steps 0..2) by 0.05 on every episode.
     store = RunStore(write_run(tmp_path / "run", {"protonet": (BEST, 0), "maml": ([v - 0.05 for v in BEST], 2)}))
     report = Report(store.records(), store.cells())
-    accuracy = rows_by_learner(report.accuracy_table())
+    accuracy = rows_by_learner(report.accuracy_table)
     assert accuracy["protonet"][5] == "best"
     assert accuracy["protonet"][3].startswith(f"accuracy ↑ {np.mean(BEST):.3g} ±")
     assert accuracy["maml"][5] == "p=0.00049"  # paired on the 12 episodes: 2 / 2**12
-    speed = rows_by_learner(report.speed_table())
+    speed = rows_by_learner(report.speed_table)
     assert speed["protonet"][3] == f"{np.mean(BEST):.3g}" and speed["protonet"][4:9] == ["–", "–", "–", "–", "0"]
     assert speed["maml"][8] == "2"
-    final = report.summary_frame().query("final_step").set_index("learner")
+    final = report.summary_frame.query("final_step").set_index("learner")
     assert final.loc["protonet", "step"] == 0 and final.loc["maml", "step"] == 2
     assert final.loc["maml", "vs_best_p_value"] == pytest.approx(2 / 2**12)
 

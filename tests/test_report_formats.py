@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import re
 import shutil
@@ -13,34 +14,42 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import bench.report
 from bench import plots, render
+from bench.cells import CellMetadata, CellStatus
 from bench.compare import NotComparableError, Run, compare
 from bench.report import Report
+from bench.stats import Comparison, paired_comparison
 from bench.store import RunStore
-from helpers import run_bench
+from helpers import finished_cell, run_bench
 
 STEPS = 2
 EPISODES = 12
 
 
+def toy_cell(learner: str, values: list[float], fingerprint: str = "same-episodes", steps: int = STEPS,
+             setting: str = "K=5") -> tuple[CellMetadata, pd.DataFrame]:
+    """A finished cell and its records: the given final MSE per episode; step s scores final + (steps - s)."""
+    records = pd.DataFrame([
+        {"suite": "toy", "setting": setting, "learner": learner, "seed": 0, "episode": episode, "step": step,
+         "metric": value + (steps - step)}
+        for episode, value in enumerate(values) for step in range(steps + 1)])
+    cell = finished_cell("toy", setting, learner, test_episodes=len(values), test_steps=steps, metric_name="MSE",
+                         lower_is_better=True, test_episodes_sha256=fingerprint, adapt_ms_per_episode=2.0,
+                         meta_train_seconds=10.0, tasks_seen=500, peak_rss_mib=700.0)
+    return cell, records
+
+
 def write_run(path: Path, finals: dict[str, list[float]], fingerprint: str = "same-episodes", steps: int = STEPS,
               setting: str = "K=5") -> Path:
-    """A finished run folder: per learner, the given final MSE per episode; step s scores final + (steps - s)."""
+    """A finished run folder of ``toy_cell``s, one per learner."""
     store = RunStore(path)
     store.open({"profile": "smoke", "seeds": 1, "suites": ["toy"]},
                {"command": ["bench", "run"], "started": "2026-11-27T12:00:00+00:00", "git_revision": "abc123",
                 "libraries": {"torch": "2.14.1"}, "plugins": {"learners": "metabench 0.1.0"}, "device_name": "test CPU"})
     for learner, values in finals.items():
-        records = pd.DataFrame([
-            {"suite": "toy", "setting": setting, "learner": learner, "seed": 0, "episode": episode, "step": step,
-             "metric": value + (steps - step)}
-            for episode, value in enumerate(values) for step in range(steps + 1)])
-        cell_id = f"{learner}-toy-{setting}-0"
-        store.write_cell(cell_id, {
-            "cell_id": cell_id, "suite": "toy", "setting": setting, "setting_index": 0, "learner": learner, "seed": 0,
-            "status": "ok", "metric_name": "MSE", "lower_is_better": True, "test_steps": steps,
-            "test_episodes_sha256": fingerprint, "adapt_ms_per_episode": 2.0, "meta_train_seconds": 10.0,
-            "tasks_seen": 500, "peak_rss_mib": 700.0, "peak_cuda_mib": None, "device": "cpu"}, records)
+        cell, records = toy_cell(learner, values, fingerprint, steps, setting)
+        store.write_cell(cell.cell_id, cell, records)
     store.write_run_file({"profile": "smoke", "seeds": 1, "suites": ["toy"]}, store.run_info()["environment"], "finished")
     return path
 
@@ -60,7 +69,7 @@ def report_of(path: Path) -> Report:
 
 
 def test_best_is_bold_and_every_other_learner_is_tested_against_it(tmp_path):
-    table = report_of(write_run(tmp_path / "run", FINALS)).accuracy_table()
+    table = report_of(write_run(tmp_path / "run", FINALS)).accuracy_table
     rows = {row[2]: (index, row) for index, row in enumerate(table.rows)}
     best_index, best_row = rows["good"] if np.mean(FINALS["good"]) < np.mean(FINALS["tied"]) else rows["tied"]
     assert best_row[5] == "best" and (best_index, 3) in table.bold and len(table.bold) == 1
@@ -68,6 +77,34 @@ def test_best_is_bold_and_every_other_learner_is_tested_against_it(tmp_path):
     other_tied = "tied" if best_row[2] == "good" else "good"
     assert rows[other_tied][1][5].startswith("n.s. (p=")
     assert rows["worse"][1][3] == f"MSE ↓ {np.mean(FINALS['worse']):.3g} ± {1.96 * np.std(FINALS['worse'], ddof=1) / np.sqrt(EPISODES):.2g}"
+
+
+def test_each_learner_is_tested_against_the_best_once_whatever_reads_the_report(monkeypatch):
+    """Two settings of three learners: four Wilcoxon tests in all, however many formats and figures are made."""
+    tested = []
+
+    def counted(reference: pd.Series, other: pd.Series) -> Comparison:
+        tested.append((id(reference), id(other)))
+        return paired_comparison(reference, other)
+
+    monkeypatch.setattr(bench.report, "paired_comparison", counted)
+    cells = [toy_cell(learner, values, setting=setting) for setting in ("K=5", "K=10") for learner, values in FINALS.items()]
+    report = Report(pd.concat([records for _, records in cells]), [cell for cell, _ in cells])
+    renderers = [render.text, render.latex, render.csv, plots.figures, lambda report: render.markdown(report, []),
+                 lambda report: render.html_document(report, {})]
+    for renderer in renderers * 2:
+        renderer(report)
+    expected = {(id(ranked[0].final), id(group.final)) for ranked in report.rankings.values() for group in ranked[1:]}
+    assert len(tested) == len(expected) == 4 and set(tested) == expected
+    assert [row[5] for row in report.accuracy_table.rows if row[2] == "worse"] == ["p=0.00049"] * 2  # 2 / 2**12 each
+
+
+def test_a_run_whose_every_cell_failed_still_has_a_report():
+    failed = dataclasses.replace(toy_cell("maml", BEST)[0], status=CellStatus.FAILED, error="RuntimeError: boom")
+    report = Report(pd.DataFrame(), [failed])
+    assert "failed: RuntimeError: boom" in render.text(report) and plots.figures(report) == {}
+    assert render.csv(report).splitlines() == [",".join(["suite", "setting", "learner", "step", "final_step",
+                                                         "vs_best_test", "vs_best_p_value", "vs_best_difference"])]
 
 
 def test_markdown_tables_parse_and_link_the_figures(tmp_path):

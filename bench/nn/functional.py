@@ -90,26 +90,19 @@ class InnerLoop:
 
         return vmap(query_loss, in_dims=(None, None, 0))(fast, slow, batch).mean()
 
-    def trajectory(self, fast: Params, slow: Params, support: Support, steps: int) -> Iterator[Predictor]:
-        """Test-time adaptation of one task: a predictor after each of 0..steps SGD steps."""
-        fast, slow = detached(fast), detached(slow)
-        yield self._predictor(fast, slow)
-        for _ in range(steps):
-            fast = detached(self.step(fast, slow, support.x, support.y, first_order=True))
-            yield self._predictor(fast, slow)
+    def trajectory(self, fast: Params, slow: Params, support: Support, steps: int, *,
+                   batched: bool = False) -> Iterator[Predictor]:
+        """Test-time adaptation: a predictor after each of 0..steps first-order SGD steps on the support set.
 
-    def batched_trajectory(self, fast: Params, slow: Params, supports: Support, steps: int) -> Iterator[Predictor]:
-        """``trajectory`` for many tasks at once: ``supports`` and the predictors' inputs carry a leading
-        task dimension; one ``vmap`` over tasks replaces the per-task loop (same numbers up to float rounding)."""
-        tasks = supports.x.shape[0]
-        fast = {name: tensor.detach().expand(tasks, *tensor.shape) for name, tensor in fast.items()}
-        slow = detached(slow)
-        step = vmap(functools.partial(self.step, first_order=True), in_dims=(0, None, 0, 0))
-        forward = vmap(self.forward, in_dims=(0, None, 0))
+        ``batched``: many tasks at once, ``support`` and the predictors' inputs and outputs with a leading task
+        dimension; one ``vmap`` over tasks replaces a per-task loop (same numbers up to float rounding).
+        """
+        fast, slow = detached(fast), detached(slow)
+        step, forward = functools.partial(self.step, first_order=True), self.forward
+        if batched:
+            fast = {name: tensor.expand(support.x.shape[0], *tensor.shape) for name, tensor in fast.items()}
+            step, forward = vmap(step, in_dims=(0, None, 0, 0)), vmap(forward, in_dims=(0, None, 0))
         yield functools.partial(forward, fast, slow)
         for _ in range(steps):
-            fast = detached(step(fast, slow, supports.x, supports.y))
+            fast = detached(step(fast, slow, support.x, support.y))
             yield functools.partial(forward, fast, slow)
-
-    def _predictor(self, fast: Params, slow: Params) -> Predictor:
-        return lambda x: self.forward(fast, slow, x)

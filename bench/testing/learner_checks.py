@@ -95,17 +95,12 @@ def _test_episodes(suite: TaskSuite, setting: Setting, check: LearnerCheck) -> I
     return (suite.sample_episode(TEST_SPLIT, setting, check.seed, index) for index in range(check.episodes))
 
 
-def _steps_of(learner: Learner, steps: int) -> int:
-    most = learner.max_adaptation_steps
-    return steps if most is None else min(steps, most)
-
-
 def _meta_train_and_test(learner_class: type[Learner], suite: TaskSuite, setting: Setting, tasks: int,
                          overrides: dict[str, Any], check: LearnerCheck) -> _Outcome:
     import numpy as np
     import torch
 
-    from bench.protocol import ProtocolError
+    from bench.protocol import ProtocolError, learner_steps
     from bench.runner import HostContext
 
     watched = _WatchedSuite(suite)
@@ -114,7 +109,7 @@ def _meta_train_and_test(learner_class: type[Learner], suite: TaskSuite, setting
     learner.meta_train(context)
     context.check_loss()
     watched.phase = "adapt"
-    steps = _steps_of(learner, check.steps)
+    steps = learner_steps(learner, check.steps)
     predictions, metric = [], []
     for episode in _test_episodes(suite, setting, check):
         curve = []
@@ -170,18 +165,18 @@ def _check_batched(learner_class: type[Learner], suite: TaskSuite, setting: Sett
     import numpy as np
     import torch
 
-    from bench.protocol import evaluate
+    from bench.protocol import evaluate, learner_steps
     from bench.runner import HostContext
 
     learner = _make(learner_class, suite, setting, overrides)
     learner.meta_train(HostContext(suite, setting, check.seed, check.tasks // 10, torch.device("cpu"), lambda t, l: None))
-    steps = _steps_of(learner, check.steps)
+    steps = learner_steps(learner, check.steps)
     arguments = (learner, suite, setting, check.seed, check.episodes, steps, torch.device("cpu"))
     single, _ = evaluate(*arguments, batched=False)
     batched, _ = evaluate(*arguments, batched=True)
     if np.allclose(single, batched, rtol=check.batched_tolerance, atol=check.batched_tolerance, equal_nan=True):
         return None
-    return (f"adapt_batch() and adapt() disagree on '{suite.name}': largest metric difference "
+    return (f"adapt(batched=True) and adapt() disagree on '{suite.name}': largest metric difference "
             f"{np.nanmax(np.abs(single - batched)):.3g} (tolerance {check.batched_tolerance})")
 
 

@@ -4,7 +4,7 @@ from bench import hookimpl
 
 @hookimpl
 def register_executors(register):
-    from bench.executors import InlineExecutor
+    from bench_plugins.executors.inline import InlineExecutor
     from bench_plugins.executors.processes import ProcessExecutor
     from bench_plugins.executors.ray import RayExecutor
 

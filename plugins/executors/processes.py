@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
-from bench.executors import CellJob, CellResult, Executor, run_one
+from bench.api import Executor, Item, Result
 
 
 def _start_worker(threads: int) -> None:
@@ -18,13 +18,13 @@ def _start_worker(threads: int) -> None:
 class ProcessExecutor(Executor):
     """Cells in parallel worker processes on this machine (--workers N); each worker uses cores/N threads."""
 
-    def run(self, cells: list, job: CellJob) -> Iterator[CellResult]:
+    def map(self, work: Callable[[Item], Result], items: Sequence[Item], *, gpus: int = 0) -> Iterator[Result]:
         workers = max(1, self.options.workers)
         threads = max(1, (os.cpu_count() or 1) // workers)
         # spawn, not fork: a forked copy of a process that already used torch (threads, CUDA) is unsafe.
         self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_start_worker, initargs=(threads,))
-        self.pending: set[Future] = {self.pool.submit(run_one, cell, job) for cell in cells}
+        self.pending: set[Future] = {self.pool.submit(work, item) for item in items}
         while self.pending:
             done, self.pending = wait(self.pending, return_when=FIRST_COMPLETED)
             for future in done:

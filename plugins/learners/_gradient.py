@@ -11,7 +11,7 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, ClassVar
 
-from bench.api import Episode, Learner, MetaTrainContext, Predictor, Support
+from bench.api import Episode, Learner, MetaGradient, MetaTrainContext, Predictor, Support
 
 if TYPE_CHECKING:
     import torch
@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 
 
 @dataclasses.dataclass
-class GradientConfig:
-    inner_lr: float = 0.01
+class OuterLoopConfig:
+    """What every gradient-based meta-learner has: the inner steps of meta-training and the outer loop."""
+
     inner_steps: int = 1
     meta_batch: int = 25
     outer_lr: float = 1e-3
@@ -30,6 +31,13 @@ class GradientConfig:
     compile: bool = False
     """Compute the meta-gradient with a ``torch.compile``-d ``torch.func`` graph: a one-off compile
     (tens of seconds; needs a C++ compiler on CPU), then much less per-step overhead. Same gradient."""
+
+
+@dataclasses.dataclass
+class GradientConfig(OuterLoopConfig):
+    """An outer loop around inner SGD steps at a fixed learning rate."""
+
+    inner_lr: float = 0.01
 
 
 def adam_outer_loop(ctx: MetaTrainContext, parameters: list["torch.Tensor"], outer_lr: float, meta_batch: int,
@@ -54,7 +62,7 @@ def adam_outer_loop(ctx: MetaTrainContext, parameters: list["torch.Tensor"], out
                                 "optimizer": optimizer.state_dict()})
 
 
-class GradientMetaLearner(Learner):
+class GradientMetaLearner(Learner, MetaGradient):
     first_order: ClassVar[bool] = False
     loop: "InnerLoop"
     fast: "Params"
@@ -113,10 +121,7 @@ class GradientMetaLearner(Learner):
         adam_outer_loop(ctx, self.meta_parameters(), self.config.outer_lr, self.config.meta_batch,
                         self.accumulate_meta_gradient)
 
-    def adapt(self, support: Support, steps: int) -> Iterator[Predictor]:
-        return self.loop.trajectory(self.fast, self.slow, support, steps)
-
     batched = True
 
-    def adapt_batch(self, supports: Support, steps: int) -> Iterator[Predictor]:
-        return self.loop.batched_trajectory(self.fast, self.slow, supports, steps)
+    def adapt(self, support: Support, steps: int, *, batched: bool = False) -> Iterator[Predictor]:
+        return self.loop.trajectory(self.fast, self.slow, support, steps, batched=batched)

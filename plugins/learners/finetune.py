@@ -122,20 +122,13 @@ class Finetune(Learner):
             return {"weight": F.normalize(torch.randn(self.ways, width, generator=generator), dim=-1).to(like)}
         return {"weight": like.new_zeros(self.ways, width), "bias": like.new_zeros(self.ways)}
 
-    def adapt(self, support: Support, steps: int) -> Iterator[Predictor]:
-        return self._adapt(support, steps, batched=False)
-
     batched = True
 
-    def adapt_batch(self, supports: Support, steps: int) -> Iterator[Predictor]:
-        return self._adapt(supports, steps, batched=True)
-
-    def _adapt(self, support: Support, steps: int, batched: bool) -> Iterator[Predictor]:
+    def adapt(self, support: Support, steps: int, *, batched: bool = False) -> Iterator[Predictor]:
         from torch.func import vmap
 
-        trajectory = self.loop.batched_trajectory if batched else self.loop.trajectory
         if not self.classification:
-            yield from trajectory(self.weights, {}, support, steps)
+            yield from self.loop.trajectory(self.weights, {}, support, steps, batched=batched)
             return
         backbone = vmap(self.features) if batched else self.features
         seen: dict[str, "torch.Tensor"] = {}
@@ -148,5 +141,5 @@ class Finetune(Learner):
 
         support_features = backbone(support.x)
         head = self._fresh_head(support_features.shape[-1], support_features)
-        for predictor in trajectory(head, {}, Support(support_features, support.y), steps):
+        for predictor in self.loop.trajectory(head, {}, Support(support_features, support.y), steps, batched=batched):
             yield lambda x, predictor=predictor: predictor(features(x))

@@ -10,30 +10,43 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import typing
 from abc import abstractmethod
 from collections.abc import Iterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from bench_plugins.learners._gradient import adam_outer_loop
-from bench_plugins.learners.maml import MAML, FirstOrderMAML, MAMLConfig
-from bench_plugins.learners.metasgd import MetaSGD, MetaSGDConfig
+from bench_plugins.learners.maml import MAML, FirstOrderMAML
+from bench_plugins.learners.metasgd import MetaSGD
 
 from bench import hookimpl
-from bench.api import Episode, Learner, MetaTrainContext, Predictor, Setting, Support, TaskSuite, config_fields
+from bench.api import Episode, Learner, MetaGradient, MetaTrainContext, Predictor, Setting, Support, TaskSuite, config_fields
 
 if TYPE_CHECKING:
     import torch
 
 
-@dataclasses.dataclass
-class LearnToLearnMAMLConfig:
-    """The built-in maml's hyper-parameters that apply to learn2learn's usage (not chunk_tasks or compile)."""
+VECTORISATION = ("chunk_tasks", "compile")
+"""The built-ins' options for how their vectorised meta-gradient is computed; learn2learn's usage has neither."""
 
-    inner_lr: float = MAMLConfig.inner_lr
-    inner_steps: int = MAMLConfig.inner_steps
-    meta_batch: int = MAMLConfig.meta_batch
-    outer_lr: float = MAMLConfig.outer_lr
+
+def reference_config(builtin: type[Learner]) -> type:
+    """The built-in's Config without the ``VECTORISATION`` fields: the same names, types, defaults and checks,
+    as ``LearnToLearn<its name>`` (assign it to that name in this module, so that it pickles)."""
+    config, hints = builtin.Config, typing.get_type_hints(builtin.Config)
+    fields = [(field.name, hints[field.name],
+               dataclasses.field(default=field.default, default_factory=field.default_factory))
+              for field in dataclasses.fields(config) if field.name not in VECTORISATION]
+    namespace = {"__module__": __name__,
+                 "__doc__": f"The built-in {builtin.__name__}'s hyper-parameters that apply to learn2learn's usage."}
+    if hasattr(config, "__post_init__"):
+        namespace["__post_init__"] = config.__post_init__
+    return dataclasses.make_dataclass(f"LearnToLearn{config.__name__}", fields, namespace=namespace)
+
+
+LearnToLearnMAMLConfig = reference_config(MAML)
+LearnToLearnMetaSGDConfig = reference_config(MetaSGD)
 
 
 def import_learn2learn() -> ModuleType:
@@ -43,7 +56,7 @@ def import_learn2learn() -> ModuleType:
     return learn2learn
 
 
-class LearnToLearnLearner(Learner):
+class LearnToLearnLearner(Learner, MetaGradient):
     """A learn2learn algorithm wrapper: per task ``clone()``, ``adapt(loss)`` per inner step, the query loss;
     Adam on the meta-batch mean. Subclasses say which wrapper (``wrap``) and which built-in it mirrors."""
 
@@ -53,7 +66,7 @@ class LearnToLearnLearner(Learner):
     requires = ("learn2learn",)
     in_all = False  # one task at a time, several times slower than the built-in it checks: run when named
     install_hint = "pip install 'metabench[l2l]' on Python < 3.11; on 3.11+, make setup builds it from source"
-    implementation: ClassVar[str] = "learn2learn"
+    implementation = "learn2learn"
     first_order: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
@@ -135,19 +148,6 @@ class LearnToLearnFirstOrderMAML(LearnToLearnMAML):
 
     first_order = True
     builtin = FirstOrderMAML
-
-
-@dataclasses.dataclass
-class LearnToLearnMetaSGDConfig:
-    """The built-in metasgd's hyper-parameters that apply to learn2learn's usage (not chunk_tasks or compile)."""
-
-    alpha_low: float = MetaSGDConfig.alpha_low
-    alpha_high: float = MetaSGDConfig.alpha_high
-    inner_steps: int = MetaSGDConfig.inner_steps
-    meta_batch: int = MetaSGDConfig.meta_batch
-    outer_lr: float = MetaSGDConfig.outer_lr
-
-    __post_init__ = MetaSGDConfig.__post_init__
 
 
 class LearnToLearnMetaSGD(LearnToLearnLearner):

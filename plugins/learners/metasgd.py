@@ -4,14 +4,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from bench_plugins.learners._gradient import GradientMetaLearner
+from bench_plugins.learners._gradient import GradientMetaLearner, OuterLoopConfig
 from bench_plugins.learners.maml import MAML
 
 from bench.api import MetaTrainContext, Setting, TaskSuite
 
 
 @dataclasses.dataclass
-class MetaSGDConfig:
+class MetaSGDConfig(OuterLoopConfig):
     """Li et al. 2017 (Meta-SGD), as we recall it: alpha initialised uniformly in [0.005, 0.1] (stated for
     their regression set-up; used here everywhere) and one inner step in all their experiments. Not re-checked
     against the paper, so taken from MAML (Finn et al. 2017) as its experiments follow MAML's: meta-batch 25
@@ -21,13 +21,6 @@ class MetaSGDConfig:
 
     alpha_low: float = 0.005
     alpha_high: float = 0.1
-    inner_steps: int = 1
-    meta_batch: int = 25
-    outer_lr: float = 1e-3
-    chunk_tasks: int = 0
-    """Vectorise at most this many tasks at a time (0: the whole meta-batch); less memory, same gradient."""
-    compile: bool = False
-    """Compute the meta-gradient with a ``torch.compile``-d ``torch.func`` graph (as ``maml.compile``)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.alpha_low <= self.alpha_high:

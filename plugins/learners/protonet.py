@@ -76,7 +76,7 @@ class ProtoNet(Learner):
         optimizer = torch.optim.Adam(self.embedding.parameters(), lr=self.config.lr, fused=True)
         episodes = 0
         for batch in ctx.batches(self.config.meta_batch):
-            (predict,) = self._adapt(batch.support, batched=True)
+            (predict,) = self.adapt(batch.support, 0, batched=True)
             loss = ctx.suite.loss(predict(batch.query_x).flatten(0, 1), batch.query_y.flatten())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -87,15 +87,8 @@ class ProtoNet(Learner):
                 group["lr"] = self.config.learning_rate(episodes)
         self.embedding.requires_grad_(False)
 
-    def adapt(self, support: Support, steps: int) -> Iterator[Predictor]:
-        """One predictor (``max_adaptation_steps = 0``): nearest prototype of the support set."""
-        return self._adapt(support, batched=False)
-
-    def adapt_batch(self, supports: Support, steps: int) -> Iterator[Predictor]:
-        return self._adapt(supports, batched=True)
-
-    def _adapt(self, support: Support, batched: bool) -> Iterator[Predictor]:
-        """Yield the predictor of one task (or, ``batched``, of a batch of tasks, batch norm per task)."""
+    def adapt(self, support: Support, steps: int, *, batched: bool = False) -> Iterator[Predictor]:
+        """One predictor (``max_adaptation_steps = 0``): nearest prototype of the support set (batch norm per task)."""
         from torch.func import vmap
 
         embed = vmap(self.embedding) if batched else self.embedding

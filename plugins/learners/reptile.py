@@ -145,15 +145,9 @@ class Reptile(Learner):
             weights = {name: weight - lr * grads[name] for name, weight in weights.items()}
             yield weights, loss.detach()
 
-    def adapt(self, support: Support, steps: int) -> Iterator[Predictor]:
-        return self._trajectory(support, steps, batched=False)
-
     batched = True
 
-    def adapt_batch(self, supports: Support, steps: int) -> Iterator[Predictor]:
-        return self._trajectory(supports, steps, batched=True)
-
-    def _trajectory(self, support: Support, steps: int, batched: bool) -> Iterator[Predictor]:
+    def adapt(self, support: Support, steps: int, *, batched: bool = False) -> Iterator[Predictor]:
         """Full-batch steps on the support set from the meta-learned weights; a predictor after each of 0..steps."""
         import functools
         import itertools

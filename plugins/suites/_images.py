@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
-import tempfile
 import zipfile
 from abc import abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -31,7 +32,36 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "metabench")
 
 
-def load_cached(path: Path) -> "np.ndarray | None":
+def cached_images(name: str, build: Callable[[], "np.ndarray"], fits: Callable[["np.ndarray"], bool]) -> "np.ndarray":
+    """The images cached in ``cache_dir()/<name>.npz`` when that file is intact (its checksum holds) and they
+    ``fit``; otherwise ``build()``'s, written to the cache for next time. Name the file by a key of everything
+    the images come from, so that changed sources get a new file."""
+    import numpy as np
+
+    from bench.store import atomic_write_bytes
+
+    path = cache_dir() / f"{name}.npz"
+    images = _read_cache(path)
+    if images is not None and fits(images):
+        return images
+    images = build()
+    buffer = io.BytesIO()
+    np.savez(buffer, images=images, sha256=_checksum(images))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, buffer.getbuffer())  # a view: no copy of a large split
+    except OSError:
+        pass  # a read-only cache folder costs speed, not correctness
+    return images
+
+
+def _checksum(images: "np.ndarray") -> str:
+    import numpy as np
+
+    return hashlib.sha256(np.ascontiguousarray(images).data).hexdigest()
+
+
+def _read_cache(path: Path) -> "np.ndarray | None":
     """The cached array, or None when the file is missing, unreadable or fails its checksum."""
     import numpy as np
 
@@ -40,19 +70,7 @@ def load_cached(path: Path) -> "np.ndarray | None":
             images, checksum = cache["images"], str(cache["sha256"])
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
-    return images if hashlib.sha256(images.tobytes()).hexdigest() == checksum else None
-
-
-def write_cache(path: Path, images: "np.ndarray") -> None:
-    import numpy as np
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    with os.fdopen(handle, "wb") as stream:
-        np.savez(stream, images=images, sha256=hashlib.sha256(images.tobytes()).hexdigest())
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
+    return images if _checksum(images) == checksum else None
 
 
 @dataclasses.dataclass

@@ -9,13 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from bench_plugins.suites._images import (
-    ClassPool,
-    FewShotImageSuite,
-    cache_dir,
-    load_cached,
-    write_cache,
-)
+from bench_plugins.suites._images import ClassPool, FewShotImageSuite, cached_images
 
 from bench.errors import DataError
 
@@ -184,15 +178,8 @@ class MiniImageNet(FewShotImageSuite):
             stat = file.stat()
             digest.update(f"{file.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
         shape = (len(classes), len(files) // len(classes), self.IMAGE_SIZE, self.IMAGE_SIZE, self.CHANNELS)
-        cache = cache_dir() / f"miniimagenet-{path.stem}-{digest.hexdigest()[:24]}.npz"
-        images = load_cached(cache)
-        if images is None or images.shape != shape:
-            images = self.decode(files).reshape(shape)
-            try:
-                write_cache(cache, images)
-            except OSError:
-                pass  # a read-only cache folder costs speed, not correctness
-        return images
+        return cached_images(f"miniimagenet-{path.stem}-{digest.hexdigest()[:24]}",
+                             lambda: self.decode(files).reshape(shape), fits=lambda images: images.shape == shape)
 
     def read_split_csv(self, root: Path, path: Path) -> dict[str, list[Path]]:
         """Each class's image files, in CSV order; DataError for a bad header, row or missing file."""

@@ -11,13 +11,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from bench_plugins.suites._images import (
-    ClassPool,
-    FewShotImageSuite,
-    cache_dir,
-    load_cached,
-    write_cache,
-)
+from bench_plugins.suites._images import ClassPool, FewShotImageSuite, cached_images
 
 from bench.errors import DataError
 
@@ -110,15 +104,8 @@ class Omniglot(FewShotImageSuite):
         folders = character_folders(root)
         if not folders:
             raise DataError(f"omniglot: {root} has no character folders; expected {self.LAYOUT}")
-        cache = cache_dir() / f"omniglot-{fingerprint(folders, root)[:24]}.npz"
-        images = load_cached(cache)
-        if images is None or images.shape[0] != len(folders):
-            images = decode(folders, self.IMAGE_SIZE)
-            try:
-                write_cache(cache, images)
-            except OSError:
-                pass  # a read-only cache folder costs speed, not correctness
-        return images
+        return cached_images(f"omniglot-{fingerprint(folders, root)[:24]}", lambda: decode(folders, self.IMAGE_SIZE),
+                             fits=lambda images: images.shape[0] == len(folders))
 
     def split_indices(self, count: int) -> dict[str, "np.ndarray"]:
         import numpy as np

@@ -1,0 +1,83 @@
+"""The metadata of one cell of a run (``cells/<cell>.json``): what ran, how it ended, what it cost.
+
+The runner fills it in, the store writes and reads it, the report and ``bench compare`` read it. Cell
+files written by earlier versions load: fields added since then are None there.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+
+class CellStatus(str, enum.Enum):
+    """How a cell ended; the value is what its file holds."""
+
+    OK = "ok"
+    """Meta-trained and evaluated; its records are beside it."""
+    FAILED = "failed"
+    """Raised, reported a non-finite training loss or ran past the cell timeout; it runs again on resume."""
+    NOT_APPLICABLE = "n/a"
+    """The learner declined the suite (the reason is in ``error``)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclasses.dataclass(frozen=True)
+class CellMetadata:
+    """One cell's metadata. The fields up to ``status`` are written for every cell; the others where they apply
+    (``error`` for a failed or n/a cell, the measurements for a finished one)."""
+
+    cell_id: str
+    suite: str
+    setting: str
+    setting_index: int
+    """The setting's position in its suite (the report's order)."""
+    shots: int
+    ways: int | None
+    learner: str
+    seed: int
+    hyperparameters: dict[str, Any]
+    device: str
+    learner_plugin: dict[str, Any]
+    """The plugin source (entry point, distribution and version) that registered the learner."""
+    suite_plugin: dict[str, Any]
+    task_budget: int
+    test_episodes: int
+    test_steps: int
+    status: CellStatus
+    cell_fingerprint: str | None = None
+    """A hash of everything that determines the cell's numbers (None in files written before it was recorded)."""
+    error: str | None = None
+    traceback: str | None = None
+    tasks_seen: int | None = None
+    resumed_from_tasks: int | None = None
+    """Tasks already seen at the mid-cell checkpoint the cell resumed from (0 when it started afresh)."""
+    meta_train_seconds: float | None = None
+    adapt_ms_per_episode: float | None = None
+    metric_name: str | None = None
+    lower_is_better: bool | None = None
+    peak_rss_mib: float | None = None
+    peak_cuda_mib: float | None = None
+    test_episodes_sha256: str | None = None
+    """The fingerprint of the test episodes scored: runs that share it can be compared episode by episode."""
+    record_rows: int | None = None
+    """Rows of the cell's records file (set by the store; a shorter file is truncated)."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of the cell file."""
+        return {**dataclasses.asdict(self), "status": self.status.value}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CellMetadata:
+        """Read a cell file's object; ``ValueError`` names what is missing, unknown or not a status."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a cell's metadata is a JSON object, not {type(data).__name__}")
+        fields = {field.name: field for field in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        missing = [name for name, field in fields.items() if field.default is dataclasses.MISSING and name not in data]
+        if unknown or missing:
+            raise ValueError("; ".join(([f"unknown fields: {', '.join(unknown)}"] if unknown else [])
+                                       + ([f"missing fields: {', '.join(missing)}"] if missing else [])))
+        return cls(**{**data, "status": CellStatus(data["status"])})

@@ -1,0 +1,136 @@
+"""One benchmark run from start to end, the host behind ``bench run``: plan the cells, prepare the data, open
+the run folder, run the cells, mark how the run ended and write its report.
+
+Nothing here prints: every message for the user goes to the ``say`` callback, one line each.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.api import Executor, ExecutorOptions
+from bench.cells import CellMetadata, CellStatus
+from bench.config import CONFIG_KEYS, RunConfig, build_run_config
+from bench.environment import environment
+from bench.grid import Cell, plan
+from bench.plugins import Registry
+from bench.report import Report
+from bench.report_files import write_report
+from bench.runner import default_run_dir, resolve_device, run_cells
+from bench.store import RUN_FILE, RunStore
+
+Say = Callable[[str], None]
+
+FINISHED, FINISHED_WITH_FAILURES, INTERRUPTED = "finished", "finished with failed cells", "interrupted"
+
+
+@dataclasses.dataclass(frozen=True)
+class Execution:
+    """How the cells run: the executor and its limits. Nothing here changes a cell's numbers."""
+
+    executor: str = "inline"
+    """The registered name of the executor."""
+    workers: int | None = None
+    """Cells at a time (worker processes, or a local Ray's CPUs); None: this machine's CPU cores."""
+    address: str | None = None
+    """The cluster to use (Ray); None starts a local one where that applies."""
+    cell_timeout: float | None = None
+    """Seconds after which a cell fails (the run goes on)."""
+    checkpoint_every: int | None = None
+    """Save a cell's meta-training state every so many tasks (learners that support it)."""
+    show_progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOutcome:
+    """How a run ended: its folder, its status (``run.json``), how many cells failed and, unless it was
+    interrupted, its report."""
+
+    run_dir: Path
+    status: str
+    failed_cells: int = 0
+    report: Report | None = None
+
+
+def resumed_config(run_dir: Path) -> RunConfig:
+    """The configuration the run in ``run_dir`` was started with (``bench run --resume``)."""
+    stored = RunStore(run_dir).run_info().get("config", {})
+    values = {key: value for key, value in stored.items() if key in CONFIG_KEYS}
+    return build_run_config(values | {"out": str(run_dir)}, origin=f"{run_dir / RUN_FILE}")
+
+
+def make_executor(registry: Registry, execution: Execution) -> Executor:
+    """The executor the run asks for, with its options."""
+    (registration,) = registry.select("executor", [execution.executor])
+    return registration.cls(ExecutorOptions(workers=execution.workers or os.cpu_count() or 1, address=execution.address))
+
+
+def _note_what_all_leaves_out(config: RunConfig, registry: Registry, say: Say) -> None:
+    """Say which learners and suites ``all`` skipped: those unavailable here and those run only when named."""
+    for kind, names in (("learner", config.learners), ("suite", config.suites)):
+        if list(names) == ["all"]:
+            for name, reason in registry.unavailable(kind).items():
+                say(f"note: skipping {kind} '{name}': {reason}")
+    if list(config.learners) == ["all"]:
+        named_only = sorted(name for name, registration in registry.learners.items()
+                            if not registration.cls.in_all and not registration.unavailable_reason)
+        if named_only:
+            say(f"note: not in 'all', run when named: {', '.join(named_only)}")
+
+
+def _resolved(config: RunConfig, run_dir: Path, cells: list[Cell]) -> dict[str, Any]:
+    """The configuration saved in ``run.json``: the run's keys with every budget and hyper-parameter resolved."""
+    suites = {cell.suite.name: cell.suite for cell in cells}.values()
+    return {
+        **dataclasses.asdict(config), "out": str(run_dir),
+        "budgets": {suite.name: dataclasses.asdict(config.budget_for(suite.cls)) for suite in suites},
+        "hyperparameters": {f"{c.learner.name} @ {c.suite.name} {c.setting.name}": dataclasses.asdict(c.hyperparameters)
+                            for c in cells},
+    }
+
+
+def _cell_line(cell: Cell, metadata: CellMetadata) -> str:
+    detail = (f" ({metadata.meta_train_seconds:.1f} s meta-training)" if metadata.status is CellStatus.OK
+              else f": {metadata.error}")
+    return f"  {str(metadata.status):6} {cell.label}{detail}"
+
+
+def run_benchmark(config: RunConfig, registry: Registry, execution: Execution, say: Say) -> RunOutcome:
+    """Run every cell of ``config`` not yet finished in its run folder and write the report. Bad input (names,
+    settings, data, the run folder) raises a ``BenchError`` before any cell runs; a failing cell is recorded and
+    the run goes on; Ctrl-C keeps the finished cells, marks the run interrupted and says how to resume."""
+    executor = make_executor(registry, execution)
+    cells = plan(config, registry)
+    _note_what_all_leaves_out(config, registry, say)
+    for suite in {cell.suite.name: cell.suite for cell in cells}.values():  # data problems: one line, before any work
+        config.make_suite(suite.cls).prepare()
+    device = resolve_device(config.device)
+    run_dir = Path(config.out) if config.out else default_run_dir(config)
+    resolved = _resolved(config, run_dir, cells)
+    env = {**environment(registry, device),
+           "execution": {"executor": execution.executor, "workers": executor.options.workers,
+                         "cell_timeout": execution.cell_timeout, "checkpoint_every": execution.checkpoint_every}}
+    store = RunStore(run_dir)
+    store.open(resolved, env)
+
+    def on_start(finished: int) -> None:
+        say(f"metabench: {len(cells)} cells ({finished} already finished) on {env['device_name']} "
+            f"with the {execution.executor} executor -> {run_dir}")
+
+    try:
+        run_cells(cells, config, store, device, show_progress=execution.show_progress, executor=executor,
+                  cell_timeout=execution.cell_timeout, checkpoint_every=execution.checkpoint_every,
+                  warn=lambda message: say(f"warning: {message}"), on_start=on_start,
+                  on_cell=lambda cell, metadata: say(_cell_line(cell, metadata)))
+    except KeyboardInterrupt:
+        store.write_run_file(resolved, env, status=INTERRUPTED)
+        say(f"\ninterrupted: finished cells are kept in {run_dir}; resume with: bench run --resume {run_dir}")
+        return RunOutcome(run_dir, INTERRUPTED)
+    failed = store.failed_cells()
+    status = FINISHED_WITH_FAILURES if failed else FINISHED
+    store.write_run_file(resolved, env, status=status)
+    report, _ = write_report(store)
+    return RunOutcome(run_dir, status, failed, report)
