@@ -3,7 +3,7 @@
 VENV ?= .venv
 ARGS ?=
 
-.PHONY: setup run test test-slow
+.PHONY: setup run test test-e2e test-slow
 
 setup:
 	bash scripts/install.sh
@@ -14,5 +14,8 @@ run: setup
 test: setup
 	$(VENV)/bin/python -m pytest $(ARGS)
 
+test-e2e: setup
+	$(VENV)/bin/python -m pytest -m "e2e and not slow" $(ARGS)
+
 test-slow: setup
-	$(VENV)/bin/python -m pytest --runslow -m slow $(ARGS)
+	$(VENV)/bin/python -m pytest -m slow $(ARGS)

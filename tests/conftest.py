@@ -1,8 +1,17 @@
-"""Shared fixtures: the --runslow switch, the built-in registry, a factory for on-disk plugin packages."""
+"""Shared fixtures: the built-in registry, a factory for on-disk plugin packages, staged Omniglot.
+
+The tests are grouped by what they check: ``unit/`` (the host, in-process), ``plugins/`` (learners and suites:
+gradients, learning, conformance, data loading) and ``e2e/`` (real ``bench`` processes: kills and resumes,
+executors, pip-installed packages). ``pytest`` runs the first two (pyproject's addopts deselect the markers
+``e2e`` and ``slow``); ``pytest -m e2e`` and ``pytest -m slow`` run the others (``make test-e2e``,
+``make test-slow``; CI runs all three).
+"""
 from __future__ import annotations
 
 import os
+import sys
 import textwrap
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,20 +22,12 @@ from bench.plugins import NO_AUTOLOAD_ENV, load_plugins
 # developer has installed cannot change what the tests see. Tests of third-party plugins turn it back on.
 os.environ[NO_AUTOLOAD_ENV] = "1"
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: N workers share the cores, one torch thread each
+    import torch
+
+    torch.set_num_threads(1)
+
 collect_ignore = ["fixtures"]  # tests/fixtures/ holds a plugin package with its own tests, run by test_third_party.py
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--runslow", action="store_true", help="also run the slow learning checks (minutes)")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--runslow"):
-        return
-    skip = pytest.mark.skip(reason="slow: run with --runslow (make test-slow)")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +55,25 @@ def plugin_dist(tmp_path: Path):
         return root
 
     return make
+
+
+@pytest.fixture
+def install(plugin_dist, monkeypatch) -> Iterator[Callable[..., Path]]:
+    """``install(name, modules, entry_points, version)``: a plugin package on sys.path, found through its entry
+    points as a pip-installed one is (third-party autoloading on, for this test only); its modules are
+    forgotten afterwards, so that no other test imports them."""
+    modules: list[str] = []
+
+    def install(name: str, sources: dict[str, str], entry_points: dict[str, str], version: str = "0.1") -> Path:
+        site = plugin_dist(name, sources, entry_points, version)
+        monkeypatch.syspath_prepend(site)
+        monkeypatch.setenv(NO_AUTOLOAD_ENV, "0")
+        modules.extend(sources)
+        return site
+
+    yield install
+    for module in modules:
+        sys.modules.pop(module, None)
 
 
 @pytest.fixture(scope="session")

@@ -1,15 +1,54 @@
 """Helpers for tests that drive the ``bench`` command and build throw-away plugins."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.cells import CellMetadata, CellStatus
 from bench.plugins import NO_AUTOLOAD_ENV
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 BENCH = str(Path(sys.executable).with_name("bench"))
+
+TROUBLE = '''
+    import dataclasses, time
+    from bench import hookimpl
+    from bench.api import Learner
+
+    @dataclasses.dataclass
+    class Config:
+        pass
+
+    class Trouble(Learner):
+        """Raises on K=5 seed 1, reports a NaN loss on K=10 seed 0, sleeps on K=10 seed 1 when asked to."""
+        Config = Config
+
+        def meta_train(self, ctx):
+            import torch
+            where = (ctx.setting.shots, ctx.seed)
+            if where == (5, 1):
+                raise RuntimeError("exploded on purpose")
+            for _ in ctx.batches(10):
+                ctx.log(torch.tensor(float("nan") if where == (10, 0) else 1.0))
+            if where == (10, 1) and SLEEP:
+                time.sleep(SLEEP)
+
+        def adapt(self, support, steps):
+            import torch
+            for _ in range(steps + 1):
+                yield lambda x: torch.zeros_like(x)
+
+    @hookimpl
+    def register_learners(register):
+        register("trouble", Trouble)
+'''
+"""A plugin module's source: the learner ``trouble`` failing on purpose in some cells (replace ``SLEEP``)."""
 
 
 def run_bench(*args: str, cwd: Path | None = None, pythonpath: list[Path] = (), env: dict[str, str] | None = None,
@@ -23,6 +62,19 @@ def run_bench(*args: str, cwd: Path | None = None, pythonpath: list[Path] = (), 
     environment.update(env or {})
     return subprocess.run([BENCH, *args], cwd=cwd, env=environment,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def cells_of(out: Path) -> dict[str, dict]:
+    """A run folder's cell metadata files, by cell file name."""
+    return {path.stem: json.loads(path.read_text()) for path in (out / "cells").glob("*.json")}
+
+
+def records_of(out: Path) -> pd.DataFrame:
+    """A run folder's records.csv as a DataFrame, in a fixed order."""
+    import pandas as pd
+
+    records = pd.read_csv(out / "records.csv")
+    return records.sort_values(["suite", "setting", "learner", "seed", "episode", "step"]).reset_index(drop=True)
 
 
 def learn2learn_meta_loss(wrapper, batch, steps: int):

@@ -63,6 +63,7 @@ class _WatchedSuite(TaskSuite):
 class _Outcome:
     """What one meta-train + test pass produced: predictions[episode][step] and the metric per episode and step."""
 
+    learner: Learner
     predictions: list[list["torch.Tensor"]]
     metric: "numpy.ndarray"
     violations: list[str]
@@ -74,6 +75,9 @@ class LearnerCheck:
 
     tasks: int = 2000
     """Meta-training budget (tasks seen) of the 'learns' check."""
+    short_tasks: int = 200
+    """Meta-training budget of the two runs compared for determinism, and of the learner whose batched and
+    one-at-a-time numbers are compared (a seed's randomness is drawn from the first batches on)."""
     episodes: int = 40
     steps: int = 5
     seed: int = 0
@@ -121,7 +125,7 @@ def _meta_train_and_test(learner_class: type[Learner], suite: TaskSuite, setting
         _check_predictions(suite, setting, episode, curve)
         predictions.append(curve)
         metric.append([float(suite.metric(prediction, episode.query_y)) for prediction in curve])
-    return _Outcome(predictions, np.array(metric), list(dict.fromkeys(watched.violations)))
+    return _Outcome(learner, predictions, np.array(metric), list(dict.fromkeys(watched.violations)))
 
 
 def _check_predictions(suite: TaskSuite, setting: Setting, episode: Episode, curve: list["torch.Tensor"]) -> None:
@@ -135,14 +139,14 @@ def _check_predictions(suite: TaskSuite, setting: Setting, episode: Episode, cur
                                 f"for {queries} query inputs; expected {expected}")
 
 
-def _check_deterministic(first: _Outcome, second: _Outcome) -> str | None:
+def _check_deterministic(first: _Outcome, second: _Outcome, seed: int) -> str | None:
     import torch
 
     for episode, (a, b) in enumerate(zip(first.predictions, second.predictions)):
         for step, (x, y) in enumerate(zip(a, b)):
             if not torch.equal(x, y):
                 difference = (x - y).abs().max().item()
-                return (f"two runs with seed 0 differ (test episode {episode}, step {step}, largest difference "
+                return (f"two runs with seed {seed} differ (test episode {episode}, step {step}, largest difference "
                         f"{difference:.3g}); draw all randomness from ctx.generator or the seeded backbone")
     return None
 
@@ -160,16 +164,13 @@ def _check_learns(suite: TaskSuite, trained: _Outcome, untrained: _Outcome, chec
             f"{final_untrained:.4g} untrained (needed {'<=' if suite.lower_is_better else '>='} {target:.4g})")
 
 
-def _check_batched(learner_class: type[Learner], suite: TaskSuite, setting: Setting, overrides: dict[str, Any],
-                   check: LearnerCheck) -> str | None:
+def _check_batched(learner: Learner, suite: TaskSuite, setting: Setting, check: LearnerCheck) -> str | None:
+    """Whether a meta-trained learner gives the same numbers adapted in a batch and one episode at a time."""
     import numpy as np
     import torch
 
     from bench.protocol import evaluate, learner_steps
-    from bench.runner import HostContext
 
-    learner = _make(learner_class, suite, setting, overrides)
-    learner.meta_train(HostContext(suite, setting, check.seed, check.tasks // 10, torch.device("cpu"), lambda t, l: None))
     steps = learner_steps(learner, check.steps)
     arguments = (learner, suite, setting, check.seed, check.episodes, steps, torch.device("cpu"))
     single, _ = evaluate(*arguments, batched=False)
@@ -209,11 +210,12 @@ def _suite_problems(learner_class: type[Learner], suite: TaskSuite, overrides: d
     setting = suite.settings()[-1]
     try:
         trained = _meta_train_and_test(learner_class, suite, setting, check.tasks, overrides, check)
-        again = _meta_train_and_test(learner_class, suite, setting, check.tasks, overrides, check)
         untrained = _meta_train_and_test(learner_class, suite, setting, 0, overrides, check)
-        batched = _check_batched(learner_class, suite, setting, overrides, check) if learner_class.batched else None
+        short = _meta_train_and_test(learner_class, suite, setting, check.short_tasks, overrides, check)
+        again = _meta_train_and_test(learner_class, suite, setting, check.short_tasks, overrides, check)
+        batched = _check_batched(short.learner, suite, setting, check) if learner_class.batched else None
     except Exception as error:  # report the contract breach, not a traceback
         return [f"on '{suite.name}': {type(error).__name__}: {error}"]
-    problems = [*trained.violations, _check_deterministic(trained, again),
-                _check_learns(suite, trained, untrained, check), batched]
+    violations = dict.fromkeys(trained.violations + short.violations + again.violations)
+    problems = [*violations, _check_deterministic(short, again, check.seed), _check_learns(suite, trained, untrained, check), batched]
     return [f"on '{suite.name}': {problem}" for problem in problems if problem]

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 from bench_plugins.suites.miniimagenet import MiniImageNet
-from helpers import run_bench
 from PIL import Image
 
+from bench.cli import main
 from bench.errors import DataError
 from bench.testing import SuiteCheck, assert_suite_conforms
 
@@ -291,15 +291,15 @@ def test_unequal_class_sizes_are_reported(tmp_path, layout):
                  split="test")
 
 
-def test_cli_smoke_run(roots, tmp_path):
-    result = run_bench("run", "--suites", "miniimagenet", "--learners", "maml,finetune", "--data-dir",
-                       str(roots["pickle"].parent), "--profile", "smoke", "--tasks", "4", "--episodes", "2", "--steps", "1",
-                       "--shots", "1", "--out", str(tmp_path / "run"), "--no-progress",
-                       env={"METABENCH_CACHE_DIR": str(tmp_path / "cache")})
-    assert result.returncode == 0, result.stderr
-    assert "accuracy" in result.stdout and "miniimagenet" in result.stdout, result.stdout
-    assert "maml" in result.stdout and "finetune" in result.stdout
-    missing = run_bench("run", "--suites", "miniimagenet", "--learners", "maml", "--data-dir", str(tmp_path / "nowhere"),
-                        "--profile", "smoke", "--out", str(tmp_path / "run2"), "--no-progress")
-    assert missing.returncode == 2 and missing.stderr.count("error:") == 1
-    assert "suite 'miniimagenet': no data found" in missing.stderr
+def test_cli_smoke_run(roots, tmp_path, capsys):
+    status = main(["run", "--suites", "miniimagenet", "--learners", "maml,finetune", "--data-dir",
+                   str(roots["pickle"].parent), "--profile", "smoke", "--tasks", "4", "--episodes", "2", "--steps", "1",
+                   "--shots", "1", "--set", "maml.inner_steps=1", "--out", str(tmp_path / "run"), "--no-progress"])
+    stdout, stderr = capsys.readouterr()
+    assert status == 0, stderr
+    assert "accuracy" in stdout and "miniimagenet" in stdout, stdout
+    assert "maml" in stdout and "finetune" in stdout
+    assert main(["run", "--suites", "miniimagenet", "--learners", "maml", "--data-dir", str(tmp_path / "nowhere"),
+                 "--profile", "smoke", "--out", str(tmp_path / "run2"), "--no-progress"]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.count("error:") == 1 and "suite 'miniimagenet': no data found" in stderr

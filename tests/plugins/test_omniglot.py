@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 from bench_plugins.suites.omniglot import Omniglot
-from helpers import run_bench
 
+from bench.cli import main
 from bench.errors import DataError
 from bench.protocol import evaluate
 from bench.runner import HostContext
@@ -116,11 +116,10 @@ def test_loading_errors_are_clear(staged, tmp_path):
         suite.sample_episode("test", FIVE_WAY_ONE_SHOT, 0, 0)
 
 
-def test_cli_without_data_says_where_to_put_it(tmp_path):
-    result = run_bench("run", "--suites", "omniglot", "--profile", "smoke", "--out", str(tmp_path / "run"),
-                       env={"METABENCH_DATA_DIR": ""})
-    assert result.returncode == 2
-    assert "suite 'omniglot' needs its data: pass --data-dir DIR (or set METABENCH_DATA_DIR)" in result.stderr
+def test_cli_without_data_says_where_to_put_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("METABENCH_DATA_DIR", "")
+    assert main(["run", "--suites", "omniglot", "--profile", "smoke", "--out", str(tmp_path / "run")]) == 2
+    assert "suite 'omniglot' needs its data: pass --data-dir DIR (or set METABENCH_DATA_DIR)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from bench.testing import (
 
 BUILT_IN_LEARNERS = sorted(name for name, registration in load_plugins().learners.items()
                            if registration.source.distribution == "metabench" and not registration.unavailable_reason)
-QUICK = LearnerCheck(tasks=500, episodes=10, steps=3)
+QUICK = LearnerCheck(tasks=500, short_tasks=50, episodes=10, steps=3)
 
 
 @pytest.mark.parametrize("name", BUILT_IN_LEARNERS)

@@ -5,16 +5,17 @@ import json
 
 import pytest
 
-from helpers import run_bench
+from bench.cli import main
 
 
-def test_perf_times_learners_beside_learn2learn_and_checks_gradients(tmp_path):
+def test_perf_times_learners_beside_learn2learn_and_checks_gradients(tmp_path, capsys):
     pytest.importorskip("learn2learn")
     out = tmp_path / "perf.json"
-    result = run_bench("perf", "--suites", "sinusoid", "--learners", "maml,fomaml,finetune", "--iterations", "4",
-                       "--warmup", "1", "--eval-episodes", "20", "--json", str(out))
-    assert result.returncode == 0, result.stderr
-    assert "speedup_vs_reference" in result.stdout
+    status = main(["perf", "--suites", "sinusoid", "--learners", "maml,fomaml,finetune", "--iterations", "4",
+                   "--warmup", "1", "--eval-episodes", "20", "--json", str(out)])
+    stdout, stderr = capsys.readouterr()
+    assert status == 0, stderr
+    assert "speedup_vs_reference" in stdout
     rows = json.loads(out.read_text())["rows"]
     implementations = [(row["learner"], row["implementation"]) for row in rows]
     assert implementations == [("maml", "metabench"), ("maml", "learn2learn"), ("fomaml", "metabench"),
@@ -28,10 +29,10 @@ def test_perf_times_learners_beside_learn2learn_and_checks_gradients(tmp_path):
     assert rows[4]["gradient_check"] is None  # finetune has no reference
 
 
-def test_perf_skips_a_suite_without_data_with_a_warning(tmp_path):
-    result = run_bench("perf", "--suites", "omniglot", "--learners", "maml", env={"METABENCH_DATA_DIR": ""})
-    assert result.returncode == 0
-    assert "warning: skipping suite 'omniglot': suite 'omniglot' needs its data" in result.stderr
+def test_perf_skips_a_suite_without_data_with_a_warning(monkeypatch, capsys):
+    monkeypatch.setenv("METABENCH_DATA_DIR", "")
+    assert main(["perf", "--suites", "omniglot", "--learners", "maml"]) == 0
+    assert "warning: skipping suite 'omniglot': suite 'omniglot' needs its data" in capsys.readouterr().err
 
 
 THIRD_PARTY_LEARNER = '''
@@ -80,14 +81,8 @@ def register_learners(register):
 '''
 
 
-def test_perf_times_a_third_party_learner_and_its_reference_without_a_meta_gradient(tmp_path, plugin_dist, monkeypatch,
-                                                                                   capsys):
-    from bench.cli import main
-    from bench.plugins import NO_AUTOLOAD_ENV
-
-    monkeypatch.setenv(NO_AUTOLOAD_ENV, "0")
-    monkeypatch.syspath_prepend(str(plugin_dist("metabench-mean", {"metabench_mean": THIRD_PARTY_LEARNER},
-                                                {"mean": "metabench_mean"})))
+def test_perf_times_a_third_party_learner_and_its_reference_without_a_meta_gradient(tmp_path, install, capsys):
+    install("metabench-mean", {"metabench_mean": THIRD_PARTY_LEARNER}, {"mean": "metabench_mean"})
     out = tmp_path / "perf.json"
     status = main(["perf", "--suites", "sinusoid", "--learners", "mean", "--iterations", "2", "--warmup", "1",
                    "--eval-episodes", "5", "--json", str(out)])
@@ -132,12 +127,8 @@ def register_learners(register):
 '''
 
 
-def test_perf_refuses_a_learner_that_asks_for_no_tasks_in_one_line(plugin_dist, monkeypatch, capsys):
-    from bench.cli import main
-    from bench.plugins import NO_AUTOLOAD_ENV
-
-    monkeypatch.setenv(NO_AUTOLOAD_ENV, "0")
-    monkeypatch.syspath_prepend(str(plugin_dist("metabench-lazy", {"metabench_lazy": LAZY_LEARNER}, {"lazy": "metabench_lazy"})))
+def test_perf_refuses_a_learner_that_asks_for_no_tasks_in_one_line(install, capsys):
+    install("metabench-lazy", {"metabench_lazy": LAZY_LEARNER}, {"lazy": "metabench_lazy"})
     status = main(["perf", "--suites", "sinusoid", "--learners", "lazy", "--iterations", "2", "--warmup", "1"])
     assert status == 2
     assert capsys.readouterr().err.splitlines()[-1] == (

@@ -10,7 +10,7 @@ from pathlib import Path
 import bench.plugins
 from bench.plugins import BUILTIN_PLUGINS, load_plugins
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_builtins_are_registered_without_entry_points(monkeypatch):

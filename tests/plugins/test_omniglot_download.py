@@ -1,7 +1,7 @@
 """``bench data omniglot --download DIR`` against a local HTTP server: staging, checksums, and one clear line on failure.
 
-Only 127.0.0.1 is ever contacted. The success path runs in-process (the test zips' MD5s differ from
-the official ones, so ``ZIP_MD5`` is monkeypatched); the error paths run the real ``bench`` command.
+Only 127.0.0.1 is ever contacted. The success path calls the downloader (the test zips' MD5s differ from
+the official ones, so ``ZIP_MD5`` is monkeypatched); the error paths run the ``bench data`` command in-process.
 """
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ import io
 import socket
 import threading
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from bench_plugins.suites import omniglot
 from bench_plugins.suites.omniglot import Omniglot
-from helpers import run_bench
 from PIL import Image
 
+from bench.cli import main
 from bench.errors import DataError
 
 ALPHABETS = {"images_background": ("Latin", "Greek"), "images_evaluation": ("Futurama",)}
@@ -117,18 +118,23 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     return env
 
 
-def bench_data(suite: str, target: Path, env: dict[str, str], url: str | None = None):
-    extra = {omniglot.URL_ENV: url} if url is not None else {}
-    return run_bench("data", suite, "--download", str(target), env={**env, **extra}, timeout=60)
+@pytest.fixture
+def error_line(isolated, monkeypatch, capsys) -> Callable[..., str]:
+    """``error_line(suite, target, url)``: run ``bench data SUITE --download TARGET`` (from ``url`` when given),
+    expect it to fail with a single line on stderr (an exception escaping ``main`` fails the test), return it."""
 
+    def error_line(suite: str, target: Path, url: str | None = None) -> str:
+        if url is not None:
+            monkeypatch.setenv(omniglot.URL_ENV, url)
+        status = main(["data", suite, "--download", str(target)])
+        stdout, stderr = capsys.readouterr()
+        assert status == 2, (status, stdout, stderr)
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("bench data: error: "), stderr
+        assert "Traceback" not in stderr
+        return lines[0]
 
-def error_line(result) -> str:
-    """The single stderr line of a failed ``bench data``; fails when there is more (a traceback)."""
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("bench data: error: "), result.stderr
-    assert "Traceback" not in result.stderr
-    return lines[0]
+    return error_line
 
 
 def files_under(folder: Path) -> list[Path]:
@@ -161,47 +167,47 @@ def test_download_stages_the_standard_tree(server, isolated, tmp_path, monkeypat
     assert list((tmp_path / "cache").glob("omniglot-*.npz"))
 
 
-def test_no_network_names_the_url_and_how_to_stage_by_hand(closed_port, isolated, tmp_path):
+def test_no_network_names_the_url_and_how_to_stage_by_hand(closed_port, error_line, tmp_path):
     url = f"http://127.0.0.1:{closed_port}/omniglot"
     target = tmp_path / "data"
-    line = error_line(bench_data("omniglot", target, isolated, url))
+    line = error_line("omniglot", target, url)
     assert f"{url}/images_background.zip" in line
     assert "Without internet, copy the standard tree into" in line and str(target / "omniglot") in line
     assert "images_background/<Alphabet>/characterNN/*.png" in line
     assert files_under(target) == []
 
 
-def test_checksum_mismatch_is_not_unpacked(server, isolated, tmp_path):
+def test_checksum_mismatch_is_not_unpacked(server, isolated, error_line, tmp_path):
     url, md5 = server
     target = tmp_path / "data"
-    line = error_line(bench_data("omniglot", target, isolated, url))
+    line = error_line("omniglot", target, url)
     expected = omniglot.ZIP_MD5["images_background"]
     assert f"{url}/images_background.zip has MD5 {md5['images_background']}, expected {expected}; not unpacked" in line
     assert files_under(target) == [], "a zip that fails its checksum must not be unpacked"
     assert not list(Path(isolated["TMPDIR"]).iterdir())
 
 
-def test_missing_file_404(server, isolated, tmp_path):
+def test_missing_file_404(server, error_line, tmp_path):
     url, _ = server
     base = f"{url}/no/such/folder"
-    line = error_line(bench_data("omniglot", tmp_path / "data", isolated, base))
+    line = error_line("omniglot", tmp_path / "data", base)
     assert f"cannot download {base}/images_background.zip" in line
     assert "not found" in line.lower()
     assert files_under(tmp_path / "data") == []
 
 
 @pytest.mark.parametrize("prefix", ["truncated", "chunked-cut"])
-def test_download_cut_part_way_leaves_no_zip(server, isolated, tmp_path, prefix):
+def test_download_cut_part_way_leaves_no_zip(server, isolated, error_line, tmp_path, prefix):
     url, _ = server
     target = tmp_path / "data"
-    line = error_line(bench_data("omniglot", target, isolated, f"{url}/{prefix}"))
+    line = error_line("omniglot", target, f"{url}/{prefix}")
     assert f"{url}/{prefix}/images_background.zip" in line
     assert files_under(target) == [], "a half-downloaded zip (or its contents) was left in the data folder"
     assert not list(Path(isolated["TMPDIR"]).iterdir()), "the temporary download folder was not removed"
 
 
-def test_suite_without_downloader(isolated, tmp_path):
-    line = error_line(bench_data("sinusoid", tmp_path / "data", isolated))
+def test_suite_without_downloader(error_line, tmp_path):
+    line = error_line("sinusoid", tmp_path / "data")
     assert "suite 'sinusoid' has no downloader" in line
     assert files_under(tmp_path / "data") == []
 

@@ -8,7 +8,7 @@ import pytest
 
 from bench import api, hookspecs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GUIDE = (ROOT / "docs" / "writing-a-plugin.md").read_text()
 FIXTURE = ROOT / "tests" / "fixtures" / "metabench-example"
 TITLED_BLOCK = re.compile(r'^```\w+ title="([^"]+)"\n(.*?)^```$', re.MULTILINE | re.DOTALL)

@@ -12,7 +12,9 @@ import pytest
 
 from helpers import run_bench
 
-FIXTURE = Path(__file__).parent / "fixtures" / "metabench-example"
+pytestmark = pytest.mark.e2e
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "metabench-example"
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import ast
 import graphlib
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 CONTRACT = {"bench.api": {"bench.errors"}, "bench.hookspecs": {"bench.errors"}}
 """The contract modules and the only bench modules they may import."""
 

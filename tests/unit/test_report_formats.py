@@ -17,11 +17,12 @@ import pytest
 import bench.report
 from bench import plots, render
 from bench.cells import CellMetadata, CellStatus
+from bench.cli import main
 from bench.compare import NotComparableError, Run, compare
 from bench.report import Report
 from bench.stats import Comparison, paired_comparison
 from bench.store import RunStore
-from helpers import finished_cell, run_bench
+from helpers import finished_cell
 
 STEPS = 2
 EPISODES = 12
@@ -172,7 +173,7 @@ def test_compare_pairs_runs_that_scored_the_same_episodes(tmp_path):
     assert row[7].endswith(", unpaired") and "Mann-Whitney" in table.note
 
 
-def test_compare_refuses_runs_with_nothing_comparable(tmp_path):
+def test_compare_refuses_runs_with_nothing_comparable(tmp_path, capsys):
     base = write_run(tmp_path / "base", {"maml": BEST})
     other_setting = write_run(tmp_path / "k10", {"maml": BEST}, setting="K=10")
     other_steps = write_run(tmp_path / "steps5", {"maml": BEST}, steps=5)
@@ -180,27 +181,29 @@ def test_compare_refuses_runs_with_nothing_comparable(tmp_path):
         compare([Run.load(base), Run.load(other_setting)])
     with pytest.raises(NotComparableError, match="measures MSE after 2 adaptation steps, 'steps5' MSE after 5"):
         compare([Run.load(base), Run.load(other_steps)])
-    result = run_bench("compare", str(base), str(other_steps))
-    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "not comparable" in result.stderr
+    assert main(["compare", str(base), str(other_steps)]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 1 and "not comparable" in stderr
 
 
-def test_report_command_writes_each_format_and_runs_lists_folders(tmp_path):
+def test_report_command_writes_each_format_and_runs_lists_folders(tmp_path, capsys):
     results = tmp_path / "results"
     run = write_run(results / "20261127-120000-toy-smoke", FINALS)
     (results / "broken").mkdir()
     (results / "broken" / "run.json").write_text("{ not json")
     for fmt, marker in (("md", "| toy "), ("html", "<!DOCTYPE html>"), ("latex", r"\toprule"), ("csv", "vs_best_p_value")):
         out = tmp_path / "out" / f"report.{fmt}"
-        result = run_bench("report", str(run), "--format", fmt, "--out", str(out))
-        assert result.returncode == 0, result.stderr
+        assert main(["report", str(run), "--format", fmt, "--out", str(out)]) == 0
         assert marker in out.read_text()
     assert (tmp_path / "out" / "figures" / "toy-K-5-bars.png").exists()
     assert (run / "report.html").exists() and (run / "summary.csv").exists()
-    assert run_bench("report", str(run), "--out", "x.md").stderr.strip() == "bench report: error: --out needs --format (md, html, latex or csv)"
-    listing = run_bench("runs", "--results", str(results))
-    assert listing.returncode == 0
-    lines = {line.split()[0]: line for line in listing.stdout.splitlines()[2:]}
+    capsys.readouterr()
+    assert main(["report", str(run), "--out", "x.md"]) == 2
+    assert capsys.readouterr().err.strip() == "bench report: error: --out needs --format (md, html, latex or csv)"
+    assert main(["runs", "--results", str(results)]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
     assert "smoke" in lines["20261127-120000-toy-smoke"] and "3 ok" in lines["20261127-120000-toy-smoke"]
     assert "unreadable" in lines["broken"]
-    rows = list(csv.reader(io.StringIO(run_bench("compare", str(run), str(run), "--format", "csv").stdout)))
+    assert main(["compare", str(run), str(run), "--format", "csv"]) == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
     assert rows[0][:3] == ["suite", "setting", "learner"] and len(rows) == 4

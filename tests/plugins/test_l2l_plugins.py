@@ -3,16 +3,16 @@ in float64, the same per-episode metric on the same seeded run, learning, and cl
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import pickle
-import subprocess
 import sys
 import types
 import typing
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+import bench_plugins.learners
 import pandas as pd
 import pytest
 import torch
@@ -20,11 +20,11 @@ from bench_plugins.learners.l2l import LearnToLearnMAML, LearnToLearnMetaSGD
 from bench_plugins.learners.maml import MAML
 from bench_plugins.learners.metasgd import MetaSGD
 from bench_plugins.suites.sinusoid import Sinusoid
-from helpers import run_bench
 from test_learning import K10
 from torch.nn import functional as F
 
 from bench.api import Episode
+from bench.cli import main
 from bench.nn.backbones import conv4
 from bench.perf import _Float64Context
 from bench.protocol import evaluate
@@ -36,8 +36,6 @@ METRIC_RTOL = 2e-5
 """Per-episode metric relative to the built-in's, float32 end to end (20 Adam steps, then 10 test steps, in other
 summation orders): measured here at most 2.3e-7 for maml (1.9e-6 absolute) and 1.2e-6 for metasgd (7.6e-5
 absolute); the tolerance allows 16x the larger."""
-NO_L2L = "import sys; sys.modules['learn2learn'] = None; from bench.cli import main; sys.exit(main(sys.argv[1:]))"
-"""Runs ``bench`` as if learn2learn were not installed (``find_spec`` returns None for a module set to None)."""
 
 
 @pytest.fixture
@@ -93,11 +91,11 @@ def test_meta_gradient_matches_the_builtin_in_float64(l2l, builtin, reference, o
     assert difference < GRADIENT_TOLERANCE, difference
 
 
-def test_builtins_and_their_l2l_references_score_the_same_on_the_same_seeded_run(l2l, tmp_path):
+def test_builtins_and_their_l2l_references_score_the_same_on_the_same_seeded_run(l2l, tmp_path, capsys):
     out = tmp_path / "run"
-    result = run_bench("run", "--learners", "maml,l2l-maml,metasgd,l2l-metasgd", "--suites", "sinusoid", "--shots", "10",
-                       "--profile", "smoke", "--seeds", "1", "--no-progress", "--out", str(out))
-    assert result.returncode == 0, result.stderr
+    status = main(["run", "--learners", "maml,l2l-maml,metasgd,l2l-metasgd", "--suites", "sinusoid", "--shots", "10",
+                   "--profile", "smoke", "--seeds", "1", "--no-progress", "--out", str(out)])
+    assert status == 0, capsys.readouterr().err
     fingerprints = {json.loads(path.read_text())["test_episodes_sha256"] for path in (out / "cells").glob("*.json")}
     assert len(fingerprints) == 1  # the protocol's guarantee: the same test episodes
     metric = pd.read_csv(out / "records.csv").pivot_table(index=["episode", "step"], columns="learner", values="metric")
@@ -140,40 +138,41 @@ def test_l2l_metasgd_learns(l2l):
     assert trained < 0.75 * untrained, (trained, untrained)
 
 
-def bench_without_l2l(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """``bench ARGS`` with learn2learn hidden, run in ``cwd``: not in the checkout, where a stale
-    ``metabench.egg-info`` would shadow the installed entry points (``python -c`` puts the cwd on sys.path)."""
-    return subprocess.run([sys.executable, "-c", NO_L2L, *args], cwd=cwd, check=False, capture_output=True, text=True,
-                          timeout=300)
+@pytest.fixture
+def without_l2l(monkeypatch) -> None:
+    """learn2learn hidden in this process, as if it were not installed: ``sys.modules['learn2learn'] = None``
+    (``find_spec`` returns None, an import fails). The l2l plugin module is imported afresh while it is hidden,
+    as in a process without learn2learn; all of it is restored after the test."""
+    monkeypatch.setitem(sys.modules, "learn2learn", None)
+    for name in [name for name in sys.modules if name.startswith("learn2learn.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.delitem(sys.modules, "bench_plugins.learners.l2l")
+    monkeypatch.setattr(bench_plugins.learners, "l2l", bench_plugins.learners.l2l)  # rebound by the fresh import
 
 
-def test_hiding_learn2learn_makes_find_spec_say_it_is_missing():
-    check = "import importlib.util, sys; sys.modules['learn2learn'] = None; print(importlib.util.find_spec('learn2learn'))"
-    result = subprocess.run([sys.executable, "-c", check], check=False, capture_output=True, text=True)
-    assert result.stdout.strip() == "None", result.stderr
+def test_hiding_learn2learn_makes_it_missing(without_l2l):
+    assert importlib.util.find_spec("learn2learn") is None
+    with pytest.raises(ImportError):
+        import learn2learn  # noqa: F401
 
 
-def test_without_learn2learn_the_plugins_are_listed_unavailable_with_the_reason(tmp_path):
-    result = bench_without_l2l("plugins", "--json", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    entries = {entry["name"]: entry for entry in json.loads(result.stdout)["plugins"]}
+def test_without_learn2learn_the_plugins_are_listed_unavailable_with_the_reason(without_l2l, capsys):
+    assert main(["plugins", "--json"]) == 0
+    entries = {entry["name"]: entry for entry in json.loads(capsys.readouterr().out)["plugins"]}
     for name in ("l2l-maml", "l2l-metasgd"):
         assert entries[name]["unavailable"] == f"needs learn2learn, which is not installed ({LearnToLearnMAML.install_hint})"
     assert entries["maml"]["unavailable"] is None
-    table = bench_without_l2l("plugins", cwd=tmp_path)
-    assert table.returncode == 0
-    assert sum("unavailable: needs learn2learn" in line for line in table.stdout.splitlines()) == 2
+    assert main(["plugins"]) == 0
+    assert sum("unavailable: needs learn2learn" in line for line in capsys.readouterr().out.splitlines()) == 2
 
 
-def test_without_learn2learn_all_skips_them_and_naming_one_is_a_usage_error(tmp_path):
-    result = bench_without_l2l("run", "--learners", "all", "--suites", "sinusoid", "--shots", "5", "--profile", "smoke",
-                               "--tasks", "50", "--episodes", "3", "--steps", "1", "--no-progress", "--out", "run",
-                               cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+def test_without_learn2learn_all_skips_them_and_naming_one_is_a_usage_error(without_l2l, tmp_path, capsys):
+    assert main(["run", "--learners", "all", "--suites", "sinusoid", "--shots", "5", "--profile", "smoke", "--tasks", "50",
+                 "--episodes", "3", "--steps", "1", "--no-progress", "--out", str(tmp_path / "run")]) == 0
+    stderr = capsys.readouterr().err
     for name in ("l2l-maml", "l2l-metasgd"):
-        assert f"note: skipping learner '{name}': needs learn2learn" in result.stderr
+        assert f"note: skipping learner '{name}': needs learn2learn" in stderr
     assert set(pd.read_csv(tmp_path / "run" / "records.csv")["learner"]).isdisjoint({"l2l-maml", "l2l-metasgd"})
-    named = bench_without_l2l("run", "--learners", "l2l-maml", "--profile", "smoke", "--out", "other", cwd=tmp_path)
-    assert named.returncode == 2
+    assert main(["run", "--learners", "l2l-maml", "--profile", "smoke", "--out", str(tmp_path / "other")]) == 2
     reason = f"needs learn2learn, which is not installed ({LearnToLearnMAML.install_hint})"
-    assert named.stderr.strip().splitlines() == [f"bench run: error: learner 'l2l-maml' is unavailable: {reason}"]
+    assert capsys.readouterr().err.strip().splitlines() == [f"bench run: error: learner 'l2l-maml' is unavailable: {reason}"]

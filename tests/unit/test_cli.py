@@ -1,19 +1,20 @@
-"""The ``bench`` command as a user runs it: listings, runs, results, and one clear line for bad input."""
+"""The ``bench`` command as a user runs it: listings, runs, results, and one clear line for bad input. Each
+command runs in this process (``bench.cli.main``, output through capsys); the console script itself is run in
+tests/e2e/test_console.py."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import run_bench
 
 from bench import plugins
 from bench.cli import build_parser, main
 from bench.config import CONFIG_KEYS, RunConfig, build_run_config, parse_set_options, resolve_run_config
-from bench.plugins import load_plugins
 
 SMOKE = ("--profile", "smoke", "--tasks", "50", "--episodes", "3", "--steps", "2", "--shots", "5", "--no-progress")
 BUILTIN_LEARNERS = "adaptation-layer, anil, finetune, fomaml, l2l-maml, l2l-metasgd, maml, metasgd, protonet, reptile"
@@ -64,10 +65,10 @@ BROKEN = {
 
 
 @pytest.fixture
-def third_party(plugin_dist):
+def third_party(install) -> Path:
     modules = {"good_plugin": GOOD_LEARNER, **{f"{name}_plugin": source for name, (source, _) in BROKEN.items()}}
     entry_points = {"good": "good_plugin", **{name: f"{name}_plugin" for name in BROKEN}}
-    return plugin_dist("fixture-plugins", modules, entry_points, version="1.2")
+    return install("fixture-plugins", modules, entry_points, version="1.2")
 
 
 def test_help_and_plugins_do_not_import_torch():
@@ -77,57 +78,57 @@ def test_help_and_plugins_do_not_import_torch():
     assert result.returncode == 0, result.stderr
 
 
-def test_plugins_lists_builtins_with_their_distribution():
-    result = run_bench("plugins", "--json")
-    assert result.returncode == 0, result.stderr
-    listed = json.loads(result.stdout)
+def test_plugins_lists_builtins_with_their_distribution(capsys):
+    assert main(["plugins", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
     names = {(entry["kind"], entry["name"]) for entry in listed["plugins"]}
     assert names == {*(("learner", name) for name in BUILTIN_LEARNERS.split(", ")), ("suite", "miniimagenet"),
                      ("suite", "omniglot"), ("suite", "sinusoid"), ("executor", "inline"), ("executor", "processes"),
                      ("executor", "ray")}
     assert all(entry["distribution"] == "metabench" and entry["description"] for entry in listed["plugins"])
     assert listed["problems"] == []
-    table = run_bench("plugins").stdout
+    assert main(["plugins"]) == 0
+    table = capsys.readouterr().out
     assert "maml" in table and "(metabench " in table
 
 
-def test_broken_plugins_are_each_one_line_and_the_rest_load(third_party):
-    result = run_bench("plugins", pythonpath=[third_party])
-    assert result.returncode == 0, result.stderr
+def test_broken_plugins_are_each_one_line_and_the_rest_load(third_party, capsys):
+    assert main(["plugins"]) == 0
+    stdout, stderr = capsys.readouterr()
     for name, (_, message) in BROKEN.items():
-        lines = [line for line in result.stderr.splitlines() if f"plugin '{name}'" in line]
-        assert len(lines) == 1 and message in lines[0], (name, result.stderr)
+        lines = [line for line in stderr.splitlines() if f"plugin '{name}'" in line]
+        assert len(lines) == 1 and message in lines[0], (name, stderr)
         assert "fixture-plugins 1.2" in lines[0]
-    assert "zero-shot" in result.stdout and "good (fixture-plugins 1.2)" in result.stdout
-    assert "maml" in result.stdout and "sinusoid" in result.stdout
+    assert "zero-shot" in stdout and "good (fixture-plugins 1.2)" in stdout
+    assert "maml" in stdout and "sinusoid" in stdout
 
 
-def test_strict_makes_plugin_problems_fatal(third_party):
-    result = run_bench("plugins", "--strict", pythonpath=[third_party])
-    assert result.returncode == 2
-    assert "strict" in result.stderr and "no GPU today" in result.stderr
+def test_strict_makes_plugin_problems_fatal(third_party, capsys):
+    assert main(["plugins", "--strict"]) == 2
+    stderr = capsys.readouterr().err
+    assert "strict" in stderr and "no GPU today" in stderr
 
 
-def test_disable_plugins_by_entry_point_name(third_party):
-    disabled = ",".join(BROKEN)
-    result = run_bench("plugins", "--json", pythonpath=[third_party], env={"METABENCH_DISABLE_PLUGINS": disabled})
-    listed = json.loads(result.stdout)
+def test_disable_plugins_by_entry_point_name(third_party, capsys, monkeypatch):
+    monkeypatch.setenv("METABENCH_DISABLE_PLUGINS", ",".join(BROKEN))
+    assert main(["plugins", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
     assert listed["problems"] == []
     assert "zero-shot" in {entry["name"] for entry in listed["plugins"]}
 
 
-def test_smoke_run_writes_results_and_resumes(tmp_path, third_party):
+def test_smoke_run_writes_results_and_resumes(tmp_path, third_party, registry, capsys):
     out = tmp_path / "run"
-    result = run_bench("run", "--learners", "all", *SMOKE, "--out", str(out), pythonpath=[third_party])
-    assert result.returncode == 0, result.stderr
-    assert f"Results: {out}" in result.stdout
-    available = [name for name, registration in load_plugins().learners.items()
+    assert main(["run", "--learners", "all", *SMOKE, "--out", str(out)]) == 0
+    stdout, stderr = capsys.readouterr()
+    assert f"Results: {out}" in stdout
+    available = [name for name, registration in registry.learners.items()  # the built-ins
                  if registration.cls.in_all and not registration.unavailable_reason]
     for learner in [*available, "zero-shot"]:
-        assert learner in result.stdout
-    if "l2l-maml" in load_plugins().learners and not load_plugins().learners["l2l-maml"].unavailable_reason:
-        assert "note: not in 'all', run when named: l2l-maml, l2l-metasgd" in result.stderr
-        assert "l2l-maml" not in result.stdout
+        assert learner in stdout
+    if "l2l-maml" in registry.learners and not registry.learners["l2l-maml"].unavailable_reason:
+        assert "note: not in 'all', run when named: l2l-maml, l2l-metasgd" in stderr
+        assert "l2l-maml" not in stdout
     run_info = json.loads((out / "run.json").read_text())
     assert run_info["status"] == "finished"
     assert run_info["config"]["hyperparameters"]["maml @ sinusoid K=5"]["inner_lr"] == 0.01
@@ -140,11 +141,11 @@ def test_smoke_run_writes_results_and_resumes(tmp_path, third_party):
                                                                    "sinusoid-K-5-bars.png"}
     assert not list(out.rglob("*.pkl")) and not list(out.rglob("*.pt"))
 
-    again = run_bench("run", "--learners", "all", *SMOKE, "--out", str(out), pythonpath=[third_party])
+    assert main(["run", "--learners", "all", *SMOKE, "--out", str(out)]) == 0
     cells = len(available) + 1
-    assert again.returncode == 0 and f"{cells} cells ({cells} already finished)" in again.stderr
-    changed = run_bench("run", "--learners", "all", *SMOKE, "--seeds", "2", "--out", str(out), pythonpath=[third_party])
-    assert changed.returncode == 2 and "holds a run with a different configuration (differs in: seeds)" in changed.stderr
+    assert f"{cells} cells ({cells} already finished)" in capsys.readouterr().err
+    assert main(["run", "--learners", "all", *SMOKE, "--seeds", "2", "--out", str(out)]) == 2
+    assert "holds a run with a different configuration (differs in: seeds)" in capsys.readouterr().err
 
 
 def test_config_file_and_overrides(tmp_path):
@@ -152,15 +153,13 @@ def test_config_file_and_overrides(tmp_path):
     config.write_text('learners = ["maml"]\nprofile = "smoke"\ntasks = 50\nepisodes = 2\nsteps = 1\nshots = [5]\n'
                       '[set.maml]\ninner_lr = 0.02\n')
     out = tmp_path / "run"
-    result = run_bench("run", "--config", str(config), "--set", "maml.inner_steps=2", "--out", str(out), "--no-progress")
-    assert result.returncode == 0, result.stderr
+    assert main(["run", "--config", str(config), "--set", "maml.inner_steps=2", "--out", str(out), "--no-progress"]) == 0
     hyperparameters = json.loads((out / "run.json").read_text())["config"]["hyperparameters"]
     assert hyperparameters == {"maml @ sinusoid K=5": {"inner_lr": 0.02, "inner_steps": 2, "meta_batch": 25,
                                                        "outer_lr": 0.001, "chunk_tasks": 0, "compile": False}}
     yaml_config = tmp_path / "bench.yaml"
-    yaml_config.write_text("learners: maml\nprofile: smoke\ntasks: 50\nepisodes: 2\nshots: 5\n")
-    result = run_bench("run", "--config", str(yaml_config), "--out", str(tmp_path / "yaml"), "--no-progress")
-    assert result.returncode == 0, result.stderr
+    yaml_config.write_text("learners: maml\nprofile: smoke\ntasks: 50\nepisodes: 2\nsteps: 1\nshots: 5\n")
+    assert main(["run", "--config", str(yaml_config), "--out", str(tmp_path / "yaml"), "--no-progress"]) == 0
 
 
 @pytest.mark.parametrize(
@@ -186,11 +185,11 @@ def test_bad_input_gives_one_clear_line(tmp_path, capsys, args, message):
     assert not (tmp_path / "run").exists()
 
 
-def test_unwritable_out_is_refused(tmp_path):
+def test_unwritable_out_is_refused(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    result = run_bench("run", *SMOKE, "--out", str(blocker / "run"))
-    assert result.returncode == 2 and f"cannot write to {blocker / 'run'}" in result.stderr
+    assert main(["run", *SMOKE, "--out", str(blocker / "run")]) == 2
+    assert f"cannot write to {blocker / 'run'}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("name", "text", "message"), [
@@ -207,14 +206,13 @@ def test_bad_config_files_name_the_problem(tmp_path, capsys, name, text, message
     assert f"bench run: error: config file {path}: {message}" in capsys.readouterr().err
 
 
-def test_a_failing_cell_sets_the_exit_status(tmp_path, plugin_dist):
-    failing = plugin_dist("failing", {"failing_plugin": GOOD_LEARNER.replace(
+def test_a_failing_cell_sets_the_exit_status(tmp_path, install, capsys):
+    install("failing", {"failing_plugin": GOOD_LEARNER.replace(
         "for _ in ctx.batches(10):\n                pass", "raise RuntimeError('diverged on purpose')")},
         {"failing": "failing_plugin"})
     out = tmp_path / "run"
-    result = run_bench("run", "--learners", "zero-shot,maml", *SMOKE, "--out", str(out), pythonpath=[failing])
-    assert result.returncode == 1
-    assert "failed: RuntimeError: diverged on purpose" in result.stdout + result.stderr
+    assert main(["run", "--learners", "zero-shot,maml", *SMOKE, "--out", str(out)]) == 1
+    assert "failed: RuntimeError: diverged on purpose" in "".join(capsys.readouterr())
     cells = {json.loads(path.read_text())["learner"]: json.loads(path.read_text()) for path in (out / "cells").glob("*.json")}
     assert cells["zero-shot"]["status"] == "failed" and cells["maml"]["status"] == "ok"
     assert json.loads((out / "run.json").read_text())["status"] == "finished with failed cells"
