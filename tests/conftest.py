@@ -22,11 +22,6 @@ from bench.plugins import NO_AUTOLOAD_ENV, load_plugins
 # developer has installed cannot change what the tests see. Tests of third-party plugins turn it back on.
 os.environ[NO_AUTOLOAD_ENV] = "1"
 
-if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: N workers share the cores, one torch thread each
-    import torch
-
-    torch.set_num_threads(1)
-
 collect_ignore = ["fixtures"]  # tests/fixtures/ holds a plugin package with its own tests, run by test_third_party.py
 
 

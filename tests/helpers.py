@@ -100,3 +100,15 @@ def finished_cell(suite: str, setting: str, learner: str, *, test_episodes: int,
         cell_id=f"{learner}-{suite}-{setting}-0", suite=suite, setting=setting, setting_index=0, shots=5, ways=None,
         learner=learner, seed=0, hyperparameters={}, device="cpu", learner_plugin={}, suite_plugin={},
         task_budget=16, test_episodes=test_episodes, test_steps=test_steps, status=CellStatus.OK, **measured)
+
+
+def three_learner_run(tasks: int) -> tuple[str, ...]:
+    """``bench run`` flags of the long-run tests' reference run: 3 learners x 2 seeds on sinusoid K=5."""
+    return ("--learners", "maml,fomaml,finetune", "--suites", "sinusoid", "--shots", "5", "--seeds", "2",
+            "--profile", "smoke", "--tasks", str(tasks), "--episodes", "5", "--steps", "2", "--no-progress")
+
+
+def trouble_run(tasks: int) -> tuple[str, ...]:
+    """``bench run`` flags (but the learners) of the runs of the ``trouble`` learner: 2 settings x 2 seeds."""
+    return ("--suites", "sinusoid", "--shots", "5,10", "--seeds", "2", "--profile", "smoke", "--tasks", str(tasks),
+            "--episodes", "3", "--steps", "2", "--no-progress")

@@ -12,14 +12,20 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import BENCH, TROUBLE, cells_of, records_of, run_bench
+from helpers import (
+    BENCH,
+    TROUBLE,
+    cells_of,
+    records_of,
+    run_bench,
+    three_learner_run,
+    trouble_run,
+)
 
 pytestmark = pytest.mark.e2e
 
-RUN = ("--learners", "maml,fomaml,finetune", "--suites", "sinusoid", "--shots", "5", "--seeds", "2", "--profile", "smoke",
-       "--tasks", "300", "--episodes", "5", "--steps", "2", "--no-progress")
-SMOKE = ("--suites", "sinusoid", "--shots", "5,10", "--seeds", "2", "--profile", "smoke", "--tasks", "50",
-         "--episodes", "3", "--steps", "2", "--no-progress")
+RUN = three_learner_run(tasks=300)
+SMOKE = trouble_run(tasks=50)
 
 
 @pytest.fixture(scope="module")

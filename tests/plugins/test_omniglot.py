@@ -124,13 +124,14 @@ def test_cli_without_data_says_where_to_put_it(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize(
     ("learner_name", "tasks", "overrides"),
-    [("maml", 320, {}), ("fomaml", 320, {}), ("adaptation-layer", 960, {}), ("finetune", 320, {}),
+    [("maml", 320, {}), ("fomaml", 320, {}), ("adaptation-layer", 480, {}), ("finetune", 320, {}),
      ("finetune", 320, {"head": "cosine"})],
 )
 def test_every_learner_learns_five_way_one_shot(registry, staged, learner_name, tasks, overrides):
     """After seconds of meta-training, 5-way 1-shot accuracy on held-out characters is at least 35% (chance: 20%).
 
-    Seen in exploratory runs (40 episodes, 3-5 steps): maml 0.47-0.54, fomaml 0.54, adaptation-layer 0.53, finetune 0.59.
+    Seen in exploratory runs (40 episodes, 3-5 steps): maml 0.47-0.54, fomaml 0.54, adaptation-layer 0.53 (after 960
+    tasks; 0.46 after 480, the budget here), finetune 0.59.
     """
     suite = Omniglot(data_dir=staged)
     learner_class = registry.learners[learner_name].cls

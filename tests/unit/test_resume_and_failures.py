@@ -14,14 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import TROUBLE, cells_of, records_of
+from helpers import TROUBLE, cells_of, records_of, three_learner_run, trouble_run
 
 from bench import cli, runner, store
 
-RUN = ("--learners", "maml,fomaml,finetune", "--suites", "sinusoid", "--shots", "5", "--seeds", "2", "--profile", "smoke",
-       "--tasks", "100", "--episodes", "5", "--steps", "2", "--no-progress")
-SMOKE = ("--suites", "sinusoid", "--shots", "5,10", "--seeds", "2", "--profile", "smoke", "--tasks", "20",
-         "--episodes", "3", "--steps", "2", "--no-progress")
+RUN = three_learner_run(tasks=100)
+SMOKE = trouble_run(tasks=20)
 
 
 @pytest.fixture(scope="module")
