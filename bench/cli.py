@@ -319,7 +319,6 @@ def cmd_perf(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     from bench.config import resolve_run_config
-    from bench.errors import DataError
     from bench.grid import plan
 
     selection = {_dest(flag): getattr(args, _dest(flag)) for flag, *_ in SELECTION_FLAGS}
@@ -327,34 +326,20 @@ def cmd_perf(args: argparse.Namespace) -> int:
     registry = _load_registry(args.strict)
     cells = plan(config, registry)
 
-    from bench.perf import GRADIENT_TOLERANCE, as_records, measure
+    from bench.perf import as_records, gradient_mismatches, measure_plan
     from bench.runner import resolve_device
 
     device = resolve_device(config.device)
-    rows, suites_done = [], {}
-    for cell in cells:
-        key = (cell.suite.name, cell.learner.name)
-        if key in suites_done or suites_done.get(cell.suite.name) is False:
-            continue  # one setting per suite: the first that matches
-        suite = config.make_suite(cell.suite.cls)
-        try:
-            suite.prepare()
-        except DataError as error:
-            print(f"warning: skipping suite '{cell.suite.name}': {error}", file=sys.stderr)
-            suites_done[cell.suite.name] = False
-            continue
-        suites_done[key] = True
-        print(f"timing {cell.learner.name} on {cell.suite.name} {cell.setting.name} ...", file=sys.stderr)
-        rows.extend(measure(cell, suite, device, args.iterations, args.warmup, args.eval_episodes))
+    rows = measure_plan(cells, config, device, args.iterations, args.warmup, args.eval_episodes, _say)
     records = as_records(rows)
     print(tabulate(records, headers="keys", tablefmt="simple", floatfmt=".4g"))
     if args.json:
         from bench.environment import environment
 
         args.json.write_text(json.dumps({"environment": environment(registry, device), "rows": records}, indent=2) + "\n")
-    mismatched = [r for r in rows if r.gradient_rel_diff is not None and r.gradient_rel_diff > GRADIENT_TOLERANCE]
+    mismatched = gradient_mismatches(rows)
     for row in mismatched:
-        print(f"error: {row.learner} on {row.suite}: meta-gradient differs from the reference by {row.gradient_rel_diff:.2e}", file=sys.stderr)
+        _say(f"error: {row.learner} on {row.suite}: meta-gradient differs from the reference by {row.gradient_rel_diff:.2e}")
     return EXIT_CELLS_FAILED if mismatched else EXIT_OK
 
 

@@ -17,13 +17,14 @@ import dataclasses
 import gc
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
 from bench.api import Episode, Learner, MetaGradient, TaskSuite
-from bench.errors import BenchError
+from bench.config import RunConfig
+from bench.errors import BenchError, DataError
 from bench.grid import Cell
 from bench.protocol import evaluate, synchronize
 from bench.memory import PeakMemory
@@ -164,6 +165,34 @@ def measure(cell: Cell, suite: TaskSuite, device: torch.device, iterations: int,
         ours.speedup_vs_reference = ours.train_tasks_per_s / theirs.train_tasks_per_s
         ours.memory_vs_reference = ours.train_peak_mib / theirs.train_peak_mib if theirs.train_peak_mib > 0 else None
     return rows
+
+
+def measure_plan(cells: list[Cell], config: RunConfig, device: torch.device, iterations: int, warmup: int,
+                 eval_episodes: int, say: Callable[[str], None]) -> list[PerfRow]:
+    """``measure`` each learner on the first planned setting of each suite; a suite whose data is missing is
+    skipped with a warning (``say``)."""
+    rows: list[PerfRow] = []
+    timed: set[tuple[str, str]] = set()
+    skipped: set[str] = set()
+    for cell in cells:
+        if cell.suite.name in skipped or (cell.suite.name, cell.learner.name) in timed:
+            continue
+        suite = config.make_suite(cell.suite.cls)
+        try:
+            suite.prepare()
+        except DataError as error:
+            say(f"warning: skipping suite '{cell.suite.name}': {error}")
+            skipped.add(cell.suite.name)
+            continue
+        timed.add((cell.suite.name, cell.learner.name))
+        say(f"timing {cell.learner.name} on {cell.suite.name} {cell.setting.name} ...")
+        rows.extend(measure(cell, suite, device, iterations, warmup, eval_episodes))
+    return rows
+
+
+def gradient_mismatches(rows: list[PerfRow]) -> list[PerfRow]:
+    """The rows whose meta-gradient differs from their reference's by more than ``GRADIENT_TOLERANCE``."""
+    return [row for row in rows if row.gradient_rel_diff is not None and row.gradient_rel_diff > GRADIENT_TOLERANCE]
 
 
 def as_records(rows: list[PerfRow]) -> list[dict[str, Any]]:
