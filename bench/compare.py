@@ -89,7 +89,9 @@ def compare(runs: list[Run]) -> Table:
             episodes = baseline.protocol(group)[2]
             paired = episodes == other.protocol(group)[2] and all(fingerprint for _, fingerprint in episodes)
             test = paired_comparison if paired else unpaired_comparison
-            result = test(baseline.report.groups[group].final, other.report.groups[group].final)
+            _, lower_is_better = baseline.report.orientation(group[0])
+            result = test(baseline.report.groups[group].final, other.report.groups[group].final,
+                          lower_is_better=lower_is_better)
             row.append(f"{format_number(result.difference)}, {format_p(result)}" + ("" if paired else ", unpaired"))
         table.rows.append(row)
     return table

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import json
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -21,11 +22,20 @@ import numpy as np
 import pandas as pd
 
 from bench.cells import CellMetadata, CellStatus
-from bench.stats import EPISODE_KEY, Comparison, paired_comparison, steps_to_fraction_of_gain, summarize
+from bench.stats import (
+    EPISODE_KEY,
+    Comparison,
+    holm,
+    paired_comparison,
+    seed_interval,
+    steps_to_fraction_of_gain,
+    summarize,
+)
 
 GROUP = ["suite", "setting", "learner"]
 SPEED_STEPS = (0, 1, 2, 5, 10)
-TEST_COLUMNS = ["vs_best_test", "vs_best_p_value", "vs_best_difference"]
+SEED_COLUMNS = ["seed_means", "seed_ci95"]
+TEST_COLUMNS = ["vs_best_test", "vs_best_p_value", "vs_best_p_holm", "vs_best_difference"]
 GroupKey = tuple[str, str, str]
 SettingKey = tuple[str, str]
 
@@ -49,9 +59,11 @@ def format_number(value: float | None, digits: int = 3) -> str:
 
 
 def format_p(comparison: Comparison) -> str:
+    """``p=…`` (Holm-adjusted where the comparison has an adjustment), ``n.s. (p=…)`` when not significant."""
     if math.isnan(comparison.p_value):
-        return "no shared finite episodes"
-    p = f"p={comparison.p_value:.2g}" if comparison.p_value >= 1e-4 else "p<1e-4"
+        return "no shared episodes"
+    value = comparison.p_value if comparison.adjusted_p_value is None else comparison.adjusted_p_value
+    p = f"p={value:.2g}" if value >= 1e-4 else "p<1e-4"
     return p if comparison.significant else f"n.s. ({p})"
 
 
@@ -151,9 +163,17 @@ class Report:
 
     @functools.cached_property
     def comparisons(self) -> dict[SettingKey, dict[str, Comparison]]:
-        """Per setting, each learner with results but the best, tested against the best."""
-        return {key: {group.learner: paired_comparison(ranked[0].final, group.final) for group in ranked[1:]}
-                for key, ranked in self.rankings.items()}
+        """Per setting, each learner with results but the best, tested against the best on the same episodes;
+        the p-values of a setting Holm-adjusted together (one family: every learner against the best)."""
+        comparisons = {}
+        for (suite, setting), ranked in self.rankings.items():
+            _, lower_is_better = self.orientation(suite)
+            tests = {group.learner: paired_comparison(ranked[0].final, group.final, lower_is_better=lower_is_better)
+                     for group in ranked[1:]}
+            adjusted = holm([test.p_value for test in tests.values()])
+            comparisons[suite, setting] = {learner: dataclasses.replace(test, adjusted_p_value=p)
+                                           for (learner, test), p in zip(tests.items(), adjusted)}
+        return comparisons
 
     @functools.cached_property
     def _short_curve_note(self) -> str:
@@ -179,21 +199,25 @@ class Report:
 
     @functools.cached_property
     def accuracy_table(self) -> Table:
-        columns = ["suite", "setting", "learner", "mean ± 95% CI", "median", "vs best (Wilcoxon)", "non-finite", "episodes"]
+        columns = ["suite", "setting", "learner", "mean ± 95% CI", "± 95% CI over seeds", "median",
+                   "vs best (Wilcoxon, Holm)", "non-finite", "episodes"]
         table = Table("Accuracy", columns, [], note=(
             "Metric after the final adaptation step over all test episodes and seeds (↑ higher is better, "
-            "↓ lower is better). The best learner is in bold; every other learner is compared with it on the "
-            "same episodes by Wilcoxon's signed-rank test, n.s. = not significantly different at p < 0.05."
-            + self._short_curve_note))
+            "↓ lower is better); the first interval is over episodes, the second a t interval over the seeds' means "
+            "(the spread between independently trained models; – with one seed). The best learner is in bold; every "
+            "other learner is compared with it on the same episodes by Wilcoxon's signed-rank test, a diverged "
+            "(non-finite) episode counting as worse than every finite one; the p-values of a setting are "
+            "Holm-corrected together, n.s. = not significantly different at p < 0.05." + self._short_curve_note))
         for (suite, setting), groups in self.settings.items():
             metric_name, lower_is_better = self.orientation(suite)
             ranked, comparisons = self.rankings[suite, setting], self.comparisons[suite, setting]
             for group in groups:
                 row = [suite, setting, group.learner]
                 if group.status_note:
-                    table.rows.append(row + [group.status_note, "–", "–", "–", "–"])
+                    table.rows.append(row + [group.status_note, "–", "–", "–", "–", "–"])
                     continue
                 final = group.curve.iloc[-1]
+                seed_means, seed_ci = seed_interval(group.final)
                 if group is ranked[0]:
                     versus = "best"
                     table.bold.add((len(table.rows), 3))
@@ -201,6 +225,7 @@ class Report:
                     versus = format_p(comparisons[group.learner])
                 table.rows.append(row + [
                     f"{metric_name} {'↓' if lower_is_better else '↑'} {format_number(final['mean'])} ± {format_number(final['ci95'], 2)}",
+                    "–" if math.isnan(seed_ci) else f"± {format_number(seed_ci, 2)} ({len(seed_means)} seeds)",
                     format_number(final["median"]), versus,
                     f"{int(final['nonfinite'])}/{int(final['n'])}" + (
                         f" (finite mean {format_number(final['finite_mean'])})" if final["nonfinite"] else ""),
@@ -291,12 +316,17 @@ class Report:
     @functools.cached_property
     def summary_frame(self) -> pd.DataFrame:
         """Every (suite, setting, learner, step) with n, mean, ci95, median, non-finite count, and at the
-        final step the test against the best learner (machine-readable; ``--format csv``)."""
+        final step the per-seed means (a JSON list), the t interval over them and the test against the best
+        learner (machine-readable; ``--format csv``)."""
         final_step = self.summary.groupby(GROUP)["step"].transform("max") == self.summary["step"]
-        tests = pd.DataFrame([(suite, setting, learner, comparison.test, comparison.p_value, comparison.difference)
+        tests = pd.DataFrame([(suite, setting, learner, comparison.test, comparison.p_value,
+                               comparison.adjusted_p_value, comparison.difference)
                               for (suite, setting), comparisons in self.comparisons.items()
                               for learner, comparison in comparisons.items()], columns=[*GROUP, *TEST_COLUMNS])
+        seeds = pd.DataFrame([(*key, json.dumps(means), ci) for key, group in self.groups.items() if len(group.final)
+                              for means, ci in [seed_interval(group.final)]],
+                             columns=[*GROUP, *SEED_COLUMNS])
         summary = (self.summary.drop(columns=["std"], errors="ignore").assign(final_step=final_step)
-                   .merge(tests, on=GROUP, how="left"))
-        summary.loc[~summary["final_step"], TEST_COLUMNS] = None
+                   .merge(seeds, on=GROUP, how="left").merge(tests, on=GROUP, how="left"))
+        summary.loc[~summary["final_step"], [*SEED_COLUMNS, *TEST_COLUMNS]] = None
         return summary

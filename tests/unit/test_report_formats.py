@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import io
 import re
 import shutil
@@ -73,10 +74,11 @@ def test_best_is_bold_and_every_other_learner_is_tested_against_it(tmp_path):
     table = report_of(write_run(tmp_path / "run", FINALS)).accuracy_table
     rows = {row[2]: (index, row) for index, row in enumerate(table.rows)}
     best_index, best_row = rows["good"] if np.mean(FINALS["good"]) < np.mean(FINALS["tied"]) else rows["tied"]
-    assert best_row[5] == "best" and (best_index, 3) in table.bold and len(table.bold) == 1
-    assert rows["worse"][1][5] == "p=0.00049"  # exact Wilcoxon: 2 / 2**12
+    assert best_row[6] == "best" and (best_index, 3) in table.bold and len(table.bold) == 1
+    assert rows["worse"][1][6] == "p=0.00098"  # exact Wilcoxon 2 / 2**12, Holm: the smallest of 2 tests, x 2
     other_tied = "tied" if best_row[2] == "good" else "good"
-    assert rows[other_tied][1][5].startswith("n.s. (p=")
+    assert rows[other_tied][1][6].startswith("n.s. (p=")
+    assert rows["worse"][1][4] == "–"  # one seed: no interval over seeds
     assert rows["worse"][1][3] == f"MSE ↓ {np.mean(FINALS['worse']):.3g} ± {1.96 * np.std(FINALS['worse'], ddof=1) / np.sqrt(EPISODES):.2g}"
 
 
@@ -84,9 +86,9 @@ def test_each_learner_is_tested_against_the_best_once_whatever_reads_the_report(
     """Two settings of three learners: four Wilcoxon tests in all, however many formats and figures are made."""
     tested = []
 
-    def counted(reference: pd.Series, other: pd.Series) -> Comparison:
+    def counted(reference: pd.Series, other: pd.Series, *, lower_is_better: bool) -> Comparison:
         tested.append((id(reference), id(other)))
-        return paired_comparison(reference, other)
+        return paired_comparison(reference, other, lower_is_better=lower_is_better)
 
     monkeypatch.setattr(bench.report, "paired_comparison", counted)
     cells = [toy_cell(learner, values, setting=setting) for setting in ("K=5", "K=10") for learner, values in FINALS.items()]
@@ -97,7 +99,22 @@ def test_each_learner_is_tested_against_the_best_once_whatever_reads_the_report(
         renderer(report)
     expected = {(id(ranked[0].final), id(group.final)) for ranked in report.rankings.values() for group in ranked[1:]}
     assert len(tested) == len(expected) == 4 and set(tested) == expected
-    assert [row[5] for row in report.accuracy_table.rows if row[2] == "worse"] == ["p=0.00049"] * 2  # 2 / 2**12 each
+    assert [row[6] for row in report.accuracy_table.rows if row[2] == "worse"] == ["p=0.00098"] * 2  # 2 / 2**12, Holm x 2
+
+
+def test_the_accuracy_table_and_csv_give_a_t_interval_over_the_seed_means():
+    """Three seeds of one learner whose seed means are 1, 2 and 3: a t interval of 4.303 / sqrt(3) = 2.48."""
+    cells, frames = [], []
+    for seed in range(3):
+        cell, records = toy_cell("maml", [seed + 1.0] * EPISODES)
+        cells.append(dataclasses.replace(cell, seed=seed, cell_id=f"{cell.cell_id}-{seed}"))
+        frames.append(records.assign(seed=seed))
+    report = Report(pd.concat(frames), cells)
+    (row,) = report.accuracy_table.rows
+    assert row[4] == "± 2.5 (3 seeds)"
+    final = report.summary_frame[report.summary_frame["final_step"]].iloc[0]
+    assert json.loads(final["seed_means"]) == [1.0, 2.0, 3.0]
+    assert final["seed_ci95"] == pytest.approx(4.302653 / np.sqrt(3), rel=1e-6)
 
 
 def test_a_run_whose_every_cell_failed_still_has_a_report():
@@ -105,7 +122,8 @@ def test_a_run_whose_every_cell_failed_still_has_a_report():
     report = Report(pd.DataFrame(), [failed])
     assert "failed: RuntimeError: boom" in render.text(report) and plots.figures(report) == {}
     assert render.csv(report).splitlines() == [",".join(["suite", "setting", "learner", "step", "final_step",
-                                                         "vs_best_test", "vs_best_p_value", "vs_best_difference"])]
+                                                         "seed_means", "seed_ci95", "vs_best_test", "vs_best_p_value",
+                                                         "vs_best_p_holm", "vs_best_difference"])]
 
 
 def test_markdown_tables_parse_and_link_the_figures(tmp_path):
