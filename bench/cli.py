@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="meta-train and evaluate learners on suites", description="Meta-train and evaluate every learner on every suite setting, then print the summary tables.")
     add_selection_flags(run)
     run.add_argument("--profile", help="budget profile: smoke, quick (default) or paper")
-    run.add_argument("--seeds", type=positive_int, metavar="N", help="number of seeds, 0..N-1 (default: 1)")
+    run.add_argument("--seeds", type=positive_int, metavar="N", help="number of seeds, 0..N-1 (default: the profile's: smoke 1, quick 3, paper 5)")
     run.add_argument("--steps", type=non_negative_int, metavar="S", help="adaptation steps at test time (default: the profile's, 10)")
     run.add_argument("--episodes", type=positive_int, metavar="N", help="test episodes per cell (default: the profile's)")
     run.add_argument("--tasks", type=positive_int, metavar="N", help="meta-training budget per cell in tasks seen (default: the profile's)")

@@ -41,6 +41,9 @@ PROFILES = {
         Profile("paper", 1_750_000, 600, 10, "published budgets (MAML: 70,000 iterations x 25 tasks), for a GPU"),
     )
 }
+DEFAULT_SEEDS = {"smoke": 1, "quick": 3, "paper": 5}
+"""Seeds per profile unless ``--seeds`` says otherwise: an interval over independently trained models needs several
+(smoke: one, for speed). Not part of a cell's budget: a cell's numbers do not depend on how many seeds its run has."""
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -51,7 +54,8 @@ class RunConfig:
     learners: list[str] = dataclasses.field(default_factory=lambda: ["all"])
     suites: list[str] = dataclasses.field(default_factory=lambda: ["sinusoid"])
     profile: str = "quick"
-    seeds: int = 1
+    seeds: int | None = None
+    """Seeds 0..seeds-1; None: the profile's (set when the configuration is made, so run.json holds the number)."""
     shots: list[int] | None = None
     ways: list[int] | None = None
     steps: int | None = None
@@ -67,6 +71,8 @@ class RunConfig:
             raise ConfigError(f"profile: unknown profile {self.profile!r}; valid: {', '.join(PROFILES)}")
         if self.device not in DEVICES:
             raise ConfigError(f"device: expected one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.seeds is None:
+            self.seeds = DEFAULT_SEEDS[self.profile]
         for key in ("seeds", "steps", "episodes", "tasks"):
             value = getattr(self, key)
             if value is not None and value < (0 if key == "steps" else 1):

@@ -288,3 +288,11 @@ def test_every_command_runs_in_process(tmp_path, capsys, monkeypatch):
     assert main(["new-plugin", "my-learner", "--dir", str(tmp_path)]) == 0 and (tmp_path / "metabench-my-learner").is_dir()
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "bench report: error:" in capsys.readouterr().err
+
+
+def test_seeds_default_to_the_profiles_and_are_saved_resolved():
+    """quick runs 3 seeds and paper 5 unless told otherwise (smoke 1, for speed); run.json holds the number."""
+    assert [build_run_config({"profile": profile}, "test").seeds for profile in ("smoke", "quick", "paper")] == [1, 3, 5]
+    assert build_run_config({}, "test").seeds == 3
+    assert build_run_config({"profile": "paper", "seeds": 2}, "test").seeds == 2
+    assert dataclasses.asdict(build_run_config({"profile": "paper"}, "test"))["seeds"] == 5
