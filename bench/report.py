@@ -105,6 +105,12 @@ class Group:
         first = self.cells[0]
         return f"{first.status}: {first.error or ''}"
 
+    @functools.cached_property
+    def seed_interval(self) -> tuple[list[float], float]:
+        """The mean of each seed's final metric and the half-width of the 95% t interval over them
+        (``bench.stats.seed_interval``)."""
+        return seed_interval(self.final)
+
     @property
     def adapt_ms_per_episode(self) -> float:
         """Milliseconds to adapt one test episode through all steps (mean over the finished cells)."""
@@ -217,7 +223,7 @@ class Report:
                     table.rows.append(row + [group.status_note, "–", "–", "–", "–", "–"])
                     continue
                 final = group.curve.iloc[-1]
-                seed_means, seed_ci = seed_interval(group.final)
+                seed_means, seed_ci = group.seed_interval
                 if group is ranked[0]:
                     versus = "best"
                     table.bold.add((len(table.rows), 3))
@@ -323,9 +329,8 @@ class Report:
                                comparison.adjusted_p_value, comparison.difference)
                               for (suite, setting), comparisons in self.comparisons.items()
                               for learner, comparison in comparisons.items()], columns=[*GROUP, *TEST_COLUMNS])
-        seeds = pd.DataFrame([(*key, json.dumps(means), ci) for key, group in self.groups.items() if len(group.final)
-                              for means, ci in [seed_interval(group.final)]],
-                             columns=[*GROUP, *SEED_COLUMNS])
+        seeds = pd.DataFrame([(*key, json.dumps(group.seed_interval[0]), group.seed_interval[1])
+                              for key, group in self.groups.items() if len(group.final)], columns=[*GROUP, *SEED_COLUMNS])
         summary = (self.summary.drop(columns=["std"], errors="ignore").assign(final_step=final_step)
                    .merge(seeds, on=GROUP, how="left").merge(tests, on=GROUP, how="left"))
         summary.loc[~summary["final_step"], [*SEED_COLUMNS, *TEST_COLUMNS]] = None
