@@ -52,6 +52,35 @@ class TaskKind(str, enum.Enum):
 
 
 @dataclasses.dataclass(frozen=True)
+class FloatRange:
+    """A real hyper-parameter searched between ``low`` and ``high`` (on a log scale when ``log``)."""
+
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class IntRange:
+    """An integer hyper-parameter searched from ``low`` to ``high`` inclusive (on a log scale when ``log``)."""
+
+    low: int
+    high: int
+    log: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """A hyper-parameter searched among ``options`` (numbers, strings or booleans)."""
+
+    options: tuple[Any, ...]
+
+
+SearchRange = FloatRange | IntRange | Choice
+"""One dimension of a learner's search space (``Learner.search_space``)."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Setting:
     """One few-shot configuration of a suite, e.g. K=10 regression or 5-way 1-shot."""
 
@@ -229,9 +258,34 @@ class Learner(PluginClass, ABC):
         """Why this learner cannot run on ``suite`` (its cells are reported "n/a"), or None."""
         return None
 
+    @classmethod
+    def search_space(cls, kind: TaskKind) -> dict[str, SearchRange]:
+        """The hyper-parameters ``bench tune`` searches on suites of ``kind``, by ``Config`` field name, each with its
+        range; every learner of a study gets the same number of trials and tasks per trial. {} (the default): nothing
+        to tune, the learner runs with its defaults. Must not import torch."""
+        return {}
+
     @abstractmethod
     def meta_train(self, ctx: MetaTrainContext) -> None:
-        """Learn from the meta-training split only, within ``ctx.task_budget`` tasks."""
+        """Learn from the meta-training split only, within ``ctx.task_budget`` tasks.
+
+        The host scores meta-validation episodes (through ``adapt``) when the learner asks ``ctx.batches`` for the
+        batch after a validation point, and once after ``meta_train`` returns: by then the learner must have
+        finished its update on every batch it received."""
+
+    def state_dict(self) -> "dict[str, Any] | None":
+        """A reference to everything ``adapt`` uses (meta-learned weights, learned rates, ...): tensors, numbers,
+        strings and lists / dicts of them; or None (the default) when the learner cannot hand its state over.
+
+        Model selection (``bench run --select best-val``) copies it at the best meta-validation point and gives
+        the copy back through ``load_state_dict`` before the test; a learner returning None is scored at its last
+        state, and the report says so. Called only once ``meta_train`` has begun."""
+        return None
+
+    def load_state_dict(self, state: "dict[str, Any]") -> None:
+        """Make ``adapt`` use ``state``, a copy of what ``state_dict`` returned earlier in this process (its tensors
+        on the same device)."""
+        raise NotImplementedError(f"{type(self).__name__} does not load states (its state_dict() returns None)")
 
     @abstractmethod
     def adapt(self, support: Support, steps: int, *, batched: bool = False) -> Iterator[Predictor]:

@@ -60,6 +60,24 @@ class CellMetadata:
     lower_is_better: bool | None = None
     peak_rss_mib: float | None = None
     peak_cuda_mib: float | None = None
+    val_episodes: int | None = None
+    """Meta-validation episodes scored at each validation point (0: no meta-validation)."""
+    val_every: int | None = None
+    """Tasks seen between validation points."""
+    val_seconds: float | None = None
+    """Wall-clock seconds spent scoring meta-validation (not counted in ``meta_train_seconds``)."""
+    selection: str | None = None
+    """Which meta-trained state the test scored: ``best-val`` (the best validation point) or ``last``."""
+    selection_note: str | None = None
+    """Why the selection is not what ``--select`` asked for, or how it was made (e.g. the learner cannot hand over
+    its state; no meta-validation)."""
+    selected_tasks: int | None = None
+    """Tasks seen at the state the test scored."""
+    selected_step: int | None = None
+    """The adaptation step the cell's result is read at: the best on meta-validation for the selected state (the
+    protocol's last step without meta-validation)."""
+    selected_val_metric: float | None = None
+    """The mean meta-validation metric at the selected state and step."""
     test_episodes_sha256: str | None = None
     """The fingerprint of the test episodes scored: runs that share it can be compared episode by episode."""
     record_rows: int | None = None

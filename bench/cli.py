@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--steps", type=non_negative_int, metavar="S", help="adaptation steps at test time (default: the profile's, 10)")
     run.add_argument("--episodes", type=positive_int, metavar="N", help="test episodes per cell (default: the profile's)")
     run.add_argument("--tasks", type=positive_int, metavar="N", help="meta-training budget per cell in tasks seen (default: the profile's)")
+    run.add_argument("--val-every", type=positive_int, metavar="TASKS", help="score meta-validation every TASKS tasks of meta-training (default: the profile's 2 / 10 / 20 points over the budget)")
+    run.add_argument("--val-episodes", type=non_negative_int, metavar="N", help="meta-val episodes per validation point (default: the profile's: smoke 10, quick 100, paper 600; 0: no meta-validation, test the last state at the last step)")
+    run.add_argument("--select", choices=("best-val", "last"), help="which meta-trained state the test scores: the best meta-validation point (default) or the last; the step is chosen on meta-validation either way")
     run.add_argument("--out", help="run folder (default: results/<time>-<suites>-<profile>); an existing run folder of the same configuration is resumed")
     run.add_argument("--config", type=Path, help="TOML or YAML file with the same keys as these flags (flags win)")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run: its configuration from RUN_DIR/run.json; finished cells are kept, failed ones run again")
@@ -155,6 +158,26 @@ def build_parser() -> argparse.ArgumentParser:
     scaffold.add_argument("name", help="the learner's name, e.g. my-learner")
     scaffold.add_argument("--dir", type=Path, default=Path("."), help="where to create the package folder (default: .)")
 
+    tune = sub.add_parser("tune", help="tune every learner on meta-validation, with the same budget for each",
+                          description="One Optuna study per learner and suite setting (TPE, seeded; median pruning on "
+                                      "the meta-validation curve), all in TUNE_DIR/study.db: every learner gets --trials "
+                                      "trials of --trial-tasks meta-training tasks, scored on meta-val episodes only. "
+                                      "Writes TUNE_DIR/tuned.toml (bench run --config reads it as it is) and the tuning "
+                                      "report tuning.md / tuning.html. A killed tune resumes with --resume TUNE_DIR.")
+    add_selection_flags(tune)
+    tune.add_argument("--trials", type=positive_int, metavar="N", help="trials per learner and suite setting (required)")
+    tune.add_argument("--trial-tasks", type=positive_int, metavar="B", help="meta-training tasks per trial (required)")
+    tune.add_argument("--val-episodes", type=positive_int, metavar="N", help="meta-val episodes per validation point (default: the quick profile's, 100)")
+    tune.add_argument("--val-every", type=positive_int, metavar="TASKS", help="tasks between validation points, where trials may be pruned (default: 10 points per trial)")
+    tune.add_argument("--seed", type=non_negative_int, metavar="S", help="the trials' meta-training seed and the sampler's seed (default: 0)")
+    tune.add_argument("--workers", type=positive_int, metavar="N", help="trials at a time, run by the executor (default: 1); part of the tune's configuration, since what TPE asks depends on it")
+    tune.add_argument("--out", type=Path, metavar="TUNE_DIR", help="tune folder (default: results/tune-<time>-<suites>)")
+    tune.add_argument("--resume", type=Path, metavar="TUNE_DIR", help="go on with a killed or interrupted tune: its configuration from TUNE_DIR/tune.json; trials left running run again with the same parameters")
+    tune.add_argument("--executor", default="inline", help="how trials run: inline (default), processes, ray, or a plugin's")
+    tune.add_argument("--ray-address", help="the Ray cluster to use (default: start a local Ray); the tune folder must be on a disk the cluster shares")
+    tune.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_plugin_flags(tune)
+
     data = sub.add_parser("data", help="fetch a suite's data set", description="Download and stage a suite's data set (where the suite has a downloader).")
     data.add_argument("suite", help="suite name, e.g. omniglot")
     data.add_argument("--download", type=Path, required=True, metavar="DIR", help="data folder to stage into; then run with --data-dir DIR")
@@ -200,7 +223,7 @@ def _run_config(args: argparse.Namespace):
     the run folder's own (flags that would change it are refused)."""
     from bench.config import CONFIG_KEYS, resolve_run_config
 
-    given = {key: getattr(args, key) for key in CONFIG_KEYS if key != "set"}
+    given = {key: getattr(args, key) for key in CONFIG_KEYS if key not in ("set", "tuned")}  # tuned: from a file only
     if args.resume is None:
         return resolve_run_config(args.config, given, args.set)
     flags = {**given, "config": args.config, "set": args.set or None}
@@ -343,7 +366,40 @@ def cmd_perf(args: argparse.Namespace) -> int:
     return EXIT_CELLS_FAILED if mismatched else EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "plugins": cmd_plugins, "report": cmd_report, "data": cmd_data, "perf": cmd_perf,
+TUNE_KEYS = ("learners", "suites", "shots", "ways", "device", "data_dir", "trials", "trial_tasks", "val_episodes",
+             "val_every", "seed", "workers")
+"""``bench tune``'s flags that make its configuration (with ``--set`` and ``--out``)."""
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from bench.config import parse_set_options
+    from bench.session import Execution
+    from bench.tune import FINISHED, resumed_tune, run_tune, tune_config
+    from bench.tune_study import TUNED_FILE
+
+    given = {key: getattr(args, key) for key in TUNE_KEYS}
+    if args.resume is None:
+        config = tune_config({**given, "set": parse_set_options(args.set)}, origin="command line")
+    else:
+        changing = [f"--{key.replace('_', '-')}" for key, value in {**given, "out": args.out, "set": args.set or None}.items()
+                    if value is not None]
+        if changing:
+            raise BenchError(f"--resume takes the configuration from {args.resume / 'tune.json'}; drop {', '.join(changing)}")
+        config = resumed_tune(args.resume)
+    registry = _load_registry(args.strict)
+    outcome = run_tune(config, registry, Execution(args.executor, address=args.ray_address, show_progress=not args.no_progress),
+                       args.resume or args.out, resume=args.resume is not None, say=_say)
+    if outcome.status != FINISHED:
+        return EXIT_INTERRUPTED
+    print(tabulate(outcome.summary, headers="keys", tablefmt="simple"))
+    print(f"Tuned: {outcome.folder / TUNED_FILE} (report: tuning.md, tuning.html); "
+          f"use it: bench run --config {outcome.folder / TUNED_FILE}")
+    return EXIT_OK
+
+
+COMMANDS = {"tune": cmd_tune, "run": cmd_run, "plugins": cmd_plugins, "report": cmd_report, "data": cmd_data, "perf": cmd_perf,
             "compare": cmd_compare, "runs": cmd_runs, "new-plugin": cmd_new_plugin}
 
 

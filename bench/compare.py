@@ -2,9 +2,10 @@
 and significance; ``bench runs``: what the results folder holds.
 
 Runs are comparable on a (suite, setting, learner) group when both hold results for it with the same
-metric and a curve ending at the same adaptation step. Where the two cells scored the very same test
-episodes (equal episode fingerprints for every seed), the test is paired (Wilcoxon signed-rank, per
-episode); otherwise unpaired (Mann-Whitney U), and the table says so.
+metric and a curve ending at the same adaptation step. Each run's group is read at its val-chosen steps
+(``Group.final``: chosen per seed on meta-validation; the last step in runs without it). Where the two
+cells scored the very same test episodes (equal episode fingerprints for every seed), the test is paired
+(Wilcoxon signed-rank, per episode); otherwise unpaired (Mann-Whitney U), and the table says so.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import functools
 from pathlib import Path
 
 from bench.errors import BenchError
-from bench.report import GroupKey, Report, Table, format_number, format_p
+from bench.report import GroupKey, Report, Table, format_number, format_p, format_steps
 from bench.stats import paired_comparison, unpaired_comparison
 from bench.store import RUN_FILE, RunStore, StoreError
 
@@ -73,15 +74,21 @@ def compare(runs: list[Run]) -> Table:
     columns = ["suite", "setting", "learner", *(f"{run.label}: mean ± 95% CI" for run in runs),
                *(f"{run.label} − {baseline.label}" for run in runs[1:])]
     table = Table("Comparison", columns, [], note=(
-        f"Metric after the final step in each run; differences to '{baseline.label}' with a two-sided test: "
+        "Metric at each run's val-chosen step (chosen per seed on meta-validation, never on test episodes; the last "
+        f"step in runs without meta-validation), the step in brackets; differences to '{baseline.label}' there with a "
+        "two-sided test: "
         "Wilcoxon signed-rank where both runs scored the same test episodes (paired), Mann-Whitney U otherwise "
         "(marked unpaired); n.s. = not significantly different at p < 0.05."))
     settings = list(baseline.report.settings)
     for group in sorted(set().union(*shared.values()), key=lambda g: (g[0], settings.index(g[:2]), g[2])):
         row = list(group)
         for run in runs:
-            final = run.report.groups[group].curve.iloc[-1] if group in run.groups else None
-            row.append("–" if final is None else f"{format_number(final['mean'])} ± {format_number(final['ci95'], 2)}")
+            if group not in run.groups:
+                row.append("–")
+                continue
+            found = run.report.groups[group]
+            row.append(f"{format_number(found.result['mean'])} ± {format_number(found.result['ci95'], 2)} "
+                       f"(step {format_steps(found.selected_steps)})")
         for other in runs[1:]:
             if group not in shared[other.label]:
                 row.append("–")

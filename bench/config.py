@@ -9,6 +9,7 @@ import dataclasses
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,27 +25,35 @@ class ConfigError(BenchError, ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Profile:
-    """A named budget: meta-training tasks per cell, test episodes, adaptation steps at test."""
+    """A named budget: meta-training tasks per cell, test episodes, adaptation steps at test, meta-validation."""
 
     name: str
     meta_train_tasks: int
     test_episodes: int
     test_steps: int
+    val_points: int
+    """Meta-validation points over meta-training (unless ``val_every`` says otherwise)."""
+    val_episodes: int
+    """Meta-val episodes scored at each point (0: no meta-validation)."""
     description: str
+    val_every: int | None = None
+    """Tasks between validation points; None in ``PROFILES`` (``budget_for`` resolves it from ``val_points``)."""
 
 
 PROFILES = {
     profile.name: profile
     for profile in (
-        Profile("smoke", 500, 25, 10, "seconds: tests and CI"),
-        Profile("quick", 100_000, 600, 10, "minutes on a laptop CPU (the default)"),
-        Profile("paper", 1_750_000, 600, 10, "published budgets (MAML: 70,000 iterations x 25 tasks), for a GPU"),
+        Profile("smoke", 500, 25, 10, 2, 10, "seconds: tests and CI"),
+        Profile("quick", 100_000, 600, 10, 10, 100, "minutes on a laptop CPU (the default)"),
+        Profile("paper", 1_750_000, 600, 10, 20, 600, "published budgets (MAML: 70,000 iterations x 25 tasks), for a GPU"),
     )
 }
 DEFAULT_SEEDS = {"smoke": 1, "quick": 3, "paper": 5}
 """Seeds per profile unless ``--seeds`` says otherwise: an interval over independently trained models needs several
 (smoke: one, for speed). Not part of a cell's budget: a cell's numbers do not depend on how many seeds its run has."""
 DEVICES = ("auto", "cpu", "cuda")
+SELECT_MODES = ("best-val", "last")
+"""``--select``: test the state at the best meta-validation point, or the last state."""
 
 
 @dataclasses.dataclass
@@ -61,22 +70,34 @@ class RunConfig:
     steps: int | None = None
     episodes: int | None = None
     tasks: int | None = None
+    val_every: int | None = None
+    """Tasks between meta-validation points; None: the profile's number of points over the budget."""
+    val_episodes: int | None = None
+    """Meta-val episodes per point; None: the profile's; 0: no meta-validation."""
+    select: str = "best-val"
     device: str = "auto"
     out: str | None = None
     data_dir: str | None = None
     set: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    tuned: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Hyper-parameters found by ``bench tune`` (its tuned.toml): ``study``, ``trials``, ``trial_tasks`` and
+    ``hyperparameters`` = {learner: {"<suite> <setting>": {key: value}}}, applied over the suite defaults and under
+    ``--set``; {}: not tuned."""
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
             raise ConfigError(f"profile: unknown profile {self.profile!r}; valid: {', '.join(PROFILES)}")
         if self.device not in DEVICES:
             raise ConfigError(f"device: expected one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.select not in SELECT_MODES:
+            raise ConfigError(f"select: expected one of {', '.join(SELECT_MODES)}, got {self.select!r}")
         if self.seeds is None:
             self.seeds = DEFAULT_SEEDS[self.profile]
-        for key in ("seeds", "steps", "episodes", "tasks"):
+        for key in ("seeds", "steps", "episodes", "tasks", "val_every", "val_episodes"):
             value = getattr(self, key)
-            if value is not None and value < (0 if key == "steps" else 1):
-                raise ConfigError(f"{key}: must be {'>= 0' if key == 'steps' else 'positive'}, got {value}")
+            least = 0 if key in ("steps", "val_episodes") else 1
+            if value is not None and value < least:
+                raise ConfigError(f"{key}: must be {'>= 0' if least == 0 else 'positive'}, got {value}")
 
     def make_suite(self, suite: type) -> Any:
         """An instance of a suite class that reads its data from this run's data folder."""
@@ -85,11 +106,14 @@ class RunConfig:
     def budget_for(self, suite: type) -> Profile:
         """The profile for one suite (with the suite's own budgets, where it names any) and this run's overrides."""
         base = dataclasses.replace(PROFILES[self.profile], **suite.budgets.get(self.profile, {}))
+        tasks = self.tasks or base.meta_train_tasks
         return dataclasses.replace(
             base,
-            meta_train_tasks=self.tasks or base.meta_train_tasks,
+            meta_train_tasks=tasks,
             test_episodes=self.episodes or base.test_episodes,
             test_steps=base.test_steps if self.steps is None else self.steps,
+            val_episodes=base.val_episodes if self.val_episodes is None else self.val_episodes,
+            val_every=self.val_every or -(-tasks // base.val_points),
         )
 
 
@@ -166,6 +190,8 @@ def build_run_config(values: dict[str, Any], origin: str) -> RunConfig:
     typed = {key: coerce(value, hints[key], f"{origin}: {key}") for key, value in values.items()}
     if "set" in typed:
         typed["set"] = _check_set_table(typed["set"], origin)
+    if "tuned" in typed:
+        typed["tuned"] = _check_tuned_table(typed["tuned"], origin)
     try:
         return RunConfig(**typed)
     except ConfigError as error:  # RunConfig's own checks (__post_init__)
@@ -190,6 +216,42 @@ def _check_set_table(table: Any, origin: str) -> dict[str, dict[str, Any]]:
     return table
 
 
+TUNED_FORM = ('{study = "<tune folder>", trials = N, trial_tasks = B, '
+              'hyperparameters = {<learner> = {"<suite> <setting>" = {<key> = <value>}}}}, as bench tune writes it')
+
+
+def _check_tuned_table(table: Any, origin: str) -> dict[str, Any]:
+    """The ``tuned`` table of a config file, checked for its shape (the values are checked per learner by the plan)."""
+    if table == {}:
+        return table
+
+    def bad(problem: str) -> ConfigError:
+        return ConfigError(f"{origin}: tuned: {problem}; expected {TUNED_FORM}")
+
+    if not isinstance(table, dict):
+        raise bad(f"expected a table, got {table!r}")
+    expected = {"study", "trials", "trial_tasks", "hyperparameters"}
+    for problem, keys in (("unknown", set(table) - expected), ("missing", expected - set(table))):
+        if keys:
+            raise bad(f"{problem} key {', '.join(sorted(keys))}")
+    if not isinstance(table["study"], str):
+        raise bad(f"study: expected a folder name, got {table['study']!r}")
+    for key, least in (("trials", 0), ("trial_tasks", 1)):
+        value = table[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise bad(f"{key}: expected an integer of at least {least}, got {value!r}")
+    for learner, settings in _table(table["hyperparameters"], "hyperparameters", bad).items():
+        for setting, values in _table(settings, f"hyperparameters.{learner}", bad).items():
+            _table(values, f"hyperparameters.{learner}.{setting!r}", bad)
+    return table
+
+
+def _table(value: Any, where: str, bad: Callable[[str], ConfigError]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise bad(f"{where}: expected a table, got {value!r}")
+    return value
+
+
 def parse_set_options(options: list[str], table: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """The ``set`` table of ``--set LEARNER.KEY=VALUE`` options, on top of a validated ``table`` (not changed)."""
     merged = {learner: dict(values) for learner, values in (table or {}).items()}
@@ -202,18 +264,19 @@ def parse_set_options(options: list[str], table: dict[str, Any] | None = None) -
     return merged
 
 
-def learner_config(learner: str, config_class: type, overrides: dict[str, Any]) -> Any:
-    """Instantiate a learner's Config dataclass with overrides, naming any bad key or value."""
+def learner_config(learner: str, config_class: type, overrides: dict[str, Any], origin: str = "--set") -> Any:
+    """Instantiate a learner's Config dataclass with overrides, naming any bad key or value (and ``origin``, where
+    the overrides come from)."""
     fields = config_fields(config_class)
     hints = typing.get_type_hints(config_class)
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
         raise ConfigError(
-            f"--set {learner}.{unknown[0]}: learner '{learner}' has no hyper-parameter {unknown[0]!r}; "
+            f"{origin} {learner}.{unknown[0]}: learner '{learner}' has no hyper-parameter {unknown[0]!r}; "
             f"valid: {', '.join(fields)}"
         )
-    typed = {key: coerce(value, hints[key], f"--set {learner}.{key}") for key, value in overrides.items()}
+    typed = {key: coerce(value, hints[key], f"{origin} {learner}.{key}") for key, value in overrides.items()}
     try:
         return config_class(**typed)
     except (TypeError, ValueError) as error:  # the Config's own validation (__post_init__)
-        raise ConfigError(f"--set {learner}: {error}") from None
+        raise ConfigError(f"{origin} {learner}: {error}") from None

@@ -33,16 +33,24 @@ class Cell:
         return f"{self.learner.name} | {self.suite.name} {self.setting.name} | seed {self.seed}"
 
 
+def tuned_key(suite: str, setting: Setting) -> str:
+    """How a suite setting is named in the ``tuned`` table: ``"<suite> <setting>"``, e.g. ``"sinusoid K=10"``."""
+    return f"{suite} {setting.name}"
+
+
 def plan(config: RunConfig, registry: Registry) -> list[Cell]:
     """Every cell of the run, in the order they run (suite, setting, seed, learner), with its hyper-parameters.
 
     A learner's hyper-parameters for a cell are its defaults, then its defaults for that suite
-    setting (``Learner.suite_defaults``), then the run's ``--set`` overrides.
+    setting (``Learner.suite_defaults``), then the values ``bench tune`` found for that suite setting (the
+    ``tuned`` table), then the run's ``--set`` overrides.
     """
     learners = registry.select("learner", config.learners)
-    for name in config.set:
-        if name not in registry.learners:
-            raise ConfigError(f"--set {name}.*: unknown learner '{name}'; valid learners: {', '.join(sorted(registry.learners))}")
+    tuned = config.tuned.get("hyperparameters", {})
+    for origin, names in (("--set", config.set), ("tuned", tuned)):
+        for name in names:
+            if name not in registry.learners:
+                raise ConfigError(f"{origin} {name}.*: unknown learner '{name}'; valid learners: {', '.join(sorted(registry.learners))}")
     for learner in learners:  # validate every override once, before any suite defaults are mixed in
         learner_config(learner.name, learner.cls.Config, config.set.get(learner.name, {}))
     cells = []
@@ -58,13 +66,15 @@ def plan(config: RunConfig, registry: Registry) -> list[Cell]:
             raise ConfigError(f"suite '{suite.name}' has no setting with {wanted}; it offers: {offered}")
         for index in chosen:
             setting = settings[index]
-            hyperparameters = {
-                learner.name: learner_config(
+            key = tuned_key(suite.name, setting)
+            hyperparameters = {}
+            for learner in learners:
+                found = tuned.get(learner.name, {}).get(key, {})
+                learner_config(learner.name, learner.cls.Config, found, origin=f"tuned ({key})")
+                hyperparameters[learner.name] = learner_config(
                     learner.name, learner.cls.Config,
-                    {**learner.cls.suite_defaults(instance, setting), **config.set.get(learner.name, {})},
+                    {**learner.cls.suite_defaults(instance, setting), **found, **config.set.get(learner.name, {})},
                 )
-                for learner in learners
-            }
             for seed in range(config.seeds):
                 cells.extend(Cell(suite, setting, index, learner, seed, hyperparameters[learner.name]) for learner in learners)
     return cells

@@ -1,5 +1,7 @@
-"""The report's figures (matplotlib, PNG): per suite setting, the adaptation curves with 95% CI bands,
-the metric against wall-clock adaptation time, and the final metric as bars with CI whiskers."""
+"""The report's figures (matplotlib, PNG): per suite setting, the adaptation curves with 95% CI bands (the
+val-chosen steps marked), the metric against wall-clock adaptation time, the result at the val-chosen steps as
+bars with CI whiskers, and, where the run recorded meta-validation, the learning curves (meta-training loss and
+meta-val metric against tasks seen, the selected points marked)."""
 from __future__ import annotations
 
 import io
@@ -38,14 +40,20 @@ LOG_SCALE_RANGE = 100.0
 """Positive values spanning more than this factor (e.g. a diverging learner beside converged ones) get a log axis."""
 
 
-def _line_chart(figure: plt.Figure, axes: plt.Axes, title: str, xlabel: str, ylabel: str) -> bytes:
+def _decorate(axes: plt.Axes, title: str, xlabel: str, ylabel: str) -> None:
+    """Labels, grid, legend, and a log axis where the plotted values span more than ``LOG_SCALE_RANGE``."""
     values = np.concatenate([np.asarray(line.get_ydata(), dtype=float) for line in axes.get_lines()] or [np.empty(0)])
     finite = values[np.isfinite(values)]
     if finite.size and finite.min() > 0 and finite.max() > LOG_SCALE_RANGE * finite.min():
         axes.set_yscale("log")
     axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
     axes.grid(alpha=0.3)
-    axes.legend(frameon=False)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(frameon=False)
+
+
+def _line_chart(figure: plt.Figure, axes: plt.Axes, title: str, xlabel: str, ylabel: str) -> bytes:
+    _decorate(axes, title, xlabel, ylabel)
     return _png(figure)
 
 
@@ -65,8 +73,11 @@ def adaptation_curves(report: Report, suite: str, setting: str) -> bytes:
         axes.plot(curve["step"], curve["mean"], marker="o", markersize=3, label=group.learner, color=color)
         axes.fill_between(curve["step"], curve["mean"] - curve["ci95"], curve["mean"] + curve["ci95"],
                           color=color, alpha=0.15, linewidth=0)
-    return _line_chart(figure, axes, f"{suite} {setting}: adaptation (mean, 95% CI)", "adaptation steps",
-                       _axis_label(report, suite))
+        chosen = curve[curve["step"].isin(group.selected_steps)]
+        axes.plot(chosen["step"], chosen["mean"], marker="o", markersize=9, markerfacecolor="none", linestyle="none",
+                  color=color)
+    return _line_chart(figure, axes, f"{suite} {setting}: adaptation (mean, 95% CI; ○ val-chosen step)",
+                       "adaptation steps", _axis_label(report, suite))
 
 
 def metric_versus_time(report: Report, suite: str, setting: str) -> bytes:
@@ -87,19 +98,39 @@ def metric_versus_time(report: Report, suite: str, setting: str) -> bytes:
 
 def final_bars(report: Report, suite: str, setting: str) -> bytes:
     ranked = report.rankings[suite, setting]
-    finals = [group.curve.iloc[-1] for group in ranked]
+    finals = [group.result for group in ranked]
     figure, axes = plt.subplots(figsize=(6, 3.2))
     positions = np.arange(len(ranked))
     axes.bar(positions, [row["mean"] for row in finals], yerr=[row["ci95"] for row in finals], capsize=4,
              color=[_color(report, group.learner) for group in ranked])
     axes.set_xticks(positions, [group.learner for group in ranked])
-    axes.set(title=f"{suite} {setting}: after the final step (mean, 95% CI)", ylabel=_axis_label(report, suite))
+    axes.set(title=f"{suite} {setting}: at the val-chosen step (mean, 95% CI)", ylabel=_axis_label(report, suite))
     axes.grid(axis="y", alpha=0.3)
     return _png(figure)
 
 
+def learning_curves(report: Report, suite: str, setting: str) -> bytes:
+    """Meta-training loss (left) and meta-val metric at each point's best step (right) against tasks seen, means
+    over seeds; a star marks each seed's selected point on the meta-val curve."""
+    figure, (loss_axes, val_axes) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for curve in report.learning_curves[suite, setting]:
+        points, color = curve.points, _color(report, curve.learner)
+        loss_axes.plot(points["tasks_seen"], points["train_loss"], marker="o", markersize=3, label=curve.learner,
+                       color=color)
+        val_axes.plot(points["tasks_seen"], points["metric"], marker="o", markersize=3, label=curve.learner,
+                      color=color)
+        selected = points[points["tasks_seen"].isin(curve.selected_tasks)]
+        val_axes.plot(selected["tasks_seen"], selected["metric"], marker="*", markersize=14, linestyle="none",
+                      color=color, markeredgecolor="black", markeredgewidth=0.6)
+    _decorate(loss_axes, f"{suite} {setting}: meta-training loss", "tasks seen", "training loss (mean over seeds)")
+    _decorate(val_axes, f"{suite} {setting}: meta-validation (★ selected)", "tasks seen",
+              f"{_axis_label(report, suite)}, best step")
+    return _png(figure)
+
+
 def figures(report: Report) -> dict[str, bytes]:
-    """PNG bytes by file name, for every suite setting with at least one learner's results."""
+    """PNG bytes by file name, for every suite setting with at least one learner's results; the learning curves
+    where the setting has meta-validation rows."""
     charts = {"curves": adaptation_curves, "time": metric_versus_time, "bars": final_bars}
     result = {}
     for suite, setting in report.settings:
@@ -108,4 +139,6 @@ def figures(report: Report) -> dict[str, bytes]:
         stem = "".join(character if character.isalnum() else "-" for character in f"{suite}-{setting}")
         for kind, chart in charts.items():
             result[f"{stem}-{kind}.png"] = chart(report, suite, setting)
+        if (suite, setting) in report.learning_curves:
+            result[f"{stem}-learning.png"] = learning_curves(report, suite, setting)
     return result

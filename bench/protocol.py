@@ -36,8 +36,10 @@ def evaluate(
     device: torch.device,
     on_episodes: Callable[[int], None] = lambda count: None,
     batched: bool | None = None,
+    split: str = TEST_SPLIT,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Adapt ``learner`` to test episodes 0..episodes-1 and score the query set after each step.
+    """Adapt ``learner`` to episodes 0..episodes-1 of ``split`` (the test split unless meta-validation asks for
+    ``val``) and score the query set after each step.
 
     The learner sees the support set and the query inputs, never the query labels; the metric is
     computed here from its predictions. Learners that set ``batched`` adapt many episodes at once, in one
@@ -50,19 +52,19 @@ def evaluate(
     batched = default_batching(learner, suite, device) if batched is None else batched
     if batched and not learner.batched:
         raise ValueError(f"{type(learner).__name__} adapts one task at a time (it does not set batched = True)")
-    size = _episodes_per_batch(suite.sample_episode(TEST_SPLIT, setting, seed, 0)) if batched else 1
+    size = _episodes_per_batch(suite.sample_episode(split, setting, seed, 0)) if batched else 1
     metric = np.empty((episodes, steps + 1))
     seconds = np.empty(episodes)
     for start in range(0, episodes, size):
         stop = min(start + size, episodes)
         if batched:
-            batch = suite.sample_batch(TEST_SPLIT, setting, seed, range(start, stop)).to(device)
+            batch = suite.sample_batch(split, setting, seed, range(start, stop)).to(device)
             predictors = learner.adapt(batch.support, steps, batched=True)
 
             def score(predictions: torch.Tensor, targets: torch.Tensor = batch.query_y) -> torch.Tensor:
                 return torch.stack([suite.metric(p, y) for p, y in zip(predictions, targets)])
         else:
-            batch = suite.sample_episode(TEST_SPLIT, setting, seed, start).to(device)
+            batch = suite.sample_episode(split, setting, seed, start).to(device)
             predictors = learner.adapt(batch.support, steps)
 
             def score(predictions: torch.Tensor, targets: torch.Tensor = batch.query_y) -> torch.Tensor:

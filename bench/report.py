@@ -2,8 +2,11 @@
 
 Tables are built here as ``Table`` objects (cells as text, with the cells to set in bold); the
 formats (Markdown, HTML, LaTeX, CSV) are in ``bench.render`` and the figures in ``bench.plots``.
-The best learner of a setting is the one with the best mean at the final step; every other learner
-is tested against it on the shared episodes (``bench.stats.paired_comparison``).
+Each cell's result is read at the adaptation step chosen on meta-validation for the state chosen there
+(``CellMetadata.selected_step``; the last step in cell files written before meta-validation existed): nothing
+is chosen on test episodes. The best learner of a setting is the one with the best mean there; every other
+learner is tested against it on the shared episodes (``bench.stats.paired_comparison``). The meta-validation
+rows (``RunStore.validation()``) give the learning curves.
 
 A report computes once: its cells and records are grouped by (suite, setting, learner) as it is built,
 the ranking, the tests and the tables when first asked for; every format and figure reads the same.
@@ -35,6 +38,8 @@ from bench.stats import (
 GROUP = ["suite", "setting", "learner"]
 SPEED_STEPS = (0, 1, 2, 5, 10)
 SEED_COLUMNS = ["seed_means", "seed_ci95"]
+SELECTION_COLUMNS = ["selected_steps", "selected_tasks", "selection", "selection_note", "selected_mean",
+                     "selected_ci95", "selected_median", "selected_nonfinite"]
 TEST_COLUMNS = ["vs_best_test", "vs_best_p_value", "vs_best_p_holm", "vs_best_difference"]
 GroupKey = tuple[str, str, str]
 SettingKey = tuple[str, str]
@@ -73,6 +78,20 @@ def _mean(values: Iterable[float | None]) -> float:
     return float(np.mean(present)) if present else math.nan
 
 
+def format_steps(steps: Iterable[int]) -> str:
+    """One step, or the range the seeds' steps span ("1–3")."""
+    distinct = sorted(set(steps))
+    if not distinct:
+        return "–"
+    return str(distinct[0]) if len(distinct) == 1 else f"{distinct[0]}–{distinct[-1]}"
+
+
+def _per_seed(values: list[int | None]) -> str:
+    """A count shared by every seed, or each seed's (" / "); – where none is recorded."""
+    distinct = sorted({value for value in values if value is not None})
+    return "–" if not distinct else " / ".join(f"{value:,}" for value in (distinct if len(distinct) == 1 else values))
+
+
 def _largest(values: Iterable[float | None]) -> float | None:
     """The largest of the values recorded (None when none is)."""
     return max((value for value in values if value is not None), default=None)
@@ -89,8 +108,8 @@ class Group:
     curve: pd.DataFrame
     """The summary (``bench.stats.summarize``) by step, from step 0; empty without results."""
     final: pd.Series
-    """The metric after the group's own last step (step 0 for a learner with nothing to adapt at test time), one
-    value per (seed, episode): learners ending at different steps pair on the same episodes."""
+    """The metric at each cell's val-chosen step (``selected_step``; the group's last step where a cell has none),
+    one value per (seed, episode): learners read at different steps pair on the same episodes."""
 
     @functools.cached_property
     def ok(self) -> list[CellMetadata]:
@@ -106,6 +125,28 @@ class Group:
         return f"{first.status}: {first.error or ''}"
 
     @functools.cached_property
+    def result(self) -> pd.Series:
+        """n, mean, ci95, median, nonfinite and finite_mean of ``final`` (``bench.stats.summarize``)."""
+        return summarize(self.final.rename("metric").reset_index().assign(step=-1), []).iloc[0]
+
+    @property
+    def last_step(self) -> int:
+        """The protocol's last step S for this group: where its curve ends."""
+        return int(self.curve["step"].iloc[-1])
+
+    @property
+    def selected_steps(self) -> list[int]:
+        """The step each finished cell's result is read at, in seed order."""
+        return [self.last_step if cell.selected_step is None else cell.selected_step
+                for cell in sorted(self.ok, key=lambda cell: cell.seed)]
+
+    @property
+    def selection_notes(self) -> list[str]:
+        """The distinct notes the finished cells give on their selection (e.g. the learner cannot hand over its
+        state)."""
+        return sorted({cell.selection_note for cell in self.ok if cell.selection_note})
+
+    @functools.cached_property
     def seed_interval(self) -> tuple[list[float], float]:
         """The mean of each seed's final metric and the half-width of the 95% t interval over them
         (``bench.stats.seed_interval``)."""
@@ -117,24 +158,43 @@ class Group:
         return _mean(cell.adapt_ms_per_episode for cell in self.ok)
 
 
-def _final_metric(records: pd.DataFrame) -> pd.Series:
-    final = records[records["step"] == records["step"].max()]
-    return final.set_index(EPISODE_KEY)["metric"]
+def _selected_metric(records: pd.DataFrame, cells: list[CellMetadata]) -> pd.Series:
+    """Per (seed, episode), the metric at the step its cell's result is read at (``selected_step``; the group's last
+    step for a cell without one)."""
+    last = records["step"].max()
+    steps = {cell.seed: last if cell.selected_step is None else cell.selected_step for cell in cells}
+    return records[records["step"] == records["seed"].map(steps)].set_index(EPISODE_KEY)["metric"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LearningCurve:
+    """One learner's meta-training on one setting, by validation point (means over seeds)."""
+
+    learner: str
+    points: pd.DataFrame
+    """tasks_seen, train_loss and metric: the meta-val mean at the point's best step (NaN where a seed's is
+    non-finite)."""
+    selected_tasks: list[int]
+    """Tasks seen at each seed's selected point."""
 
 
 class Report:
     """Tables of one run, from its records (one row per episode x step) and cell metadata."""
 
-    def __init__(self, records: pd.DataFrame, cells: list[CellMetadata], run_info: dict[str, Any] | None = None) -> None:
+    def __init__(self, records: pd.DataFrame, cells: list[CellMetadata], run_info: dict[str, Any] | None = None,
+                 validation: pd.DataFrame | None = None) -> None:
+        """``validation``: the meta-validation rows (``RunStore.validation()``), None or empty for a run without."""
         self.cells = sorted(cells, key=lambda cell: (cell.suite, cell.setting_index, cell.learner, cell.seed))
         self.records = records
         self.summary = summarize(records, GROUP) if len(records) else pd.DataFrame(columns=[*GROUP, "step"])
         self.run_info = run_info or {}
-        curves = {key: curve.sort_values("step") for key, curve in self.summary.groupby(GROUP, sort=False)}
-        finals = {key: _final_metric(group) for key, group in records.groupby(GROUP, sort=False)} if len(records) else {}
+        self.validation = validation if validation is not None else pd.DataFrame()
         members: dict[GroupKey, list[CellMetadata]] = {}
         for cell in self.cells:
             members.setdefault((cell.suite, cell.setting, cell.learner), []).append(cell)
+        curves = {key: curve.sort_values("step") for key, curve in self.summary.groupby(GROUP, sort=False)}
+        finals = ({key: _selected_metric(group, [cell for cell in members[key] if cell.status is CellStatus.OK])
+                   for key, group in records.groupby(GROUP, sort=False)} if len(records) else {})
         self.groups: dict[GroupKey, Group] = {
             key: Group(*key, tuple(group_cells), curves.get(key, self.summary.iloc[:0]),
                        finals.get(key, pd.Series(dtype=float)))
@@ -157,11 +217,11 @@ class Report:
 
     @functools.cached_property
     def rankings(self) -> dict[SettingKey, list[Group]]:
-        """Per setting, its groups with results, best final mean first (non-finite means last)."""
+        """Per setting, its groups with results, best mean at the val-chosen steps first (non-finite means last)."""
         rankings = {}
         for (suite, setting), groups in self.settings.items():
             _, lower_is_better = self.orientation(suite)
-            means = {group: group.curve["mean"].iloc[-1] for group in groups if group.status_note is None}
+            means = {group: group.result["mean"] for group in groups if group.status_note is None}
             finite = sorted((group for group, mean in means.items() if np.isfinite(mean)),
                             key=means.__getitem__, reverse=not lower_is_better)
             rankings[suite, setting] = finite + [group for group in means if group not in finite]
@@ -201,28 +261,77 @@ class Report:
         return (" Curves that end before the protocol's last step (that is their final step; – at the steps they lack): "
                 f"{', '.join(described)}.")
 
+    @functools.cached_property
+    def learning_curves(self) -> dict[SettingKey, list[LearningCurve]]:
+        """Per setting with meta-validation rows, each learner's meta-training loss and meta-val metric (its best
+        step's) by validation point, means over seeds, with its seeds' selected points; learners by name."""
+        if self.validation.empty:
+            return {}
+        curves: dict[SettingKey, list[LearningCurve]] = {}
+        for (suite, setting, learner), rows in self.validation.groupby(GROUP, sort=True):
+            _, lower_is_better = self.orientation(suite)
+            finite = rows.assign(metric=rows["metric"].where(np.isfinite(rows["metric"])))
+            by_point = finite.groupby(["tasks_seen", "seed"]).agg(
+                metric=("metric", "min" if lower_is_better else "max"), train_loss=("train_loss", "first"))
+            # a seed whose point has no finite step leaves a gap (NaN), not a mean over the other seeds
+            points = by_point.groupby(level="tasks_seen").agg(lambda values: values.mean(skipna=False)).reset_index()
+            cells = self.groups[suite, setting, learner].ok
+            selected = sorted({cell.selected_tasks for cell in cells if cell.selected_tasks is not None})
+            curves.setdefault((suite, setting), []).append(
+                LearningCurve(learner, points[["tasks_seen", "train_loss", "metric"]], selected))
+        return curves
+
     # -- tables ------------------------------------------------------------------------------------
 
     @functools.cached_property
+    def _selection_note(self) -> tuple[str, str]:
+        """What the accuracy table's metric is, and how the step and state it is read at were chosen."""
+        ok = [cell for cell in self.cells if cell.status is CellStatus.OK]
+        selected = [cell for cell in ok if cell.selected_step is not None]
+        if not selected:
+            return "Metric after the final adaptation step", ""
+        states = {cell.selection for cell in selected}
+        state = ("its best meta-val point" if states == {"best-val"} else "its last state" if states == {"last"}
+                 else "its best meta-val point, or its last state where a selection note says why")
+        how = (" The val-chosen step is, per seed, the adaptation step with the best mean on the meta-validation "
+               f"episodes, for the model state also chosen on meta-validation ({state}); a range where the seeds chose "
+               "different steps. Neither step nor state is chosen on test episodes. 'at step S' is the mean after the "
+               "protocol's last step S, where the curve ends.")
+        if len(selected) < len(ok):
+            how += " Cells written without meta-validation are read at S."
+        return "Metric at the val-chosen step", how
+
+    @functools.cached_property
+    def _selection_footnotes(self) -> str:
+        """A sentence giving, per learner, what its cells say about their selection, or nothing."""
+        notes: dict[str, dict[str, None]] = {}
+        for group in self.groups.values():
+            notes.setdefault(group.learner, {}).update(dict.fromkeys(group.selection_notes))
+        described = [f"{learner}: {', '.join(texts)}" for learner, texts in sorted(notes.items()) if texts]
+        return f" Selection notes: {'; '.join(described)}." if described else ""
+
+    @functools.cached_property
     def accuracy_table(self) -> Table:
-        columns = ["suite", "setting", "learner", "mean ± 95% CI", "± 95% CI over seeds", "median",
-                   "vs best (Wilcoxon, Holm)", "non-finite", "episodes"]
+        columns = ["suite", "setting", "learner", "mean ± 95% CI", "val-chosen step", "at step S", "± 95% CI over seeds",
+                   "median", "vs best (Wilcoxon, Holm)", "non-finite", "episodes"]
+        metric, how = self._selection_note
         table = Table("Accuracy", columns, [], note=(
-            "Metric after the final adaptation step over all test episodes and seeds (↑ higher is better, "
+            f"{metric} over all test episodes and seeds (↑ higher is better, "
             "↓ lower is better); the first interval is over episodes, the second a t interval over the seeds' means "
             "(the spread between independently trained models; – with one seed). The best learner is in bold; every "
             "other learner is compared with it on the same episodes by Wilcoxon's signed-rank test, a diverged "
             "(non-finite) episode counting as worse than every finite one; the p-values of a setting are "
-            "Holm-corrected together, n.s. = not significantly different at p < 0.05." + self._short_curve_note))
+            "Holm-corrected together, n.s. = not significantly different at p < 0.05." + how + self._short_curve_note
+            + self._selection_footnotes))
         for (suite, setting), groups in self.settings.items():
             metric_name, lower_is_better = self.orientation(suite)
             ranked, comparisons = self.rankings[suite, setting], self.comparisons[suite, setting]
             for group in groups:
                 row = [suite, setting, group.learner]
                 if group.status_note:
-                    table.rows.append(row + [group.status_note, "–", "–", "–", "–", "–"])
+                    table.rows.append(row + [group.status_note] + ["–"] * (len(columns) - 4))
                     continue
-                final = group.curve.iloc[-1]
+                result = group.result
                 seed_means, seed_ci = group.seed_interval
                 if group is ranked[0]:
                     versus = "best"
@@ -230,14 +339,23 @@ class Report:
                 else:
                     versus = format_p(comparisons[group.learner])
                 table.rows.append(row + [
-                    f"{metric_name} {'↓' if lower_is_better else '↑'} {format_number(final['mean'])} ± {format_number(final['ci95'], 2)}",
+                    f"{metric_name} {'↓' if lower_is_better else '↑'} {format_number(result['mean'])} ± {format_number(result['ci95'], 2)}",
+                    format_steps(group.selected_steps),
+                    self._at_last_step(group),
                     "–" if math.isnan(seed_ci) else f"± {format_number(seed_ci, 2)} ({len(seed_means)} seeds)",
-                    format_number(final["median"]), versus,
-                    f"{int(final['nonfinite'])}/{int(final['n'])}" + (
-                        f" (finite mean {format_number(final['finite_mean'])})" if final["nonfinite"] else ""),
-                    str(int(final["n"])),
+                    format_number(result["median"]), versus,
+                    f"{int(result['nonfinite'])}/{int(result['n'])}" + (
+                        f" (finite mean {format_number(result['finite_mean'])})" if result["nonfinite"] else ""),
+                    str(int(result["n"])),
                 ])
         return table
+
+    @staticmethod
+    def _at_last_step(group: Group) -> str:
+        """The mean after the group's last step S, with S and the non-finite episodes there."""
+        last = group.curve.iloc[-1]
+        diverged = f"; {int(last['nonfinite'])}/{int(last['n'])} non-finite" if last["nonfinite"] else ""
+        return f"{format_number(last['mean'])} (S={group.last_step}{diverged})"
 
     @functools.cached_property
     def speed_table(self) -> Table:
@@ -261,19 +379,24 @@ class Report:
 
     @functools.cached_property
     def cost_table(self) -> Table:
-        columns = ["suite", "setting", "learner", "meta-train s", "tasks seen", "peak RSS MiB", "peak CUDA MiB", "device"]
+        columns = ["suite", "setting", "learner", "meta-train s", "meta-val s", "tasks seen", "selected at tasks",
+                   "peak RSS MiB", "peak CUDA MiB", "device"]
         table = Table("Cost", columns, [], note=(
-            "Meta-training wall-clock seconds and tasks (mean over seeds); peak resident memory of the process "
-            "and the CUDA allocator's peak during the cell (the largest over seeds)."))
+            "Meta-training and meta-validation wall-clock seconds (meta-training's without the time scoring "
+            "meta-validation) and tasks seen (mean over seeds); the tasks seen at the state the test scored (each "
+            "seed's where they differ); peak resident memory of the process and the CUDA allocator's peak during "
+            "the cell (the largest over seeds)."))
         for group in self.groups.values():
             row = [group.suite, group.setting, group.learner]
             if group.status_note:
-                table.rows.append(row + [group.status_note, "–", "–", "–", "–"])
+                table.rows.append(row + [group.status_note] + ["–"] * (len(columns) - 4))
                 continue
-            ok = group.ok
+            ok = sorted(group.ok, key=lambda cell: cell.seed)
             table.rows.append(row + [
                 format_number(_mean(cell.meta_train_seconds for cell in ok)),
+                format_number(_mean(cell.val_seconds for cell in ok)),
                 f"{int(_mean(cell.tasks_seen for cell in ok)):,}",
+                _per_seed([cell.selected_tasks for cell in ok]),
                 format_number(_largest(cell.peak_rss_mib for cell in ok), 4),
                 format_number(_largest(cell.peak_cuda_mib for cell in ok), 4),
                 ", ".join(sorted({cell.device for cell in ok})),
@@ -301,14 +424,28 @@ class Report:
         statuses = collections.Counter(cell.status.value for cell in self.cells)
         return ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
 
+    def _validation_provenance(self, config: dict[str, Any]) -> str:
+        """The meta-validation budgets of the finished cells and the run's ``--select``."""
+        ok = [cell for cell in self.cells if cell.status is CellStatus.OK]
+        budgets = sorted({(cell.val_every, cell.val_episodes) for cell in ok if cell.val_episodes})
+        if not budgets:
+            return "none (results at the last state and step)"
+        return "; ".join(f"{episodes} episodes every {every:,} tasks" for every, episodes in budgets) + (
+            f"; --select {config['select']}" if "select" in config else "")
+
     def provenance(self) -> list[tuple[str, str]]:
-        """What produced the run: command, seeds, profile, versions, plugins, git revision, device."""
+        """What produced the run: command, seeds, profile, meta-validation, tuning, versions, plugins, git revision,
+        device."""
         config, environment = self.run_info.get("config", {}), self.run_info.get("environment", {})
         libraries = environment.get("libraries", {})
+        tuned = config.get("tuned")
         items = [
             ("command", " ".join(environment.get("command", [])) or "–"),
             ("profile", str(config.get("profile", "–"))),
             ("seeds", f"0..{config['seeds'] - 1}" if "seeds" in config else "–"),
+            ("meta-validation", self._validation_provenance(config)),
+            ("tuning", (f"tuned on meta-val: {tuned['trials']} trials x {tuned['trial_tasks']} tasks, "
+                        f"study {tuned['study']}") if tuned else "none (defaults: see each learner's docstring)"),
             ("started", str(environment.get("started", "–"))),
             ("status", f"{self.run_info.get('status', '–')} ({self.cell_counts()})"),
             ("metabench", f"{environment.get('metabench', '–')}, git {environment.get('git_revision') or '–'}"),
@@ -321,17 +458,29 @@ class Report:
 
     @functools.cached_property
     def summary_frame(self) -> pd.DataFrame:
-        """Every (suite, setting, learner, step) with n, mean, ci95, median, non-finite count, and at the
-        final step the per-seed means (a JSON list), the t interval over them and the test against the best
-        learner (machine-readable; ``--format csv``)."""
+        """Every (suite, setting, learner, step) with n, mean, ci95, median, non-finite count; the row of each
+        group's final step (``final_step``) also holds the group's result at the val-chosen steps: each seed's step
+        and selected tasks (JSON lists in seed order), the selection and its notes, the mean, ci95, median and
+        non-finite count there, the per-seed means (a JSON list), the t interval over them and the test against the
+        best learner (machine-readable; ``--format csv``)."""
         final_step = self.summary.groupby(GROUP)["step"].transform("max") == self.summary["step"]
         tests = pd.DataFrame([(suite, setting, learner, comparison.test, comparison.p_value,
                                comparison.adjusted_p_value, comparison.difference)
                               for (suite, setting), comparisons in self.comparisons.items()
                               for learner, comparison in comparisons.items()], columns=[*GROUP, *TEST_COLUMNS])
-        seeds = pd.DataFrame([(*key, json.dumps(group.seed_interval[0]), group.seed_interval[1])
-                              for key, group in self.groups.items() if len(group.final)], columns=[*GROUP, *SEED_COLUMNS])
+        results = pd.DataFrame([self._result_row(key, group) for key, group in self.groups.items() if len(group.final)],
+                               columns=[*GROUP, *SELECTION_COLUMNS, *SEED_COLUMNS])
         summary = (self.summary.drop(columns=["std"], errors="ignore").assign(final_step=final_step)
-                   .merge(seeds, on=GROUP, how="left").merge(tests, on=GROUP, how="left"))
-        summary.loc[~summary["final_step"], [*SEED_COLUMNS, *TEST_COLUMNS]] = None
+                   .merge(results, on=GROUP, how="left").merge(tests, on=GROUP, how="left"))
+        summary.loc[~summary["final_step"], [*SELECTION_COLUMNS, *SEED_COLUMNS, *TEST_COLUMNS]] = None
         return summary
+
+    @staticmethod
+    def _result_row(key: GroupKey, group: Group) -> tuple:
+        """A group's ``SELECTION_COLUMNS`` and ``SEED_COLUMNS`` for the summary frame."""
+        ok = sorted(group.ok, key=lambda cell: cell.seed)
+        result = group.result
+        return (*key, json.dumps(group.selected_steps), json.dumps([cell.selected_tasks for cell in ok]),
+                ",".join(sorted({cell.selection for cell in ok if cell.selection})) or None,
+                "; ".join(group.selection_notes) or None, result["mean"], result["ci95"], result["median"],
+                int(result["nonfinite"]), json.dumps(group.seed_interval[0]), group.seed_interval[1])

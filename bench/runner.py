@@ -28,8 +28,9 @@ from bench.cells import CellMetadata, CellStatus
 from bench.config import ConfigError, RunConfig
 from bench.grid import Cell
 from bench.memory import PeakMemory
-from bench.protocol import episodes_fingerprint, evaluate
+from bench.protocol import episodes_fingerprint, evaluate, learner_steps
 from bench.store import RunStore, atomic_write_bytes, checkpoint_file, config_hash
+from bench.validation import MetaValidation, Selection, ValidationPoint, select
 
 TRAIN_SPLIT = "train"
 LOSS_CHECK_EVERY = 20
@@ -80,19 +81,31 @@ class Checkpoints:
     every: int
 
 
+PointCallback = Callable[[ValidationPoint], bool]
+"""Hears of every meta-validation point; returning False stops meta-training there (a pruned tuning trial)."""
+
+
 class HostContext(MetaTrainContext):
-    """The meta-training context: the budgeted episode stream, the seeded backbone, loss checks, checkpoints."""
+    """The meta-training context: the budgeted episode stream, the seeded backbone, loss checks, checkpoints and
+    the meta-validation points (scored when the learner asks for the batch after one)."""
 
     def __init__(self, suite: TaskSuite, setting: Setting, seed: int, task_budget: int, device: torch.device,
-                 progress: Callable[[int, float | None], None], checkpoints: Checkpoints | None = None) -> None:
+                 progress: Callable[[int, float | None], None], checkpoints: Checkpoints | None = None,
+                 validation: MetaValidation | None = None, on_point: PointCallback | None = None) -> None:
         self.suite, self.setting, self.seed = suite, setting, seed
         self.task_budget, self.device = task_budget, device
         self.generator = torch.Generator().manual_seed(seed)
         self.tasks_seen = 0
         self.resumed_from = 0
+        self.validation = validation
+        self.stopped = False
+        """Whether ``on_point`` stopped meta-training before the budget was spent."""
+        self._on_point = on_point
         self._progress = progress
         self._losses_logged = 0
         self._last_loss: torch.Tensor | None = None
+        self._loss_sum: torch.Tensor | float = 0.0
+        self._losses_since_point = 0
         self._checkpoints = checkpoints
         self._last_checkpoint = 0
 
@@ -103,6 +116,9 @@ class HostContext(MetaTrainContext):
         saved = torch.load(self._checkpoints.path, map_location=self.device, weights_only=True)
         self.tasks_seen = self.resumed_from = self._last_checkpoint = saved["tasks_seen"]
         self.generator.set_state(saved["generator"])
+        if self.validation is not None and saved.get("validation"):
+            self.validation.load(saved["validation"])
+            self._loss_sum, self._losses_since_point = saved["loss_since_point"]
         self._progress(self.tasks_seen, None)
         return saved["state"]
 
@@ -111,7 +127,9 @@ class HostContext(MetaTrainContext):
         if plan is None or self.tasks_seen - self._last_checkpoint < plan.every or self.tasks_seen >= self.task_budget:
             return
         buffer = io.BytesIO()
-        torch.save({"tasks_seen": self.tasks_seen, "generator": self.generator.get_state(), "state": state()}, buffer)
+        torch.save({"tasks_seen": self.tasks_seen, "generator": self.generator.get_state(), "state": state(),
+                    "validation": None if self.validation is None else self.validation.state(),
+                    "loss_since_point": [float(self._loss_sum), self._losses_since_point]}, buffer)
         atomic_write_bytes(plan.path, buffer.getvalue())
         self._last_checkpoint = self.tasks_seen
 
@@ -119,6 +137,10 @@ class HostContext(MetaTrainContext):
         if meta_batch < 1:
             raise ValueError(f"meta-batch must be positive, got {meta_batch}")
         while self.tasks_seen < self.task_budget:
+            if self.validation is not None and self.tasks_seen and self.validation.due(self.tasks_seen):
+                if not self.validate():
+                    self.stopped = True
+                    return
             indices = range(self.tasks_seen, min(self.tasks_seen + meta_batch, self.task_budget))
             batch = self.suite.sample_batch(TRAIN_SPLIT, self.setting, self.seed, indices).to(self.device)
             self.tasks_seen = indices.stop
@@ -134,8 +156,18 @@ class HostContext(MetaTrainContext):
     def log(self, loss: torch.Tensor) -> None:
         self._last_loss = loss
         self._losses_logged += 1
+        self._loss_sum = self._loss_sum + loss.detach()
+        self._losses_since_point += 1
         if self._losses_logged % LOSS_CHECK_EVERY == 0:
             self._progress(0, self.check_loss())
+
+    def validate(self) -> bool:
+        """Score a meta-validation point of the learner's current state; False when ``on_point`` says stop."""
+        assert self.validation is not None
+        train_loss = float(self._loss_sum) / self._losses_since_point if self._losses_since_point else float("nan")
+        self._loss_sum, self._losses_since_point = 0.0, 0
+        point = self.validation.score(self.tasks_seen, train_loss)
+        return self._on_point is None or self._on_point(point)
 
     def check_loss(self) -> float | None:
         """Raise if the latest logged loss is not finite; return it (this syncs with the device)."""
@@ -152,71 +184,134 @@ def cell_fingerprint(cell: Cell, config: RunConfig) -> str:
     budget = config.budget_for(cell.suite.cls)
     return config_hash({
         "cell": cell.cell_id, "setting": dataclasses.asdict(cell.setting), "budget": dataclasses.asdict(budget),
+        "select": config.select,
         "hyperparameters": dataclasses.asdict(cell.hyperparameters), "data_dir": config.data_dir,
         "learner_plugin": [cell.learner.source.distribution, cell.learner.source.version],
         "suite_plugin": [cell.suite.source.distribution, cell.suite.source.version],
     })
 
 
-def run_cell(cell: Cell, config: RunConfig, device: torch.device, show_progress: bool,
-             timeout: float | None = None, checkpoints: Checkpoints | None = None) -> tuple[CellMetadata, pd.DataFrame | None]:
-    """Meta-train and evaluate one cell within ``timeout`` seconds, from its checkpoint if there is one.
-    Failures are returned in the metadata, never raised."""
-    budget = config.budget_for(cell.suite.cls)
-    hyperparameters = cell.hyperparameters
-    metadata = functools.partial(
-        CellMetadata, cell_id=cell.cell_id, suite=cell.suite.name, setting=cell.setting.name,
-        setting_index=cell.setting_index, shots=cell.setting.shots, ways=cell.setting.ways, learner=cell.learner.name,
-        seed=cell.seed, hyperparameters=dataclasses.asdict(hyperparameters), device=str(device),
-        learner_plugin=dataclasses.asdict(cell.learner.source), suite_plugin=dataclasses.asdict(cell.suite.source),
-        task_budget=budget.meta_train_tasks, test_episodes=budget.test_episodes, test_steps=budget.test_steps,
-        cell_fingerprint=cell_fingerprint(cell, config),
-    )
-    suite: TaskSuite = config.make_suite(cell.suite.cls)
-    reason = cell.learner.cls.unsupported_reason(suite)
-    if reason:
-        return metadata(status=CellStatus.NOT_APPLICABLE, error=reason), None
-    bar = tqdm(total=budget.meta_train_tasks, desc=f"meta-train {cell.label}", unit="task",
-               disable=None if show_progress else True, leave=False, dynamic_ncols=True)
+@dataclasses.dataclass(frozen=True)
+class TrainedCell:
+    """A cell's learner after meta-training, with its meta-validation."""
 
+    learner: Learner
+    validation: MetaValidation | None
+    tasks_seen: int
+    resumed_from: int
+    meta_train_seconds: float
+    """Meta-training wall-clock seconds, without the time spent scoring meta-validation."""
+    stopped: bool
+    """Whether an ``on_point`` callback stopped meta-training before the budget was spent."""
+
+
+def _start(cell: Cell, config: RunConfig, suite: TaskSuite, device: torch.device,
+           progress: Callable[[int, float | None], None], checkpoints: Checkpoints | None,
+           on_point: PointCallback | None) -> tuple[Learner, HostContext]:
+    """The cell's learner and its meta-training context (with the meta-validation the budget asks for)."""
+    budget = config.budget_for(cell.suite.cls)
+    learner: Learner = cell.learner.cls(cell.hyperparameters)
+    validation = (MetaValidation(learner, suite, cell.setting, cell.seed, budget.val_episodes, budget.val_every,
+                                 learner_steps(learner, budget.test_steps), device)
+                  if budget.val_episodes else None)
+    context = HostContext(suite, cell.setting, cell.seed, budget.meta_train_tasks, device, progress, checkpoints,
+                          validation, on_point)
+    return learner, context
+
+
+def _train(learner: Learner, context: HostContext) -> TrainedCell:
+    """Meta-train ``learner``, then score meta-validation once more at the end unless already done there."""
+    validation = context.validation
+    start = time.perf_counter()
+    learner.meta_train(context)
+    context.check_loss()
+    if validation is not None and not context.stopped and (
+            not validation.points or validation.points[-1].tasks_seen != context.tasks_seen):
+        context.validate()
+    seconds = time.perf_counter() - start - (validation.seconds if validation else 0.0)
+    return TrainedCell(learner, validation, context.tasks_seen, context.resumed_from, seconds, context.stopped)
+
+
+def _progress_bar(total: int, description: str, show: bool) -> tqdm:
+    return tqdm(total=total, desc=description, unit="task" if description.startswith("meta") else "episode",
+                disable=None if show else True, leave=False, dynamic_ncols=True)
+
+
+def _bar_progress(bar: tqdm) -> Callable[[int, float | None], None]:
     def progress(tasks: int, loss: float | None) -> None:
         bar.update(tasks)
         if loss is not None:
             bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+    return progress
 
-    context = HostContext(suite, cell.setting, cell.seed, budget.meta_train_tasks, device, progress, checkpoints)
+
+def train_and_validate(cell: Cell, config: RunConfig, device: torch.device, *, show_progress: bool = False,
+                       on_point: PointCallback | None = None, checkpoints: Checkpoints | None = None) -> TrainedCell:
+    """Meta-train a cell's learner under the run's budget, scoring meta-validation at every point (what ``bench
+    tune``'s trials run; nothing here reads a test episode). Raises what the learner raises."""
+    suite: TaskSuite = config.make_suite(cell.suite.cls)
+    with _progress_bar(config.budget_for(cell.suite.cls).meta_train_tasks, f"meta-train {cell.label}",
+                       show_progress) as bar:
+        return _train(*_start(cell, config, suite, device, _bar_progress(bar), checkpoints, on_point))
+
+
+def _selection_fields(selection: Selection, validation: MetaValidation | None) -> dict:
+    return {"selection": selection.mode, "selection_note": selection.note, "selected_tasks": selection.tasks,
+            "selected_step": selection.step, "selected_val_metric": selection.val_metric,
+            "val_seconds": validation.seconds if validation else 0.0}
+
+
+def run_cell(cell: Cell, config: RunConfig, device: torch.device, show_progress: bool,
+             timeout: float | None = None, checkpoints: Checkpoints | None = None,
+             ) -> tuple[CellMetadata, pd.DataFrame | None, pd.DataFrame | None]:
+    """Meta-train one cell with meta-validation, select its state and step on meta-val, then evaluate it on the
+    test episodes, within ``timeout`` seconds, from its checkpoint if there is one. Returns the metadata, the test
+    records and the validation rows; failures are returned in the metadata, never raised."""
+    budget = config.budget_for(cell.suite.cls)
+    metadata = functools.partial(
+        CellMetadata, cell_id=cell.cell_id, suite=cell.suite.name, setting=cell.setting.name,
+        setting_index=cell.setting_index, shots=cell.setting.shots, ways=cell.setting.ways, learner=cell.learner.name,
+        seed=cell.seed, hyperparameters=dataclasses.asdict(cell.hyperparameters), device=str(device),
+        learner_plugin=dataclasses.asdict(cell.learner.source), suite_plugin=dataclasses.asdict(cell.suite.source),
+        task_budget=budget.meta_train_tasks, test_episodes=budget.test_episodes, test_steps=budget.test_steps,
+        val_episodes=budget.val_episodes, val_every=budget.val_every, cell_fingerprint=cell_fingerprint(cell, config),
+    )
+    suite: TaskSuite = config.make_suite(cell.suite.cls)
+    reason = cell.learner.cls.unsupported_reason(suite)
+    if reason:
+        return metadata(status=CellStatus.NOT_APPLICABLE, error=reason), None, None
+    bar = _progress_bar(budget.meta_train_tasks, f"meta-train {cell.label}", show_progress)
+    context: HostContext | None = None
     try:
         with deadline(timeout), PeakMemory(device) as memory:
-            learner: Learner = cell.learner.cls(hyperparameters)
-            start = time.perf_counter()
-            learner.meta_train(context)
-            context.check_loss()
-            meta_train_seconds = time.perf_counter() - start
+            learner, context = _start(cell, config, suite, device, _bar_progress(bar), checkpoints, None)
+            trained = _train(learner, context)
             bar.close()
-            bar = tqdm(total=budget.test_episodes, desc=f"evaluate   {cell.label}", unit="episode",
-                       disable=None if show_progress else True, leave=False, dynamic_ncols=True)
-            metric, seconds = evaluate(learner, suite, cell.setting, cell.seed, budget.test_episodes,
+            selection = select(trained.validation, config.select, trained.tasks_seen,
+                               learner_steps(trained.learner, budget.test_steps))
+            bar = _progress_bar(budget.test_episodes, f"evaluate   {cell.label}", show_progress)
+            metric, seconds = evaluate(trained.learner, suite, cell.setting, cell.seed, budget.test_episodes,
                                        budget.test_steps, device, on_episodes=bar.update)
     except Exception as error:  # a plugin's failure fails its cell, not the run
         return metadata(status=CellStatus.FAILED, error=f"{type(error).__name__}: {error}",
-                        traceback=traceback.format_exc(), tasks_seen=context.tasks_seen), None
+                        traceback=traceback.format_exc(), tasks_seen=context.tasks_seen if context else 0), None, None
     finally:
         bar.close()
+    identity = {"suite": cell.suite.name, "setting": cell.setting.name, "learner": cell.learner.name, "seed": cell.seed}
     episodes, steps = np.meshgrid(np.arange(metric.shape[0]), np.arange(metric.shape[1]), indexing="ij")
-    records = pd.DataFrame({
-        "suite": cell.suite.name, "setting": cell.setting.name, "learner": cell.learner.name, "seed": cell.seed,
-        "episode": episodes.ravel(), "step": steps.ravel(), "metric": metric.ravel(),
-    })
+    records = pd.DataFrame({**identity, "episode": episodes.ravel(), "step": steps.ravel(), "metric": metric.ravel()})
+    validation = trained.validation.frame(identity) if trained.validation else None
     return metadata(
-        status=CellStatus.OK, tasks_seen=context.tasks_seen, resumed_from_tasks=context.resumed_from,
-        meta_train_seconds=meta_train_seconds,
+        status=CellStatus.OK, tasks_seen=trained.tasks_seen, resumed_from_tasks=trained.resumed_from,
+        meta_train_seconds=trained.meta_train_seconds, **_selection_fields(selection, trained.validation),
         adapt_ms_per_episode=float(seconds.mean() * 1000), metric_name=suite.metric_name,
         lower_is_better=suite.lower_is_better, **memory.as_dict(),
         test_episodes_sha256=episodes_fingerprint(suite, cell.setting, cell.seed, budget.test_episodes),
-    ), records
+    ), records, validation
 
 
-CellResult = tuple[Cell, CellMetadata, pd.DataFrame | None]
+CellResult = tuple[Cell, CellMetadata, pd.DataFrame | None, pd.DataFrame | None]
+"""A cell, its metadata, its test records and its meta-validation rows (None where it did not finish)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,9 +330,8 @@ class CellWork:
     def __call__(self, cell: Cell) -> CellResult:
         checkpoints = (Checkpoints(checkpoint_file(Path(self.checkpoint_dir), cell.cell_id), self.checkpoint_every)
                        if self.checkpoint_dir and self.checkpoint_every else None)
-        metadata, records = run_cell(cell, self.config, torch.device(self.device), self.show_progress,
-                                     self.cell_timeout, checkpoints)
-        return cell, metadata, records
+        return (cell, *run_cell(cell, self.config, torch.device(self.device), self.show_progress, self.cell_timeout,
+                                checkpoints))
 
 
 def run_cells(cells: list[Cell], config: RunConfig, store: RunStore, device: torch.device,
@@ -256,8 +350,8 @@ def run_cells(cells: list[Cell], config: RunConfig, store: RunStore, device: tor
     try:
         results = (executor.map(work, pending, gpus=int(device.type == "cuda")) if executor is not None
                    else map(work, pending))
-        for cell, metadata, records in results:
-            store.write_cell(cell.cell_id, metadata, records)
+        for cell, metadata, records, validation in results:
+            store.write_cell(cell.cell_id, metadata, records, validation)
             on_cell(cell, metadata)
     finally:
         if executor is not None:

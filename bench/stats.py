@@ -37,8 +37,8 @@ def summarize(records: pd.DataFrame, group: list[str]) -> pd.DataFrame:
     with np.errstate(invalid="ignore"):
         summary = grouped.agg(
             n="size",
-            mean="mean",
-            std=lambda values: values.std(ddof=1),
+            mean=lambda values: values.mean(skipna=False),  # a NaN episode (diverged) leaves no mean, as inf does
+            std=lambda values: values.std(ddof=1, skipna=False),
             median="median",
             nonfinite=lambda values: int((~np.isfinite(values)).sum()),
             finite_mean=_finite_mean,

@@ -3,7 +3,9 @@
 Layout of ``results/<run-id>/``::
 
     run.json              resolved configuration, environment and versions, status
-    cells/<cell>.csv      tidy records of one cell: one row per episode x step
+    cells/<cell>.csv      tidy records of one cell: one row per test episode x step
+    cells/<cell>.val.csv  its meta-validation curve: one row per validation point x step (mean over the meta-val
+                          episodes; columns suite, setting, learner, seed, tasks_seen, step, metric, train_loss)
     cells/<cell>.json     the cell's metadata (status, timings, memory, configuration, fingerprint);
                           written last, so its presence marks the cell finished
     cells/<cell>.checkpoint.pt   mid-cell meta-training state (``--checkpoint-every``), while the cell runs
@@ -11,7 +13,7 @@ Layout of ``results/<run-id>/``::
     records.csv           all cells' records together (written at the end of a run)
     report.md             the comparison report (tables, figures/, provenance); also report.html
     summary.csv           the report's numbers, machine-readable
-    figures/*.png         adaptation curves, metric vs. time, final-metric bars
+    figures/*.png         adaptation curves, metric vs. time, final-metric bars, learning curves (meta-val)
 
 Everything is CSV or JSON: data anyone can open, never pickles, and nothing in a run folder is ever
 executed. A run folder can be re-entered: finished cells are kept and skipped (failed ones run again),
@@ -78,6 +80,11 @@ def run_identity(config: dict[str, Any]) -> dict[str, Any]:
 def checkpoint_file(cells_dir: Path, cell_id: str) -> Path:
     """The mid-cell checkpoint of a cell (``--checkpoint-every``), beside its records."""
     return cells_dir / f"{cell_id}.checkpoint.pt"
+
+
+def validation_file(cells_dir: Path, cell_id: str) -> Path:
+    """A cell's meta-validation curve."""
+    return cells_dir / f"{cell_id}.val.csv"
 
 
 def _read_json(path: Path) -> Any:
@@ -180,15 +187,19 @@ class RunStore:
     def _quarantine(self, cell_id: str) -> Path:
         folder = self.cells_dir / "corrupt" / time.strftime("%Y%m%d-%H%M%S")
         folder.mkdir(parents=True, exist_ok=True)
-        for suffix in (".json", ".csv"):
+        for suffix in (".json", ".csv", ".val.csv"):
             source = self.cells_dir / f"{cell_id}{suffix}"
             if source.exists():
                 os.replace(source, folder / source.name)
         return folder
 
-    def write_cell(self, cell_id: str, metadata: CellMetadata, records: pd.DataFrame | None) -> None:
-        """Records first, metadata (with the record count) last: a cell counts as finished only once both are in place."""
+    def write_cell(self, cell_id: str, metadata: CellMetadata, records: pd.DataFrame | None,
+                   validation: pd.DataFrame | None = None) -> None:
+        """Records and validation rows first, metadata (with the record count) last: a cell counts as finished only
+        once all are in place."""
         try:
+            if validation is not None:
+                atomic_write_text(validation_file(self.cells_dir, cell_id), validation.to_csv(index=False))
             if records is not None:
                 atomic_write_text(self.cells_dir / f"{cell_id}.csv", records.to_csv(index=False))
                 metadata = dataclasses.replace(metadata, record_rows=len(records))
@@ -219,6 +230,19 @@ class RunStore:
 
     def failed_cells(self) -> int:
         return sum(cell.status is CellStatus.FAILED for cell in self.cells())
+
+    def validation(self) -> pd.DataFrame:
+        """Every finished cell's meta-validation rows (an empty frame when none has any)."""
+        frames = []
+        for cell in self.cells():
+            path = validation_file(self.cells_dir, cell.cell_id)
+            if cell.status is not CellStatus.OK or not path.exists():
+                continue
+            try:
+                frames.append(pd.read_csv(path))
+            except (OSError, ValueError) as error:
+                raise StoreError(f"{path} is unreadable or corrupt ({error}); delete it and its .json to re-run that cell") from None
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def records(self) -> pd.DataFrame:
         frames = []

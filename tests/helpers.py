@@ -112,3 +112,107 @@ def trouble_run(tasks: int) -> tuple[str, ...]:
     """``bench run`` flags (but the learners) of the runs of the ``trouble`` learner: 2 settings x 2 seeds."""
     return ("--suites", "sinusoid", "--shots", "5,10", "--seeds", "2", "--profile", "smoke", "--tasks", str(tasks),
             "--episodes", "3", "--steps", "2", "--no-progress")
+
+
+TINY = '''
+import dataclasses, time
+from bench import hookimpl
+from bench_plugins.suites.sinusoid import Sinusoid
+from bench.api import Choice, FloatRange, IntRange, Learner
+
+SAMPLED = []
+"""The splits the watched suite was asked for, one list per suite instance."""
+SLEEP = 0
+"""Seconds Tiny sleeps per meta-batch (for tests that kill a tune mid-trial)."""
+
+
+@dataclasses.dataclass
+class Config:
+    lr: float = 0.1
+    step_size: float = 0.5
+    meta_batch: int = 10
+    shrink: bool = False
+
+
+class Tiny(Learner):
+    """Learns one constant; adapts it towards the support mean (fast, and its val metric depends on every key)."""
+
+    Config = Config
+
+    @classmethod
+    def search_space(cls, kind):
+        return {"lr": FloatRange(1e-3, 1.0, log=True), "step_size": FloatRange(0.0, 1.0),
+                "meta_batch": IntRange(5, 20), "shrink": Choice((False, True))}
+
+    def meta_train(self, ctx):
+        import torch
+        self.c = torch.zeros(())
+        for batch in ctx.batches(self.config.meta_batch):
+            error = self.c - batch.query_y
+            self.c = self.c - self.config.lr * 2 * error.mean()
+            ctx.log((error ** 2).mean())
+            time.sleep(SLEEP)
+
+    def state_dict(self):
+        return {"c": self.c}
+
+    def load_state_dict(self, state):
+        self.c = state["c"]
+
+    def adapt(self, support, steps):
+        import torch
+        c = self.c.clone() * (0.5 if self.config.shrink else 1.0)
+        for _ in range(steps + 1):
+            yield lambda x, c=c: torch.full_like(x, float(c))
+            c = c + self.config.step_size * (support.y.mean() - c)
+
+
+class Fixed(Tiny):
+    """Tiny with nothing to tune."""
+
+    @classmethod
+    def search_space(cls, kind):
+        return {}
+
+
+class Misnamed(Tiny):
+    """Searches a key it does not have."""
+
+    @classmethod
+    def search_space(cls, kind):
+        return {"learning_rate": FloatRange(0.1, 1.0)}
+
+
+class WatchedSinusoid(Sinusoid):
+    """The sinusoid suite, recording every split it is asked for."""
+
+    name = "watched-sinusoid"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sampled = []
+        SAMPLED.append(self.sampled)
+
+    def sample_episode(self, split, setting, seed, index):
+        self.sampled.append(split)
+        return super().sample_episode(split, setting, seed, index)
+
+    def sample_batch(self, split, setting, seed, indices):
+        self.sampled.append(split)
+        return super().sample_batch(split, setting, seed, indices)
+
+
+@hookimpl
+def register_learners(register):
+    register("tiny", Tiny)
+    register("fixed", Fixed)
+    register("misnamed", Misnamed)
+
+
+@hookimpl
+def register_suites(register):
+    register("watched-sinusoid", WatchedSinusoid)
+'''
+"""A plugin module's source for ``bench tune`` tests: the learners ``tiny`` (a fast learner with a search space),
+``fixed`` (nothing to tune), ``misnamed`` (a search space naming no hyper-parameter) and the suite
+``watched-sinusoid`` (records the splits it is asked for)."""

@@ -12,8 +12,11 @@ A learner is meta-trained on the kit's tiny suites (``TinyWaves`` regression, ``
 classification; those it does not decline) and must: read only the training split while
 meta-training and no episodes at all while adapting (so it never sees query labels); yield a
 predictor for each of 0..steps with predictions of the right shape; give identical predictions
-in two runs with the same seed; beat its untrained self (``LearnerCheck.ratio``, ``.gain``); and, when
-``batched``, give the same numbers batched and one episode at a time. A suite must give
+in two runs with the same seed; beat its untrained self (``LearnerCheck.ratio``, ``.gain``); when
+``batched``, give the same numbers batched and one episode at a time; adapt, after ``load_state_dict`` of a
+copy of a mid-training ``state_dict()``, as it did when the copy was taken (unless ``state_dict()`` is None);
+and declare a ``search_space`` per suite kind whose keys are ``Config`` fields and whose ranges are
+well-formed and accepted by the ``Config``. A suite must give
 deterministic episodes that change with the index and the seed, ``sample_batch`` equal to stacked
 ``sample_episode``, disjoint splits (no input example in two splits), the declared shapes and
 labels, and a backbone, loss and metric that fit them.

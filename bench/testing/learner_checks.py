@@ -2,15 +2,30 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from bench.api import Episode, Learner, Setting, Support, TaskSuite
+from bench.api import (
+    Choice,
+    Episode,
+    FloatRange,
+    IntRange,
+    Learner,
+    MetaTrainContext,
+    SearchRange,
+    Setting,
+    Support,
+    TaskKind,
+    TaskSuite,
+    config_fields,
+)
 from bench.testing.suites import TinyBlobs, TinyWaves
 
 if TYPE_CHECKING:
     import numpy
     import torch
+
+    from bench.runner import HostContext
 
 TEST_SPLIT = "test"
 
@@ -76,8 +91,9 @@ class LearnerCheck:
     tasks: int = 2000
     """Meta-training budget (tasks seen) of the 'learns' check."""
     short_tasks: int = 200
-    """Meta-training budget of the two runs compared for determinism, and of the learner whose batched and
-    one-at-a-time numbers are compared (a seed's randomness is drawn from the first batches on)."""
+    """Meta-training budget of the two runs compared for determinism, of the learner whose batched and
+    one-at-a-time numbers are compared (a seed's randomness is drawn from the first batches on), and of the state
+    hand-over round trip (``state_dict()`` copied halfway, loaded back at the end)."""
     episodes: int = 40
     steps: int = 5
     seed: int = 0
@@ -99,22 +115,15 @@ def _test_episodes(suite: TaskSuite, setting: Setting, check: LearnerCheck) -> I
     return (suite.sample_episode(TEST_SPLIT, setting, check.seed, index) for index in range(check.episodes))
 
 
-def _meta_train_and_test(learner_class: type[Learner], suite: TaskSuite, setting: Setting, tasks: int,
-                         overrides: dict[str, Any], check: LearnerCheck) -> _Outcome:
-    import numpy as np
+def _predictions(learner: Learner, suite: TaskSuite, setting: Setting,
+                 check: LearnerCheck) -> list[list["torch.Tensor"]]:
+    """The learner's predictions on the kit's test episodes after each adaptation step: [episode][step]."""
     import torch
 
     from bench.protocol import ProtocolError, learner_steps
-    from bench.runner import HostContext
 
-    watched = _WatchedSuite(suite)
-    learner = _make(learner_class, watched, setting, overrides)
-    context = HostContext(watched, setting, check.seed, tasks, torch.device("cpu"), lambda tasks, loss: None)
-    learner.meta_train(context)
-    context.check_loss()
-    watched.phase = "adapt"
     steps = learner_steps(learner, check.steps)
-    predictions, metric = [], []
+    predictions = []
     for episode in _test_episodes(suite, setting, check):
         curve = []
         for predictor in learner.adapt(Support(episode.support_x, episode.support_y), steps):
@@ -124,7 +133,30 @@ def _meta_train_and_test(learner_class: type[Learner], suite: TaskSuite, setting
             raise ProtocolError(f"adapt(support, steps={steps}) yielded {len(curve)} predictors, not steps + 1 = {steps + 1}")
         _check_predictions(suite, setting, episode, curve)
         predictions.append(curve)
-        metric.append([float(suite.metric(prediction, episode.query_y)) for prediction in curve])
+    return predictions
+
+
+def _context(suite: TaskSuite, setting: Setting, tasks: int, check: LearnerCheck) -> "HostContext":
+    import torch
+
+    from bench.runner import HostContext
+
+    return HostContext(suite, setting, check.seed, tasks, torch.device("cpu"), lambda tasks, loss: None)
+
+
+def _meta_train_and_test(learner_class: type[Learner], suite: TaskSuite, setting: Setting, tasks: int,
+                         overrides: dict[str, Any], check: LearnerCheck) -> _Outcome:
+    import numpy as np
+
+    watched = _WatchedSuite(suite)
+    learner = _make(learner_class, watched, setting, overrides)
+    context = _context(watched, setting, tasks, check)
+    learner.meta_train(context)
+    context.check_loss()
+    watched.phase = "adapt"
+    predictions = _predictions(learner, suite, setting, check)
+    metric = [[float(suite.metric(prediction, episode.query_y)) for prediction in curve]
+              for episode, curve in zip(_test_episodes(suite, setting, check), predictions)]
     return _Outcome(learner, predictions, np.array(metric), list(dict.fromkeys(watched.violations)))
 
 
@@ -139,16 +171,26 @@ def _check_predictions(suite: TaskSuite, setting: Setting, episode: Episode, cur
                                 f"for {queries} query inputs; expected {expected}")
 
 
-def _check_deterministic(first: _Outcome, second: _Outcome, seed: int) -> str | None:
+def _first_difference(first: list[list["torch.Tensor"]],
+                      second: list[list["torch.Tensor"]]) -> tuple[int, int, float] | None:
+    """Where two sets of predictions first differ (a NaN equals a NaN): (episode, step, largest difference), or None."""
     import torch
 
-    for episode, (a, b) in enumerate(zip(first.predictions, second.predictions)):
+    for episode, (a, b) in enumerate(zip(first, second)):
         for step, (x, y) in enumerate(zip(a, b)):
-            if not torch.equal(x, y):
-                difference = (x - y).abs().max().item()
-                return (f"two runs with seed {seed} differ (test episode {episode}, step {step}, largest difference "
-                        f"{difference:.3g}); draw all randomness from ctx.generator or the seeded backbone")
+            if not torch.allclose(x, y, rtol=0, atol=0, equal_nan=True):
+                both_nan = x.isnan() & y.isnan()
+                return episode, step, (x - y).abs().masked_fill(both_nan, 0).nan_to_num(nan=float("inf")).max().item()
     return None
+
+
+def _check_deterministic(first: _Outcome, second: _Outcome, seed: int) -> str | None:
+    difference = _first_difference(first.predictions, second.predictions)
+    if difference is None:
+        return None
+    episode, step, largest = difference
+    return (f"two runs with seed {seed} differ (test episode {episode}, step {step}, largest difference "
+            f"{largest:.3g}); draw all randomness from ctx.generator or the seeded backbone")
 
 
 def _check_learns(suite: TaskSuite, trained: _Outcome, untrained: _Outcome, check: LearnerCheck) -> str | None:
@@ -181,6 +223,131 @@ def _check_batched(learner: Learner, suite: TaskSuite, setting: Setting, check: 
             f"{np.nanmax(np.abs(single - batched)):.3g} (tolerance {check.batched_tolerance})")
 
 
+@dataclasses.dataclass
+class StateHandOver:
+    """A state hand-over round trip: predictions when ``state_dict()`` was copied mid-training, at the end of
+    meta-training, and after ``load_state_dict(copy)``; all None when the learner hands over no state."""
+
+    tasks: int
+    """Tasks seen when the state was copied."""
+    at_copy: list[list["torch.Tensor"]] | None
+    final: list[list["torch.Tensor"]] | None
+    restored: list[list["torch.Tensor"]] | None
+
+
+class _PausingContext(MetaTrainContext):
+    """The host's context, calling ``pause`` once when the learner asks for the batch after ``after`` tasks: where
+    the host scores a meta-validation point (the learner has finished its update on every batch it received)."""
+
+    def __init__(self, inner: MetaTrainContext, after: int, pause: Callable[[], None]) -> None:
+        self.inner, self.after, self._pause = inner, after, pause
+        self.suite, self.setting, self.device = inner.suite, inner.setting, inner.device
+        self.generator, self.task_budget = inner.generator, inner.task_budget
+
+    def batches(self, meta_batch: int) -> Iterator[Episode]:
+        seen = 0
+        for batch in self.inner.batches(meta_batch):
+            yield batch
+            seen += batch.support_x.shape[0]
+            if self._pause is not None and seen >= self.after:
+                pause, self._pause = self._pause, None
+                pause()
+
+    def backbone(self) -> Any:
+        return self.inner.backbone()
+
+    def log(self, loss: "torch.Tensor") -> None:
+        self.inner.log(loss)
+
+
+def state_hand_over(learner_class: type[Learner], suite: TaskSuite, setting: Setting, overrides: dict[str, Any],
+                    check: LearnerCheck) -> StateHandOver:
+    """Meta-train for ``check.short_tasks`` tasks, copying ``state_dict()`` (as the host does) halfway; then load
+    the copy back. The predictions are on the kit's test episodes."""
+    from bench.validation import copy_state
+
+    learner = _make(learner_class, suite, setting, overrides)
+    taken: dict[str, Any] = {}
+
+    def pause() -> None:
+        state = learner.state_dict()
+        if state is not None:
+            taken.update(state=copy_state(state), predictions=_predictions(learner, suite, setting, check))
+
+    after = check.short_tasks // 2
+    context = _context(suite, setting, check.short_tasks, check)
+    learner.meta_train(_PausingContext(context, after, pause))
+    context.check_loss()
+    if not taken:
+        return StateHandOver(after, None, None, None)
+    final = _predictions(learner, suite, setting, check)
+    learner.load_state_dict(taken["state"])
+    return StateHandOver(after, taken["predictions"], final, _predictions(learner, suite, setting, check))
+
+
+def _check_state_hand_over(hand_over: StateHandOver) -> str | None:
+    if hand_over.at_copy is None:
+        return None  # no state to hand over: the host scores the last state, and says so
+    difference = _first_difference(hand_over.at_copy, hand_over.restored)
+    if difference is None:
+        return None
+    episode, step, largest = difference
+    return (f"after load_state_dict() of a copy of state_dict() taken after {hand_over.tasks} tasks, adapt() predicts "
+            f"otherwise than it did then (test episode {episode}, step {step}, largest difference {largest:.3g}): "
+            f"state_dict() must hold everything adapt() uses, and load_state_dict() copy it back in")
+
+
+def _range_problem(name: str, value: SearchRange, learner_class: type[Learner]) -> str | None:
+    """What is wrong with one dimension of a search space, or None."""
+    from bench.config import ConfigError, learner_config
+
+    if isinstance(value, (FloatRange, IntRange)):
+        if isinstance(value, IntRange) and not all(isinstance(end, int) for end in (value.low, value.high)):
+            return f"'{name}': IntRange ends must be integers, got {value.low!r} and {value.high!r}"
+        if not value.low < value.high:
+            return f"'{name}': low {value.low!r} must be below high {value.high!r}"
+        if value.log and value.low <= 0:
+            return f"'{name}': a log-scale range must be positive, got low {value.low!r}"
+        candidates = (value.low, value.high)
+    elif isinstance(value, Choice):
+        if not value.options:
+            return f"'{name}': Choice has no options"
+        candidates = value.options
+    else:
+        return f"'{name}': {value!r} is not a FloatRange, IntRange or Choice"
+    for candidate in candidates:
+        try:
+            learner_config(learner_class.__name__, learner_class.Config, {name: candidate}, origin="search_space")
+        except ConfigError as error:
+            return f"'{name}': {candidate!r}, in its range, is rejected by the Config ({error})"
+    return None
+
+
+def _search_space_problems(learner_class: type[Learner]) -> list[str]:
+    """Every way the learner's ``search_space`` breaks the contract, per suite kind."""
+    fields = config_fields(learner_class.Config)
+    problems = []
+    for kind in TaskKind:
+        where = f"search_space({kind.value})"
+        try:
+            space = learner_class.search_space(kind)
+        except Exception as error:
+            problems.append(f"{where} raised {type(error).__name__}: {error}")
+            continue
+        if not isinstance(space, dict):
+            problems.append(f"{where} returned {type(space).__name__}, not a dict of Config field names to ranges")
+            continue
+        for name, value in space.items():
+            if name not in fields:
+                problems.append(f"{where}: '{name}' is not a field of {learner_class.Config.__name__} "
+                                f"(fields: {', '.join(fields) or 'none'})")
+                continue
+            problem = _range_problem(name, value, learner_class)
+            if problem:
+                problems.append(f"{where}: {problem}")
+    return problems
+
+
 def learner_problems(learner_class: type[Learner], suites: Sequence[TaskSuite] | None = None,
                      overrides: dict[str, Any] | None = None, check: LearnerCheck = LearnerCheck()) -> list[str]:
     """Every way ``learner_class`` breaks the contract on the given suites (default: the kit's tiny suites it
@@ -191,15 +358,17 @@ def learner_problems(learner_class: type[Learner], suites: Sequence[TaskSuite] |
     if why:
         return [why]
     overrides = overrides or {}
+    problems = _search_space_problems(learner_class)
     suites = [suite for suite in (suites or (TinyWaves(), TinyBlobs())) if not learner_class.unsupported_reason(suite)]
     if not suites:
-        return ["the learner declines every suite it was checked on (unsupported_reason)"]
+        return [*problems, "the learner declines every suite it was checked on (unsupported_reason)"]
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the kit's networks are tiny: one thread is fastest, and immune to a busy machine
     try:
-        return [problem for suite in suites for problem in _suite_problems(learner_class, suite, overrides, check)]
+        return problems + [problem for suite in suites
+                           for problem in _suite_problems(learner_class, suite, overrides, check)]
     finally:
         torch.set_num_threads(threads)
 
@@ -214,8 +383,10 @@ def _suite_problems(learner_class: type[Learner], suite: TaskSuite, overrides: d
         short = _meta_train_and_test(learner_class, suite, setting, check.short_tasks, overrides, check)
         again = _meta_train_and_test(learner_class, suite, setting, check.short_tasks, overrides, check)
         batched = _check_batched(short.learner, suite, setting, check) if learner_class.batched else None
+        hand_over = _check_state_hand_over(state_hand_over(learner_class, suite, setting, overrides, check))
     except Exception as error:  # report the contract breach, not a traceback
         return [f"on '{suite.name}': {type(error).__name__}: {error}"]
     violations = dict.fromkeys(trained.violations + short.violations + again.violations)
-    problems = [*violations, _check_deterministic(short, again, check.seed), _check_learns(suite, trained, untrained, check), batched]
+    problems = [*violations, _check_deterministic(short, again, check.seed),
+                _check_learns(suite, trained, untrained, check), batched, hand_over]
     return [f"on '{suite.name}': {problem}" for problem in problems if problem]

@@ -11,12 +11,17 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, ClassVar
 
-from bench.api import Episode, Learner, MetaGradient, MetaTrainContext, Predictor, Support
+from bench.api import Episode, FloatRange, Learner, MetaGradient, MetaTrainContext, Predictor, Support
 
 if TYPE_CHECKING:
     import torch
 
     from bench.nn.functional import InnerLoop, Params
+
+
+OUTER_LR_RANGE = FloatRange(1e-4, 1e-2, log=True)
+"""The outer Adam step ``bench tune`` searches: a decade either side of the 1e-3 that MAML, Meta-SGD, CAVIA and ANIL
+all use (none of them reports a range)."""
 
 
 @dataclasses.dataclass
@@ -120,6 +125,18 @@ class GradientMetaLearner(Learner, MetaGradient):
         self.build(ctx)
         adam_outer_loop(ctx, self.meta_parameters(), self.config.outer_lr, self.config.meta_batch,
                         self.accumulate_meta_gradient)
+
+    def state_dict(self) -> dict[str, "Params"]:
+        """The initial adapted weights and the fixed ones, by reference (Adam updates them in place)."""
+        return {"fast": self.fast, "slow": self.slow}
+
+    def load_state_dict(self, state: dict[str, "Params"]) -> None:
+        import torch
+
+        with torch.no_grad():
+            for params, saved in ((self.fast, state["fast"]), (self.slow, state["slow"])):
+                for name, tensor in params.items():
+                    tensor.copy_(saved[name])
 
     batched = True
 

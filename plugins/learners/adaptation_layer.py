@@ -4,15 +4,26 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from bench_plugins.learners._gradient import GradientConfig, GradientMetaLearner
-from bench_plugins.learners.maml import MAML
+from bench_plugins.learners._gradient import OUTER_LR_RANGE, GradientConfig, GradientMetaLearner
 
-from bench.api import MetaTrainContext, Setting, TaskKind, TaskSuite
+from bench.api import FloatRange, IntRange, MetaTrainContext, SearchRange, Setting, TaskKind, TaskSuite
 
 
 @dataclasses.dataclass
 class AdaptationLayerConfig(GradientConfig):
-    """CAVIA's sinusoid defaults: 5 context parameters shifting the first layer, inner lr 1.0, 1 inner step, 25 tasks, Adam 1e-3."""
+    """Where each default comes from: CAVIA's reference code, github.com/lmzintgraf/cavia (Zintgraf et al. 2019).
+
+    Regression (regression/arguments.py): context_dim 5 (--num_context_params), the context on the first layer
+    (``layer`` 0: regression/cavia_model.py concatenates it to the input), inner_lr 1.0 (--lr_inner), inner_steps
+    1 (--num_inner_updates), meta_batch 25 (--tasks_per_metaupdate), outer_lr 1e-3 with Adam (--lr_meta).
+
+    Classification (classification/arguments.py, CAVIA's mini-ImageNet experiment; ``IMAGE_DEFAULTS``,
+    ``CLASSIFICATION_DEFAULTS``): context_dim 100 (--num_context_params), FiLM scale and shift (``scale``;
+    classification/models.py) after the third conv block's batch norm (--context_in), inner_lr 1.0 (--lr_inner),
+    inner_steps 2 (--num_grad_steps_inner), meta_batch 16 (--tasks_per_metaupdate), outer_lr 1e-3 (--lr_meta;
+    CAVIA also decays it by 0.9 every 5,000 steps, which this learner does not). CAVIA has no Omniglot experiment:
+    Omniglot takes the mini-ImageNet values (the same Conv-4 design). Not tuned.
+    """
 
     inner_lr: float = 1.0
     context_dim: int = 5
@@ -21,19 +32,17 @@ class AdaptationLayerConfig(GradientConfig):
 
 
 IMAGE_SUITES = ("omniglot", "miniimagenet")
-CLASSIFICATION_DEFAULTS = {
-    # The same design on a backbone of unknown layout: FiLM on module -3, the last hidden layer before its
-    # activation and the head (for an MLP; on the kit's tiny-blobs suite, 2,000 tasks: 65% 5-way 5-shot accuracy,
-    # 45% with the context on the first layer, 29% untrained).
-    "context_dim": 100, "layer": -3, "scale": True, "inner_lr": 30.0,
-}
+CAVIA_CLASSIFICATION = {"context_dim": 100, "scale": True, "inner_lr": 1.0, "inner_steps": 2, "meta_batch": 16}
+"""CAVIA's classification settings (classification/arguments.py), but for where the context acts."""
 IMAGE_DEFAULTS = {
-    # CAVIA's image design: 100 context parameters, FiLM (scale and shift) after the third block's
-    # batch norm (module 9 of the standard Conv-4: conv, norm, relu, pool per block). Inner lr 30,
-    # not CAVIA's 1.0: measured on Omniglot 5-way 1-shot (staged subset, 960 tasks, 3 steps) the
-    # context barely moves at 1.0 (22% accuracy), 10 gives 46%, 30 gives 53%, 100 gives 54%.
-    # Inner steps and meta-batch follow MAML's paper settings for the same suite setting.
-    "context_dim": 100, "layer": 9, "scale": True, "inner_lr": 30.0,
+    # CAVIA's FiLM after the third conv block's batch norm: module 9 of the standard Conv-4 (conv, norm, relu, pool
+    # per block). CAVIA applies it after the block's max-pool, here before: the same for a positive scale.
+    **CAVIA_CLASSIFICATION, "layer": 9,
+}
+CLASSIFICATION_DEFAULTS = {
+    # A backbone of unknown layout: FiLM on module -3, the last hidden layer before its activation and the head
+    # (for an MLP), the nearest to CAVIA's placement (a late hidden layer's pre-activation) such a backbone allows.
+    **CAVIA_CLASSIFICATION, "layer": -3,
 }
 
 
@@ -53,11 +62,17 @@ class AdaptationLayer(GradientMetaLearner):
 
     @classmethod
     def suite_defaults(cls, suite: TaskSuite, setting: Setting) -> dict[str, Any]:
-        """Classification: MAML's step settings with CAVIA's image design (on the Conv-4 image suites) or
-        its generic form (other classification suites)."""
+        """Classification: CAVIA's image settings, with its FiLM placement on the Conv-4 image suites and its
+        generic form on other classification suites."""
         if suite.kind is not TaskKind.CLASSIFICATION:
             return {}
-        return {**MAML.suite_defaults(suite, setting), **(IMAGE_DEFAULTS if suite.name in IMAGE_SUITES else CLASSIFICATION_DEFAULTS)}
+        return dict(IMAGE_DEFAULTS if suite.name in IMAGE_SUITES else CLASSIFICATION_DEFAULTS)
+
+    @classmethod
+    def search_space(cls, kind: TaskKind) -> dict[str, SearchRange]:
+        """inner_lr: a decade either side of CAVIA's 1.0 (its code states no range); outer_lr:
+        ``OUTER_LR_RANGE``; inner_steps: 1 to 5 (CAVIA uses 1 and 2, MAML up to 5)."""
+        return {"inner_lr": FloatRange(0.1, 10.0, log=True), "outer_lr": OUTER_LR_RANGE, "inner_steps": IntRange(1, 5)}
 
     def build(self, ctx: MetaTrainContext) -> None:
         from torch.func import functional_call

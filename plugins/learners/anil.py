@@ -11,8 +11,10 @@ class ANIL(MAML):
 
     The body's weights are meta-learned in the outer loop only, second order through the head's inner
     SGD steps; at test time the body is frozen and the head takes SGD steps on the support loss.
-    Hyper-parameters are MAML's (the paper reuses them): the sinusoid ones, and MAML's paper settings
-    on the image suites.
+
+    Defaults, per suite kind, and search space: maml's (``MAMLConfig`` says where each comes from), because
+    Raghu et al. train ANIL with MAML's hyper-parameters (from memory of the paper, not re-checked; it reports no
+    sinusoid experiment, so the regression values are MAML's sinusoid ones, not ANIL's).
     """
 
     @classmethod

@@ -2,8 +2,9 @@
 ``l2l-maml`` and ``l2l-metasgd`` (entry point ``l2l``) so that every report can show the built-ins beside
 the reference implementation; ``bench perf`` also times the built-ins against them.
 
-They share the built-ins' hyper-parameter defaults and the suite's seeded backbone, so a run compares like
-with like. Without learn2learn they are listed as unavailable (``requires``) and skipped by ``--learners all``.
+They share the built-ins' hyper-parameter defaults (whose docstrings say where each comes from), their search
+spaces and the suite's seeded backbone, so a run compares like with like. Without learn2learn they are listed as
+unavailable (``requires``) and skipped by ``--learners all``.
 """
 from __future__ import annotations
 
@@ -21,7 +22,19 @@ from bench_plugins.learners.maml import MAML, FirstOrderMAML
 from bench_plugins.learners.metasgd import MetaSGD
 
 from bench import hookimpl
-from bench.api import Episode, Learner, MetaGradient, MetaTrainContext, Predictor, Setting, Support, TaskSuite, config_fields
+from bench.api import (
+    Episode,
+    Learner,
+    MetaGradient,
+    MetaTrainContext,
+    Predictor,
+    SearchRange,
+    Setting,
+    Support,
+    TaskKind,
+    TaskSuite,
+    config_fields,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -79,6 +92,12 @@ class LearnToLearnLearner(Learner, MetaGradient):
         fields = config_fields(cls.Config)
         return {key: value for key, value in cls.builtin.suite_defaults(suite, setting).items() if key in fields}
 
+    @classmethod
+    def search_space(cls, kind: TaskKind) -> dict[str, SearchRange]:
+        """The built-in's search space, where it applies."""
+        fields = config_fields(cls.Config)
+        return {key: value for key, value in cls.builtin.search_space(kind).items() if key in fields}
+
     @abstractmethod
     def wrap(self, model: "torch.nn.Module", ctx: MetaTrainContext) -> "torch.nn.Module":
         """The learn2learn wrapper (``MAML``, ``MetaSGD``) around the suite's backbone."""
@@ -113,6 +132,13 @@ class LearnToLearnLearner(Learner, MetaGradient):
         # The built-ins' outer loop (fused Adam): the same update rule, so only the meta-gradients differ.
         adam_outer_loop(ctx, self.meta_parameters(), self.config.outer_lr, self.config.meta_batch,
                         self.accumulate_meta_gradient)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The wrapper's module (the meta-learned weights; Meta-SGD's rates too), by reference."""
+        return {"model": self.model.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
 
     def adapt(self, support: Support, steps: int) -> Iterator[Predictor]:
         """A clone adapted on the support set (first order: nothing back-propagates at test time)."""

@@ -4,18 +4,32 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from bench_plugins.learners._gradient import GradientConfig, GradientMetaLearner
+from bench_plugins.learners._gradient import OUTER_LR_RANGE, GradientConfig, GradientMetaLearner
 
-from bench.api import MetaTrainContext, Setting, TaskKind, TaskSuite
+from bench.api import FloatRange, IntRange, MetaTrainContext, SearchRange, Setting, TaskKind, TaskSuite
 
 
 @dataclasses.dataclass
 class MAMLConfig(GradientConfig):
-    """Defaults of the MAML paper's sinusoid experiment: alpha 0.01, 1 inner step, 25 tasks, Adam 1e-3."""
+    """Where each default comes from: Finn et al. 2017 ("Model-agnostic meta-learning", ICML) and its reference
+    code, github.com/cbfinn/maml main.py (read; the paper's text is cited from memory, not re-checked here).
+
+    Regression: main.py's defaults, which its sinusoid usage line keeps: meta_batch 25 (--meta_batch_size),
+    outer_lr 1e-3 with Adam (--meta_lr; maml.py's AdamOptimizer), inner_steps 1 (--num_updates); and
+    inner_lr 0.01 (the paper's sinusoid step size, section 5.1; the usage line leaves --update_lr at its 1e-3
+    default, so the code and the paper differ: we follow the paper).
+
+    Classification (``PAPER_DEFAULTS``): inner_lr, inner_steps and meta_batch from main.py's usage lines,
+    Omniglot 5-way (0.4, 1, 32), Omniglot 20-way (0.1, 5, 16), mini-ImageNet (0.01, 5, 4), except a meta-batch of
+    2 for mini-ImageNet 5-shot (the paper's appendix A.1; the usage line shows 4); outer_lr 1e-3 (--meta_lr).
+    A classification suite the paper did not run gets the Omniglot 5-way values: its nearest setting (N-way
+    few-shot images, a small network); not tuned.
+    """
 
 
 PAPER_DEFAULTS = {
-    # Finn et al. 2017, classification: (suite, ways, shots) -> inner lr, inner steps, meta-batch.
+    # cbfinn/maml main.py's usage lines and the paper's appendix A.1: (suite, ways[, shots]) -> inner lr, inner
+    # steps, meta-batch.
     ("omniglot", 5): {"inner_lr": 0.4, "inner_steps": 1, "meta_batch": 32},
     ("omniglot", 20): {"inner_lr": 0.1, "inner_steps": 5, "meta_batch": 16},
     ("miniimagenet", 5, 1): {"inner_lr": 0.01, "inner_steps": 5, "meta_batch": 4},
@@ -41,6 +55,15 @@ class MAML(GradientMetaLearner):
                     or PAPER_DEFAULTS.get((suite.name, setting.ways), fallback))
 
     @classmethod
+    def search_space(cls, kind: TaskKind) -> dict[str, SearchRange]:
+        """inner_lr: 0.5-2x the paper's values, the range learn2learn found good ones in when reproducing MAML
+        (learn2learn docs/examples/vision.md: "good values usually lie in a 0.5-2x range of the original value"):
+        regression around 0.01; classification from 0.5 x 0.01 (mini-ImageNet) to 2 x 0.4 (Omniglot 5-way).
+        outer_lr: ``OUTER_LR_RANGE``. inner_steps: 1 to 5, the paper's values."""
+        inner_lr = FloatRange(0.005, 0.02, log=True) if kind is TaskKind.REGRESSION else FloatRange(0.005, 0.8, log=True)
+        return {"inner_lr": inner_lr, "outer_lr": OUTER_LR_RANGE, "inner_steps": IntRange(1, 5)}
+
+    @classmethod
     def reference(cls) -> type | None:
         """learn2learn's MAML (``l2l-maml``), for ``bench perf``'s side-by-side check."""
         from bench_plugins.learners.l2l import LearnToLearnMAML
@@ -63,7 +86,10 @@ class MAML(GradientMetaLearner):
 
 
 class FirstOrderMAML(MAML):
-    """First-order MAML: as maml, but the meta-gradient ignores second derivatives (the query gradient at the adapted weights)."""
+    """First-order MAML: as maml, but the meta-gradient ignores second derivatives (the query gradient at the adapted weights).
+
+    Defaults and search space: maml's (``MAMLConfig`` says where each comes from).
+    """
 
     first_order = True
 

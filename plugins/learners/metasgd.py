@@ -4,20 +4,26 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from bench_plugins.learners._gradient import GradientMetaLearner, OuterLoopConfig
+from bench_plugins.learners._gradient import OUTER_LR_RANGE, GradientMetaLearner, OuterLoopConfig
 from bench_plugins.learners.maml import MAML
 
-from bench.api import MetaTrainContext, Setting, TaskSuite
+from bench.api import FloatRange, MetaTrainContext, SearchRange, Setting, TaskKind, TaskSuite
 
 
 @dataclasses.dataclass
 class MetaSGDConfig(OuterLoopConfig):
-    """Li et al. 2017 (Meta-SGD), as we recall it: alpha initialised uniformly in [0.005, 0.1] (stated for
-    their regression set-up; used here everywhere) and one inner step in all their experiments. Not re-checked
-    against the paper, so taken from MAML (Finn et al. 2017) as its experiments follow MAML's: meta-batch 25
-    and outer Adam 1e-3 on sinusoid; on the image suites MAML's paper meta-batch for the setting (32 for
-    Omniglot 5-way, 16 for 20-way, 4 / 2 for mini-ImageNet 1- / 5-shot). ``inner_steps`` is for
-    meta-training; the test takes ``--steps`` steps, each with the learned rates."""
+    """Where each default comes from: Li et al. 2017 ("Meta-SGD", from memory, not re-checked here) for what is
+    Meta-SGD's own, MAML's sources (``MAMLConfig``) for the rest, since Meta-SGD's experiments follow MAML's.
+
+    Regression: alpha_low / alpha_high 0.005 / 0.1 (Meta-SGD's regression set-up: alpha initialised uniformly in
+    [0.005, 0.1]); inner_steps 1 (Meta-SGD takes one inner step in all its experiments); meta_batch 25 and outer_lr
+    1e-3 (MAML's sinusoid values: cbfinn/maml main.py defaults).
+
+    Classification: alpha as for regression (the only initialisation we know the paper states; not tuned);
+    inner_steps 1; meta_batch MAML's for the setting (main.py usage lines / appendix A.1: 32 Omniglot 5-way,
+    16 20-way, 4 / 2 mini-ImageNet 1- / 5-shot; other suites: Omniglot 5-way's 32); outer_lr 1e-3.
+
+    ``inner_steps`` is for meta-training; the test takes ``--steps`` steps, each with the learned rates."""
 
     alpha_low: float = 0.005
     alpha_high: float = 0.1
@@ -44,6 +50,14 @@ class MetaSGD(GradientMetaLearner):
         """MAML's paper meta-batch on the image suites; always one inner step (Meta-SGD)."""
         maml = MAML.suite_defaults(suite, setting)
         return {"meta_batch": maml["meta_batch"], "inner_steps": 1} if maml else {}
+
+    @classmethod
+    def search_space(cls, kind: TaskKind) -> dict[str, SearchRange]:
+        """outer_lr: ``OUTER_LR_RANGE``. alpha_high, the top of the learned rates' initial range (alpha_low stays
+        0.005): 0.5-2x of the paper's 0.1 for regression (maml's inner_lr rule, from learn2learn); for
+        classification up to 2x MAML's largest image step, 0.4. No paper reports a range."""
+        alpha_high = FloatRange(0.05, 0.2, log=True) if kind is TaskKind.REGRESSION else FloatRange(0.05, 0.8, log=True)
+        return {"outer_lr": OUTER_LR_RANGE, "alpha_high": alpha_high}
 
     @classmethod
     def reference(cls) -> type | None:

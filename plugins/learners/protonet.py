@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from bench.api import Learner, MetaTrainContext, Predictor, Support, TaskKind, TaskSuite
+from bench.api import FloatRange, IntRange, Learner, MetaTrainContext, Predictor, SearchRange, Support, TaskKind, TaskSuite
 
 if TYPE_CHECKING:
     import torch
@@ -13,7 +13,11 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass
 class ProtoNetConfig:
-    """The paper's Omniglot and mini-ImageNet settings: Adam 1e-3, halved every 2,000 episodes, one episode a step."""
+    """Where each default comes from (classification only: protonet declines regression suites): Snell et al. 2017
+    and its reference code, github.com/jakesnell/prototypical-networks scripts/train/few_shot/run_train.py: Adam at
+    --train.learning_rate 1e-3 (``lr``), halved (train.py's StepLR, gamma 0.5) every --train.decay_every 20 epochs
+    of 100 episodes (``lr_halve_every`` 2,000), one episode a step (``meta_batch`` 1). The same on every
+    classification suite; not tuned."""
 
     lr: float = 1e-3
     lr_halve_every: int = 2000
@@ -59,6 +63,14 @@ class ProtoNet(Learner):
     batched = True
 
     @classmethod
+    def search_space(cls, kind: TaskKind) -> dict[str, SearchRange]:
+        """Classification: ``lr``, a decade either side of the paper's 1e-3, and ``lr_halve_every``, a quarter to
+        four times its 2,000 episodes (no range is reported). Regression: nothing (declined)."""
+        if kind is not TaskKind.CLASSIFICATION:
+            return {}
+        return {"lr": FloatRange(1e-4, 1e-2, log=True), "lr_halve_every": IntRange(500, 8000, log=True)}
+
+    @classmethod
     def unsupported_reason(cls, suite: TaskSuite) -> str | None:
         if suite.kind is TaskKind.CLASSIFICATION:
             return None
@@ -86,6 +98,13 @@ class ProtoNet(Learner):
             for group in optimizer.param_groups:
                 group["lr"] = self.config.learning_rate(episodes)
         self.embedding.requires_grad_(False)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The embedding, by reference."""
+        return {"embedding": self.embedding.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.embedding.load_state_dict(state["embedding"])
 
     def adapt(self, support: Support, steps: int, *, batched: bool = False) -> Iterator[Predictor]:
         """One predictor (``max_adaptation_steps = 0``): nearest prototype of the support set (batch norm per task)."""

@@ -5,7 +5,7 @@ import dataclasses
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from bench.api import Learner, MetaTrainContext, Predictor, Setting, Support, TaskKind, TaskSuite
+from bench.api import FloatRange, Learner, MetaTrainContext, Predictor, SearchRange, Setting, Support, TaskKind, TaskSuite
 
 if TYPE_CHECKING:
     import torch
@@ -18,13 +18,21 @@ OPTIMIZERS = ("sgd", "adam")
 
 @dataclasses.dataclass
 class ReptileConfig:
-    """Sinusoid defaults after the Reptile authors' sine script (openai.com/blog/reptile, recalled, not
-    re-checked): inner SGD lr 0.02 on minibatches of 10 points, 5 steps (one pass over its 50 points), outer
-    step annealed linearly to 0; test-time SGD at lr 0.02. Departures for the shared protocol: a task has
-    K support + K query points (pooled: 2K, so 5 steps of 10 are 1 to 2.5 passes), and meta-batches of 5
-    with outer step 1.0 (the paper's batched form, as in its classification runs) instead of one task per
-    step with 0.1: after 20,000 K=10 tasks the one-step test MSE was 0.74 with this, 0.87 with the
-    script's 1 task and 0.1 (8x the wall time), 1.37 with 25 tasks and 1.0."""
+    """Where each default comes from (Nichol et al. 2018, "On first-order meta-learning algorithms").
+
+    Regression: the authors' sine script, published with the OpenAI blog post on Reptile (gist
+    joschu/f503500cda64f2ce87c8288906b09e2d, "reptile-sinewaves-demo.py"; read in public copies of it, the same
+    values in each, not in the gist itself): inner SGD lr 0.02 (innerstepsize) on minibatches of 10 (ntrain), one
+    pass over the task's 50 points (innerepochs 1: 5 steps), one task per outer step (meta_batch 1) with outer
+    step 0.1 annealed linearly to 0 (outerstepsize0); test-time SGD at the same 0.02. Departure for the shared
+    protocol: a task has K support + K query points, pooled (2K), so 5 steps of 10 make 1 to 2.5 passes.
+
+    Classification (``PAPER_DEFAULTS``): the commands of github.com/openai/supervised-reptile's README ("the
+    commands used for the paper"): Adam (``inner_optimizer``) at --learning-rate 1e-3 (Omniglot 20-way: 5e-4),
+    --inner-batch 10 (20), --inner-iters 5 (Omniglot 20-way: 10, mini-ImageNet: 8), --meta-batch 5, --meta-step 1
+    annealed to --meta-step-final 0; the test at the training learning rate. A classification suite the paper did
+    not run: the Omniglot 5-way values. Not tuned.
+    """
 
     inner_optimizer: str = "sgd"
     """``sgd``, or ``adam``: Adam with beta1 = 0 (as the paper), its state fresh for every task."""
@@ -32,8 +40,8 @@ class ReptileConfig:
     inner_steps: int = 5
     inner_batch: int = 10
     """Examples per inner step, drawn without replacement from the task's pooled examples (0: all of them)."""
-    meta_batch: int = 5
-    outer_lr: float = 1.0
+    meta_batch: int = 1
+    outer_lr: float = 0.1
     """The outer step epsilon at the start, annealed linearly to 0 over the task budget."""
     eval_lr: float = 0.02
     """The learning rate of ``inner_optimizer``'s full-batch steps on the support set at test time."""
@@ -45,18 +53,16 @@ class ReptileConfig:
             raise ValueError(f"inner_optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.inner_optimizer!r}")
 
 
+PAPER_OUTER_LOOP = {"inner_optimizer": "adam", "meta_batch": 5, "outer_lr": 1.0}
+"""openai/supervised-reptile README, every classification command: Adam, --meta-batch 5, --meta-step 1 (annealed
+to 0)."""
 PAPER_DEFAULTS = {
-    # Nichol et al. 2018, appendix, and the commands of openai/supervised-reptile's README (from memory):
-    # Adam (beta1 0), outer step 1.0 annealed to 0 and meta-batch 5 (the sinusoid defaults too); test: Adam at
-    # the same lr.
+    # openai/supervised-reptile README, per (suite, ways): --learning-rate (also the test's), --inner-iters,
+    # --inner-batch.
     ("omniglot", 5): {"inner_lr": 1e-3, "inner_steps": 5, "inner_batch": 10, "eval_lr": 1e-3},
     ("omniglot", 20): {"inner_lr": 5e-4, "inner_steps": 10, "inner_batch": 20, "eval_lr": 5e-4},
     ("miniimagenet", 5): {"inner_lr": 1e-3, "inner_steps": 8, "inner_batch": 10, "eval_lr": 1e-3},
 }
-OTHER_CLASSIFICATION = {**PAPER_DEFAULTS[("omniglot", 5)], "inner_lr": 0.01, "eval_lr": 0.01}
-"""Other classification suites: Omniglot 5-way's, at 10x the learning rate. The paper pairs 1e-3 with 100,000
-meta-steps and 50 test steps; on the conformance kit's tiny-blobs (2,000 tasks, 5 test steps) it reached 31%
-accuracy (27% untrained) and 0.01 passes the kit."""
 
 
 class Reptile(Learner):
@@ -81,7 +87,15 @@ class Reptile(Learner):
     def suite_defaults(cls, suite: TaskSuite, setting: Setting) -> dict[str, Any]:
         if suite.kind is not TaskKind.CLASSIFICATION:
             return {}
-        return {"inner_optimizer": "adam", **PAPER_DEFAULTS.get((suite.name, setting.ways), OTHER_CLASSIFICATION)}
+        return {**PAPER_OUTER_LOOP, **PAPER_DEFAULTS.get((suite.name, setting.ways), PAPER_DEFAULTS[("omniglot", 5)])}
+
+    @classmethod
+    def search_space(cls, kind: TaskKind) -> dict[str, SearchRange]:
+        """inner_lr and eval_lr: a decade either side of the authors' value (0.02 SGD on sine; 1e-3 Adam on
+        images, whose README also uses 5e-4 and, with SGD, 3e-3); outer_lr: from the sine script's 0.1 to the image
+        runs' 1.0 (the README's gradient-combination runs use 0.25). No range is reported."""
+        rate = FloatRange(0.002, 0.2, log=True) if kind is TaskKind.REGRESSION else FloatRange(1e-4, 1e-2, log=True)
+        return {"inner_lr": rate, "eval_lr": rate, "outer_lr": FloatRange(0.1, 1.0, log=True)}
 
     def meta_train(self, ctx: MetaTrainContext) -> None:
         import torch
@@ -144,6 +158,13 @@ class Reptile(Learner):
                     grads[name] = gradient / ((second_moment[name] / (1 - ADAM_BETA2**step)).sqrt() + ADAM_EPS)
             weights = {name: weight - lr * grads[name] for name, weight in weights.items()}
             yield weights, loss.detach()
+
+    def state_dict(self) -> dict[str, "Params"]:
+        """The meta-learned initialisation (each outer step binds new tensors to it)."""
+        return {"weights": self.weights}
+
+    def load_state_dict(self, state: dict[str, "Params"]) -> None:
+        self.weights = {name: weight.clone() for name, weight in state["weights"].items()}
 
     batched = True
 

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from bench_plugins.learners.anil import ANIL
 from bench_plugins.learners.maml import MAML
+from bench_plugins.learners.metasgd import MetaSGD
 from bench_plugins.suites.sinusoid import Sinusoid
 
-from bench.api import Episode
+from bench.api import Choice, Episode, FloatRange, IntRange
 from bench.plugins import load_plugins
 from bench.testing import (
     ConformanceError,
@@ -32,10 +34,20 @@ def _reference_wrappers_are_slow(name: str) -> object:
     return pytest.param(name, marks=pytest.mark.slow) if not registration.cls.in_all else name
 
 
+KIT_OVERRIDES = {
+    # The kit meta-trains for 2,000 tasks, the papers for hundreds of thousands: where a learner's paper defaults
+    # need more than the kit gives, the kit runs it at a faster rate (its defaults stay the paper's).
+    ("reptile", "tiny-blobs"): {"inner_lr": 0.01, "eval_lr": 0.01},  # Adam 1e-3 for 100,000 meta-steps in the paper
+}
+
+
 @pytest.mark.parametrize("name", [_reference_wrappers_are_slow(name) for name in BUILT_IN_LEARNERS])
 def test_every_built_in_learner_conforms(registry, name):
     """On both tiny suites (those it supports), with the kit's default budget and margins."""
-    assert_learner_conforms(registry.learners[name].cls)
+    learner = registry.learners[name].cls
+    for suite in (TinyWaves(), TinyBlobs()):
+        if not learner.unsupported_reason(suite):
+            assert_learner_conforms(learner, suites=[suite], overrides=KIT_OVERRIDES.get((name, suite.name)))
 
 
 @pytest.mark.parametrize("suite", [TinyWaves(), TinyBlobs(), Sinusoid()], ids=lambda suite: suite.name)
@@ -125,6 +137,25 @@ class NoConfig(MAML):
     Config = dict
 
 
+class ForgetsTheBody(ANIL):
+    """Hands over the head it adapts but not the body it meta-learns: loading a state leaves the body as it is."""
+
+    def state_dict(self):
+        return {"fast": self.fast}
+
+    def load_state_dict(self, state):
+        with torch.no_grad():
+            for name, tensor in self.fast.items():
+                tensor.copy_(state["fast"][name])
+
+
+class HandsOverNoState(MAML):
+    """Cannot hand over its state (the default): the host scores its last state, and the kit says nothing."""
+
+    def state_dict(self):
+        return None
+
+
 @pytest.mark.parametrize(("learner", "message"), [
     (PeeksAtTestEpisodes, "adapt() sampled a 'test' episode from the suite"),
     (ReadsValidationSplit, "meta_train() sampled a 'val' episode (only the training split is allowed)"),
@@ -138,8 +169,40 @@ class NoConfig(MAML):
                         "adapt(support, steps, *, batched=False) with its batched path and drop adapt_batch"),
     (WrongShape, "returned shape (1,) for 20 query inputs; expected (20, 1)"),
     (NoConfig, "needs a Config dataclass"),
+    (ForgetsTheBody, "after load_state_dict() of a copy of state_dict() taken after 25 tasks, adapt() predicts "
+                     "otherwise than it did then (test episode 0, step 0"),
 ], ids=lambda value: value.__name__ if isinstance(value, type) else "")
 def test_each_contract_breach_is_named(learner, message):
+    problems = learner_problems(learner, suites=[TinyWaves()], check=QUICK)
+    assert any(message in problem for problem in problems), problems
+
+
+def test_a_learner_that_hands_over_no_state_conforms():
+    assert learner_problems(HandsOverNoState, suites=[TinyWaves()], check=QUICK) == []
+
+
+def _searches(space: dict, base: type = MAML) -> type:
+    """A learner with this search space that declines every suite, so that the kit checks only its search space."""
+    return type(f"Searches{base.__name__}", (base,), {
+        "search_space": classmethod(lambda cls, kind: space),
+        "unsupported_reason": classmethod(lambda cls, suite: "checked for its search space only"),
+    })
+
+
+@pytest.mark.parametrize(("learner", "message"), [
+    (_searches({"learning_rate": FloatRange(1e-3, 0.1, log=True)}),
+     "search_space(regression): 'learning_rate' is not a field of MAMLConfig (fields: inner_steps, meta_batch"),
+    (_searches({"inner_lr": FloatRange(0.1, 0.01)}), "search_space(classification): 'inner_lr': low 0.1 must be below high 0.01"),
+    (_searches({"inner_lr": FloatRange(0.0, 0.1, log=True)}), "'inner_lr': a log-scale range must be positive, got low 0.0"),
+    (_searches({"meta_batch": Choice(())}), "'meta_batch': Choice has no options"),
+    (_searches({"inner_lr": (1e-3, 0.1)}), "'inner_lr': (0.001, 0.1) is not a FloatRange, IntRange or Choice"),
+    (_searches({"inner_steps": IntRange(1, 5.5)}), "'inner_steps': IntRange ends must be integers, got 1 and 5.5"),
+    (_searches({"inner_steps": FloatRange(1.0, 5.0)}), "'inner_steps': 1.0, in its range, is rejected by the Config"),
+    (_searches({"alpha_high": FloatRange(1e-3, 0.5, log=True)}, MetaSGD),
+     "'alpha_high': 0.001, in its range, is rejected by the Config (search_space SearchesMetaSGD: need 0 <= alpha_low <= alpha_high"),
+], ids=["unknown-field", "inverted", "log-from-zero", "no-options", "not-a-range", "float-int-range",
+        "float-for-int", "rejected-by-post-init"])
+def test_each_search_space_breach_is_named(learner, message):
     problems = learner_problems(learner, suites=[TinyWaves()], check=QUICK)
     assert any(message in problem for problem in problems), problems
 

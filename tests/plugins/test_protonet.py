@@ -209,9 +209,9 @@ def test_reports_take_step_0_as_protonets_final_and_pair_it_with_other_learners_
     store = RunStore(write_run(tmp_path / "run", {"protonet": (BEST, 0), "maml": ([v - 0.05 for v in BEST], 2)}))
     report = Report(store.records(), store.cells())
     accuracy = rows_by_learner(report.accuracy_table)
-    assert accuracy["protonet"][6] == "best"
+    assert accuracy["protonet"][8] == "best"
     assert accuracy["protonet"][3].startswith(f"accuracy ↑ {np.mean(BEST):.3g} ±")
-    assert accuracy["maml"][6] == "p=0.00049"  # paired on the 12 episodes: 2 / 2**12 (a family of one test: Holm = p)
+    assert accuracy["maml"][8] == "p=0.00049"  # paired on the 12 episodes: 2 / 2**12 (a family of one test: Holm = p)
     speed = rows_by_learner(report.speed_table)
     assert speed["protonet"][3] == f"{np.mean(BEST):.3g}" and speed["protonet"][4:9] == ["–", "–", "–", "–", "0"]
     assert speed["maml"][8] == "2"

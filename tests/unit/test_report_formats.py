@@ -70,16 +70,27 @@ def report_of(path: Path) -> Report:
     return Report(store.records(), store.cells(), store.run_info())
 
 
+def rows_of(table) -> dict[str, dict[str, str]]:
+    """A table's rows by learner, each by column name."""
+    return {row[2]: dict(zip(table.columns, row)) for row in table.rows}
+
+
+VERSUS = "vs best (Wilcoxon, Holm)"
+
+
 def test_best_is_bold_and_every_other_learner_is_tested_against_it(tmp_path):
     table = report_of(write_run(tmp_path / "run", FINALS)).accuracy_table
-    rows = {row[2]: (index, row) for index, row in enumerate(table.rows)}
-    best_index, best_row = rows["good"] if np.mean(FINALS["good"]) < np.mean(FINALS["tied"]) else rows["tied"]
-    assert best_row[6] == "best" and (best_index, 3) in table.bold and len(table.bold) == 1
-    assert rows["worse"][1][6] == "p=0.00098"  # exact Wilcoxon 2 / 2**12, Holm: the smallest of 2 tests, x 2
-    other_tied = "tied" if best_row[2] == "good" else "good"
-    assert rows[other_tied][1][6].startswith("n.s. (p=")
-    assert rows["worse"][1][4] == "–"  # one seed: no interval over seeds
-    assert rows["worse"][1][3] == f"MSE ↓ {np.mean(FINALS['worse']):.3g} ± {1.96 * np.std(FINALS['worse'], ddof=1) / np.sqrt(EPISODES):.2g}"
+    rows = rows_of(table)
+    best = "good" if np.mean(FINALS["good"]) < np.mean(FINALS["tied"]) else "tied"
+    assert rows[best][VERSUS] == "best" and table.bold == {([row[2] for row in table.rows].index(best), 3)}
+    assert rows["worse"][VERSUS] == "p=0.00098"  # exact Wilcoxon 2 / 2**12, Holm: the smallest of 2 tests, x 2
+    assert rows["tied" if best == "good" else "good"][VERSUS].startswith("n.s. (p=")
+    assert rows["worse"]["± 95% CI over seeds"] == "–"  # one seed: no interval over seeds
+    assert rows["worse"]["mean ± 95% CI"] == \
+        f"MSE ↓ {np.mean(FINALS['worse']):.3g} ± {1.96 * np.std(FINALS['worse'], ddof=1) / np.sqrt(EPISODES):.2g}"
+    # cells without a selected step (written before meta-validation) are read at their last step, as before
+    assert rows["worse"]["val-chosen step"] == "2" and rows["worse"]["at step S"] == f"{np.mean(FINALS['worse']):.3g} (S=2)"
+    assert table.note.startswith("Metric after the final adaptation step")
 
 
 def test_each_learner_is_tested_against_the_best_once_whatever_reads_the_report(monkeypatch):
@@ -99,7 +110,7 @@ def test_each_learner_is_tested_against_the_best_once_whatever_reads_the_report(
         renderer(report)
     expected = {(id(ranked[0].final), id(group.final)) for ranked in report.rankings.values() for group in ranked[1:]}
     assert len(tested) == len(expected) == 4 and set(tested) == expected
-    assert [row[6] for row in report.accuracy_table.rows if row[2] == "worse"] == ["p=0.00098"] * 2  # 2 / 2**12, Holm x 2
+    assert [row[8] for row in report.accuracy_table.rows if row[2] == "worse"] == ["p=0.00098"] * 2  # 2 / 2**12, Holm x 2
 
 
 def test_the_accuracy_table_and_csv_give_a_t_interval_over_the_seed_means():
@@ -110,8 +121,7 @@ def test_the_accuracy_table_and_csv_give_a_t_interval_over_the_seed_means():
         cells.append(dataclasses.replace(cell, seed=seed, cell_id=f"{cell.cell_id}-{seed}"))
         frames.append(records.assign(seed=seed))
     report = Report(pd.concat(frames), cells)
-    (row,) = report.accuracy_table.rows
-    assert row[4] == "± 2.5 (3 seeds)"
+    assert rows_of(report.accuracy_table)["maml"]["± 95% CI over seeds"] == "± 2.5 (3 seeds)"
     final = report.summary_frame[report.summary_frame["final_step"]].iloc[0]
     assert json.loads(final["seed_means"]) == [1.0, 2.0, 3.0]
     assert final["seed_ci95"] == pytest.approx(4.302653 / np.sqrt(3), rel=1e-6)
@@ -121,9 +131,10 @@ def test_a_run_whose_every_cell_failed_still_has_a_report():
     failed = dataclasses.replace(toy_cell("maml", BEST)[0], status=CellStatus.FAILED, error="RuntimeError: boom")
     report = Report(pd.DataFrame(), [failed])
     assert "failed: RuntimeError: boom" in render.text(report) and plots.figures(report) == {}
-    assert render.csv(report).splitlines() == [",".join(["suite", "setting", "learner", "step", "final_step",
-                                                         "seed_means", "seed_ci95", "vs_best_test", "vs_best_p_value",
-                                                         "vs_best_p_holm", "vs_best_difference"])]
+    assert render.csv(report).splitlines() == [",".join([
+        "suite", "setting", "learner", "step", "final_step", "selected_steps", "selected_tasks", "selection",
+        "selection_note", "selected_mean", "selected_ci95", "selected_median", "selected_nonfinite", "seed_means",
+        "seed_ci95", "vs_best_test", "vs_best_p_value", "vs_best_p_holm", "vs_best_difference"])]
 
 
 def test_markdown_tables_parse_and_link_the_figures(tmp_path):

@@ -17,6 +17,7 @@ import pytest
 from helpers import TROUBLE, cells_of, records_of, three_learner_run, trouble_run
 
 from bench import cli, runner, store
+from bench.store import RunStore
 
 RUN = three_learner_run(tasks=100)
 SMOKE = trouble_run(tasks=20)
@@ -88,11 +89,12 @@ def test_ctrl_c_keeps_finished_cells_and_says_how_to_resume(tmp_path, capsys, tr
 
 
 def test_a_cell_interrupted_mid_way_resumes_from_its_checkpoint(tmp_path, monkeypatch):
-    """One maml cell, checkpointed every 50 tasks, interrupted right after its first checkpoint: the resumed
-    cell goes on from there and ends with exactly the numbers of an uninterrupted cell. (A SIGKILL at any
-    moment, and a resume in a fresh process: tests/e2e/test_long_runs.py.)"""
+    """One maml cell, checkpointed every 50 tasks, interrupted right after its first checkpoint (after one
+    meta-validation point, before the next): the resumed cell goes on from there and ends with exactly the numbers
+    and the validation curve of an uninterrupted cell. (A SIGKILL at any moment, and a resume in a fresh process:
+    tests/e2e/test_long_runs.py.)"""
     cell = ("--learners", "maml", "--suites", "sinusoid", "--shots", "5", "--profile", "smoke", "--tasks", "200",
-            "--episodes", "5", "--steps", "2", "--no-progress")
+            "--episodes", "5", "--steps", "2", "--val-every", "25", "--no-progress")
     whole = tmp_path / "whole"
     assert cli.main(["run", *cell, "--out", str(whole)]) == 0
     out = tmp_path / "interrupted"
@@ -114,6 +116,9 @@ def test_a_cell_interrupted_mid_way_resumes_from_its_checkpoint(tmp_path, monkey
     assert metadata["resumed_from_tasks"] >= 50 and metadata["tasks_seen"] == 200
     assert not checkpoint.exists()  # removed once the cell finished
     pd.testing.assert_frame_equal(records_of(out), records_of(whole))
+    resumed, uninterrupted = RunStore(out).validation(), RunStore(whole).validation()
+    assert sorted(set(resumed.tasks_seen)) == list(range(25, 201, 25))
+    pd.testing.assert_frame_equal(resumed, uninterrupted)
 
 
 def test_corrupt_and_truncated_cells_are_moved_aside_and_run_again(tmp_path, capsys, uninterrupted):
@@ -129,7 +134,7 @@ def test_corrupt_and_truncated_cells_are_moved_aside_and_run_again(tmp_path, cap
     assert f"{names[0]}.json: unreadable or corrupt" in warnings[0] and "the cell runs again" in warnings[0]
     assert f"{names[1]}.json: its records {names[1]}.csv are truncated (3 of 15 rows)" in warnings[1]
     assert "6 cells (4 already finished)" in stderr
-    assert len(list((out / "cells" / "corrupt").rglob("*"))) == 1 + 4  # a dated folder with both files of both cells
+    assert len(list((out / "cells" / "corrupt").rglob("*"))) == 1 + 6  # a dated folder with all three files of both cells
     pd.testing.assert_frame_equal(records_of(out), records_of(uninterrupted))
 
 
@@ -170,7 +175,7 @@ def test_full_disk_keeps_finished_cells_and_says_how_to_resume(tmp_path, monkeyp
 
     def filling_disk(path, text):
         writes.append(path)
-        if len(writes) > 5:  # run.json and two cells (records + metadata each) fit, then the disk is full
+        if len(writes) > 7:  # run.json and two cells (validation, records and metadata each) fit, then the disk is full
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_write(path, text)
 
