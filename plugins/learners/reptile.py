@@ -108,11 +108,18 @@ class Reptile(Learner):
             x = torch.cat([batch.support_x, batch.query_x], dim=1)
             y = torch.cat([batch.support_y, batch.query_y], dim=1)
             tasks = x.shape[0]
-            start = {name: weight.expand(tasks, *weight.shape) for name, weight in self.weights.items()}
-            steps = list(self._descend(start, self._minibatches(x, y, ctx.generator), config.inner_lr, batched=True))
-            (_, first_loss), (phi, _) = steps[0], steps[-1]
+            minibatches = self._minibatches(x, y, ctx.generator)
+            if tasks == 1:  # one task at a time (the sine script): no vmap, whose overhead dominates a small MLP's step
+                steps = list(self._descend(self.weights, ((bx[0], by[0]) for bx, by in minibatches), config.inner_lr,
+                                           batched=False))
+                phi = steps[-1][0]
+            else:
+                start = {name: weight.expand(tasks, *weight.shape) for name, weight in self.weights.items()}
+                steps = list(self._descend(start, minibatches, config.inner_lr, batched=True))
+                phi = {name: value.mean(0) for name, value in steps[-1][0].items()}
+            first_loss = steps[0][1]
             epsilon = config.outer_lr * (1 - seen / ctx.task_budget)
-            self.weights = {name: weight + epsilon * (phi[name].mean(0) - weight) for name, weight in self.weights.items()}
+            self.weights = {name: weight + epsilon * (phi[name] - weight) for name, weight in self.weights.items()}
             seen += tasks
             ctx.log(first_loss.mean())  # the tasks' training loss at the initialisation
 
