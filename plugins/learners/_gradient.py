@@ -7,6 +7,7 @@ Adam on the mean query loss of a vectorised meta-batch, differentiating through 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from abc import abstractmethod
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, ClassVar
@@ -93,27 +94,43 @@ class GradientMetaLearner(Learner, MetaGradient):
         for start in range(0, tasks, chunk):
             part = Episode(*(field[start : start + chunk] for field in batch))
             share = part.support_x.shape[0] / tasks
+            loss = None
             if self.config.compile and part.support_x.shape[0] == chunk:
                 loss = self._compiled_backward(part, share)
-            else:  # eager, also for a short last chunk (a new shape would cost a recompile)
+            if loss is None:  # eager: not compiled, a short last chunk (a new shape would cost a recompile), or the
+                # compile failed
                 loss = self.meta_loss(part) * share
                 loss.backward()
             total = total + loss.detach()
         return total
 
-    def _compiled_backward(self, batch: Episode, share: float) -> "torch.Tensor":
-        """Add ``share`` x the meta-gradient to ``.grad`` through the compiled graph; return share x loss."""
+    def _compiled_backward(self, batch: Episode, share: float) -> "torch.Tensor | None":
+        """Add ``share`` x the meta-gradient to ``.grad`` through the compiled graph; return share x loss. None when
+        the graph does not compile (no C++ compiler, an unsupported operation): a warning says so once, and the
+        learner goes on eagerly, with the same gradient."""
         import torch
+
+        from bench.cache import use_inductor_cache
+        from bench.nn.functional import detached
 
         if not hasattr(self, "_compiled_meta_gradient"):
             def meta_loss(fast: "Params", slow: "Params", batch: Episode) -> "torch.Tensor":
                 return self.loop.pure_meta_loss(fast, slow, batch, self.config.inner_steps, self.first_order)
 
+            use_inductor_cache()
             self._compiled_meta_gradient = torch.compile(torch.func.grad_and_value(meta_loss, argnums=(0, 1)))
-        from bench.nn.functional import detached
-
-        # Detached inputs: the compiled graph is then a plain inference graph (nothing kept for a backward).
-        (fast_grads, slow_grads), loss = self._compiled_meta_gradient(detached(self.fast), detached(self.slow), batch)
+        if self._compiled_meta_gradient is None:
+            return None
+        try:
+            # Detached inputs: the compiled graph is then a plain inference graph (nothing kept for a backward).
+            (fast_grads, slow_grads), loss = self._compiled_meta_gradient(detached(self.fast), detached(self.slow),
+                                                                          batch)
+        except Exception as error:  # torch.compile raises many types (BackendCompilerFailed, InductorError, ...)
+            warnings.warn(f"{type(self).__name__}: compile=true failed ({type(error).__name__}: "
+                          f"{str(error).splitlines()[0] if str(error) else ''}); meta-training goes on eagerly, with "
+                          "the same gradient", RuntimeWarning, stacklevel=2)
+            self._compiled_meta_gradient = None
+            return None
         for params, grads in ((self.fast, fast_grads), (self.slow, slow_grads)):
             for name, tensor in params.items():
                 if tensor.requires_grad:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from bench.api import Episode, Setting, TaskKind, TaskSuite, episode_rng
+from bench.cache import cache_dir
 from bench.errors import DataError
 
 if TYPE_CHECKING:
@@ -24,12 +25,6 @@ if TYPE_CHECKING:
     from torch import nn
 
 DATA_DIR_ENV = "METABENCH_DATA_DIR"
-CACHE_DIR_ENV = "METABENCH_CACHE_DIR"
-
-
-def cache_dir() -> Path:
-    """Where decoded images are cached: $METABENCH_CACHE_DIR, or ~/.cache/metabench."""
-    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "metabench")
 
 
 def cached_images(name: str, build: Callable[[], "np.ndarray"], fits: Callable[["np.ndarray"], bool]) -> "np.ndarray":
