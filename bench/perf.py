@@ -9,6 +9,12 @@ the rest gives tasks/s. Peak memory is the CUDA allocator's peak on a GPU and, o
 growth of the C heap in use (``bench.memory``; resident memory where glibc's ``mallinfo2`` is
 missing), which, unlike resident memory, does not depend on what the allocator kept from earlier. Evaluation: episodes/s over the test protocol (10 adaptation steps). All
 measurements run one after another in this one process.
+
+How close to the limit: for a learner implementing ``MetaGradient``, the dense FLOPs of one meta-gradient
+(matrix products and convolutions of the forward passes, the inner backward passes and the second-order backward,
+counted by ``torch.utils.flop_counter``; elementwise work is not counted) per task, times its tasks/s, give its
+achieved GFLOP/s, reported as a fraction of this device's dense float32 matrix-product peak, measured in the same
+command.
 """
 from __future__ import annotations
 
@@ -49,6 +55,12 @@ class PerfRow:
     gradient_check: str | None = None
     """Whether the meta-gradients were compared: "checked" (see ``gradient_rel_diff``), "not checked (...)" with
     the reason, or None without a reference."""
+    mflop_per_task: float | None = None
+    """Dense MFLOPs of one task's share of a meta-gradient (None: the learner does not implement MetaGradient)."""
+    achieved_gflops: float | None = None
+    """``mflop_per_task`` x tasks/s: the dense GFLOP/s meta-training achieved."""
+    fraction_of_matmul_peak: float | None = None
+    """``achieved_gflops`` over the device's measured dense matrix-product GFLOP/s (``matmul_peak_gflops``)."""
 
 
 def _release_memory() -> None:
@@ -128,6 +140,35 @@ def _meta_gradient(learner_class: type[MetaGradient], cell: Cell, suite: TaskSui
     return torch.cat([p.grad.flatten() for p in learner.meta_parameters()])
 
 
+def _mflop_per_task(learner_class: type[MetaGradient], cell: Cell, suite: TaskSuite, device: torch.device) -> float:
+    """Dense MFLOPs of the meta-gradient of one task, from the seeded initial weights. Counted on a batch of one:
+    a vmapped batch turns per-task convolutions into grouped ones, whose backward the counter over-counts (9x for
+    the Conv-4, against learn2learn's per-task loop); one task is the algorithm's own count."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    learner = learner_class(cell.hyperparameters)
+    learner.build(HostContext(suite, cell.setting, 0, 0, device, lambda tasks, loss: None))
+    task = suite.sample_batch("train", cell.setting, 0, range(1)).to(device)
+    with FlopCounterMode(display=False) as counter:
+        learner.accumulate_meta_gradient(task)
+    return counter.get_total_flops() / 1e6
+
+
+def matmul_peak_gflops(device: torch.device, repeats: int = 5) -> float:
+    """This device's dense float32 matrix-product GFLOP/s: the best of ``repeats`` square products (2,048 on a CPU,
+    8,192 on a GPU), after one warm-up."""
+    size = 8192 if device.type == "cuda" else 2048
+    a, b = (torch.randn(size, size, device=device) for _ in range(2))
+    times = []
+    for _ in range(repeats + 1):
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / min(times[1:]) / 1e9
+
+
 def _implementation(learner_class: type[Learner], cell: Cell) -> str:
     """How rows name an implementation: its ``implementation``, else the distribution that registered the learner
     (a reference class that declares none: its qualified name)."""
@@ -138,8 +179,10 @@ def _implementation(learner_class: type[Learner], cell: Cell) -> str:
     return f"{learner_class.__module__}.{learner_class.__qualname__}"
 
 
-def measure(cell: Cell, suite: TaskSuite, device: torch.device, iterations: int, warmup: int, eval_episodes: int) -> list[PerfRow]:
-    """Rows for one learner on one suite setting: the learner, then its reference implementation if any."""
+def measure(cell: Cell, suite: TaskSuite, device: torch.device, iterations: int, warmup: int, eval_episodes: int,
+            peak_gflops: float | None = None) -> list[PerfRow]:
+    """Rows for one learner on one suite setting: the learner, then its reference implementation if any; with
+    ``peak_gflops`` (``matmul_peak_gflops``), each row's achieved GFLOP/s as a fraction of it."""
     implementations: list[type[Learner]] = [cell.learner.cls]
     reference = cell.learner.cls.reference()
     if reference is not None and reference.unavailable_reason() is None:  # e.g. learn2learn not installed
@@ -148,9 +191,13 @@ def measure(cell: Cell, suite: TaskSuite, device: torch.device, iterations: int,
     for learner_class in implementations:
         learner = learner_class(cell.hyperparameters)
         tasks_per_s, batch_tasks, peak = _timed_training(learner, cell, suite, device, iterations, warmup)
-        rows.append(PerfRow(cell.suite.name, cell.setting.name, cell.learner.name,
-                            _implementation(learner_class, cell), batch_tasks, tasks_per_s, peak,
-                            _eval_speed(learner, cell, suite, device, eval_episodes)))
+        row = PerfRow(cell.suite.name, cell.setting.name, cell.learner.name, _implementation(learner_class, cell),
+                      batch_tasks, tasks_per_s, peak, _eval_speed(learner, cell, suite, device, eval_episodes))
+        if issubclass(learner_class, MetaGradient):
+            row.mflop_per_task = _mflop_per_task(learner_class, cell, suite, device)
+            row.achieved_gflops = row.mflop_per_task * tasks_per_s / 1e3
+            row.fraction_of_matmul_peak = row.achieved_gflops / peak_gflops if peak_gflops else None
+        rows.append(row)
     if len(rows) == 2:
         ours, theirs = rows
         without = [learner_class.__qualname__ for learner_class in implementations
@@ -174,6 +221,8 @@ def measure_plan(cells: list[Cell], config: RunConfig, device: torch.device, ite
     rows: list[PerfRow] = []
     timed: set[tuple[str, str]] = set()
     skipped: set[str] = set()
+    peak_gflops = matmul_peak_gflops(device)
+    say(f"dense float32 matrix-product peak of this device: {peak_gflops:,.1f} GFLOP/s")
     for cell in cells:
         if cell.suite.name in skipped or (cell.suite.name, cell.learner.name) in timed:
             continue
@@ -186,7 +235,7 @@ def measure_plan(cells: list[Cell], config: RunConfig, device: torch.device, ite
             continue
         timed.add((cell.suite.name, cell.learner.name))
         say(f"timing {cell.learner.name} on {cell.suite.name} {cell.setting.name} ...")
-        rows.extend(measure(cell, suite, device, iterations, warmup, eval_episodes))
+        rows.extend(measure(cell, suite, device, iterations, warmup, eval_episodes, peak_gflops))
     return rows
 
 

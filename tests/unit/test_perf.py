@@ -27,6 +27,16 @@ def test_perf_times_learners_beside_learn2learn_and_checks_gradients(tmp_path, c
         assert row["gradient_rel_diff"] < 1e-5 and row["speedup_vs_reference"] > 0
         assert row["gradient_check"] == "checked"
     assert rows[4]["gradient_check"] is None  # finetune has no reference
+    peak = float(stderr.split("matrix-product peak of this device: ")[1].split(" GFLOP/s")[0].replace(",", ""))
+    for ours, theirs in (rows[0], rows[1]), (rows[2], rows[3]):
+        # The same algorithm does the same dense work, however it is implemented (vmap here, a loop in learn2learn).
+        assert ours["mflop_per_task"] == pytest.approx(theirs["mflop_per_task"]) and ours["mflop_per_task"] > 0.1
+        for row in ours, theirs:
+            assert row["achieved_gflops"] == pytest.approx(row["mflop_per_task"] * row["train_tasks_per_s"] / 1e3)
+            assert row["fraction_of_matmul_peak"] == pytest.approx(row["achieved_gflops"] / peak, rel=1e-3)
+            assert 0 < row["fraction_of_matmul_peak"] < 1
+    assert rows[2]["mflop_per_task"] < rows[0]["mflop_per_task"]  # first order skips the second-order backward
+    assert rows[4]["mflop_per_task"] is None  # finetune computes no meta-gradient
 
 
 def test_perf_skips_a_suite_without_data_with_a_warning(monkeypatch, capsys):
