@@ -232,8 +232,8 @@ def _train(learner: Learner, context: HostContext) -> TrainedCell:
     return TrainedCell(learner, validation, context.tasks_seen, context.resumed_from, seconds, context.stopped)
 
 
-def _progress_bar(total: int, description: str, show: bool) -> tqdm:
-    return tqdm(total=total, desc=description, unit="task" if description.startswith("meta") else "episode",
+def _progress_bar(total: int, description: str, unit: str, show: bool) -> tqdm:
+    return tqdm(total=total, desc=description, unit=unit,
                 disable=None if show else True, leave=False, dynamic_ncols=True)
 
 
@@ -250,7 +250,7 @@ def train_and_validate(cell: Cell, config: RunConfig, device: torch.device, *, s
     """Meta-train a cell's learner under the run's budget, scoring meta-validation at every point (what ``bench
     tune``'s trials run; nothing here reads a test episode). Raises what the learner raises."""
     suite: TaskSuite = config.make_suite(cell.suite.cls)
-    with _progress_bar(config.budget_for(cell.suite.cls).meta_train_tasks, f"meta-train {cell.label}",
+    with _progress_bar(config.budget_for(cell.suite.cls).meta_train_tasks, f"meta-train {cell.label}", "task",
                        show_progress) as bar:
         return _train(*_start(cell, config, suite, device, _bar_progress(bar), checkpoints, on_point))
 
@@ -280,7 +280,7 @@ def run_cell(cell: Cell, config: RunConfig, device: torch.device, show_progress:
     reason = cell.learner.cls.unsupported_reason(suite)
     if reason:
         return metadata(status=CellStatus.NOT_APPLICABLE, error=reason), None, None
-    bar = _progress_bar(budget.meta_train_tasks, f"meta-train {cell.label}", show_progress)
+    bar = _progress_bar(budget.meta_train_tasks, f"meta-train {cell.label}", "task", show_progress)
     context: HostContext | None = None
     try:
         with deadline(timeout), PeakMemory(device) as memory:
@@ -289,7 +289,7 @@ def run_cell(cell: Cell, config: RunConfig, device: torch.device, show_progress:
             bar.close()
             selection = select(trained.validation, config.select, trained.tasks_seen,
                                learner_steps(trained.learner, budget.test_steps))
-            bar = _progress_bar(budget.test_episodes, f"evaluate   {cell.label}", show_progress)
+            bar = _progress_bar(budget.test_episodes, f"evaluate   {cell.label}", "episode", show_progress)
             metric, seconds = evaluate(trained.learner, suite, cell.setting, cell.seed, budget.test_episodes,
                                        budget.test_steps, device, on_episodes=bar.update)
     except Exception as error:  # a plugin's failure fails its cell, not the run

@@ -21,7 +21,6 @@ from bench.api import Learner, Setting, TaskSuite
 from bench.protocol import evaluate
 
 VAL_SPLIT = "val"
-SELECT_MODES = ("best-val", "last")
 
 
 def _costs(means: np.ndarray, lower_is_better: bool) -> np.ndarray:
