@@ -224,6 +224,10 @@ class MetaTrainContext(ABC):
     def log(self, loss: "torch.Tensor") -> None:
         """Report the latest training loss; a non-finite loss fails the cell."""
 
+    def note(self, message: str) -> None:
+        """Say, in one line, how the learner chose to run (e.g. compiled or eager, and why): ``bench run`` prints it
+        with the cell and keeps it in the cell's metadata (``notes``)."""
+
     def restore(self) -> "dict[str, Any] | None":
         """The state last offered to ``checkpoint`` before this cell was interrupted, or None. Call it once,
         after building the model and before the first batch: ``batches`` then goes on from that point."""
@@ -343,6 +347,44 @@ class MetaGradient(ABC):
     def accumulate_meta_gradient(self, batch: Episode) -> "torch.Tensor":
         """Add the meta-gradient of ``batch`` (a batch of episodes) to the ``.grad`` of ``meta_parameters()``,
         without an optimiser step; return the meta-loss."""
+
+
+class SeedsApart(Exception):
+    """Raised by ``SeedGroup.meta_train_seeds`` when these seeds cannot meta-train together (e.g. their checkpoints
+    are at different steps): the host then meta-trains them one by one, and their cells say why."""
+
+
+class SeedGroup(ABC):
+    """A learner that can meta-train several seeds of one cell configuration together, as one vectorised model
+    (mixed into a Learner: ``class MyMAML(Learner, SeedGroup)``). ``bench run`` then trains up to
+    ``--seeds-together`` seeds of each (suite, setting, learner) at once; each seed keeps its own cell, numbers,
+    meta-validation, checkpoints and test."""
+
+    @classmethod
+    @abstractmethod
+    def meta_train_seeds(cls, learners: "Sequence[Learner]", contexts: "Sequence[MetaTrainContext]") -> None:
+        """Meta-train ``learners[i]`` on ``contexts[i]`` (one seed each: its own backbone generator, episode stream,
+        meta-validation and checkpoint) for all i at once, leaving each learner as its own ``meta_train`` would
+        have, to float rounding.
+
+        Take the seeds' batches in lockstep (ask every context for its next batch before updating any seed),
+        ``log`` each seed's loss to its own context, and offer each context its own seed's state in the format
+        ``meta_train`` checkpoints, so that a group resumes as a group and a seed alone resumes from it. Raise
+        ``SeedsApart`` when the seeds cannot train together."""
+
+
+def trains_seeds_together(learner_class: type) -> bool:
+    """Whether ``learner_class`` meta-trains seeds together: a ``SeedGroup`` whose ``meta_train_seeds`` is defined
+    no higher in its class hierarchy than its ``meta_train`` (a subclass that overrides ``meta_train`` only, e.g. to
+    wrap it, would be bypassed by the inherited ``meta_train_seeds``: its seeds train one by one)."""
+    if not (isinstance(learner_class, type) and issubclass(learner_class, SeedGroup)):
+        return False
+    order = learner_class.__mro__
+
+    def owner(method: str) -> int:
+        return next(index for index, klass in enumerate(order) if method in vars(klass))
+
+    return owner("meta_train_seeds") <= owner("meta_train")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -80,6 +80,14 @@ class CellMetadata:
     """The mean meta-validation metric at the selected state and step."""
     test_episodes_sha256: str | None = None
     """The fingerprint of the test episodes scored: runs that share it can be compared episode by episode."""
+    notes: list[str] | None = None
+    """What the learner said about how it ran (e.g. ``compile=auto`` compiled or eager, and why)."""
+    seed_group: list[int] | None = None
+    """The seeds meta-trained together with this one as one vectorised model (``bench run --seeds-together``),
+    this one included; None or ``[seed]``: alone. Their meta-training seconds are the group's shared equally, their peak
+    memory the group's."""
+    seed_group_note: str | None = None
+    """Why a seed that was to meta-train in a group meta-trained alone (the group's error)."""
     record_rows: int | None = None
     """Rows of the cell's records file (set by the store; a shorter file is truncated)."""
 

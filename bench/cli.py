@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ray-address", help="the Ray cluster to use (default: start a local Ray for the run)")
     run.add_argument("--cell-timeout", type=positive_float, metavar="SECONDS", help="fail a cell that runs longer (the run goes on)")
     run.add_argument("--checkpoint-every", type=positive_int, metavar="TASKS", help="save a cell's meta-training state every TASKS tasks, so that a killed cell resumes near where it stopped (learners that support it)")
+    run.add_argument("--seeds-together", type=non_negative_int, default=0, metavar="N", help="meta-train up to N seeds of a learner and suite setting at once, as one vectorised model, for learners that can (bench plugins marks them); same numbers to float rounding (default 0: all the run's seeds; 1: one at a time)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_plugin_flags(run)
 
@@ -147,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_selection_flags(perf, learners="maml,fomaml,adaptation-layer,finetune", suites="sinusoid,omniglot",
                         shots="10,1", ways="5")
     perf.add_argument("--iterations", type=positive_int, default=20, help="timed meta-training iterations per learner (default: 20)")
-    perf.add_argument("--warmup", type=non_negative_int, default=3, help="untimed first iterations (default: 3)")
+    perf.add_argument("--warmup", type=non_negative_int, default=10, help="untimed first iterations, enough for a learner to settle (e.g. compile=auto's timed eager steps and its compile) (default: 10)")
+    perf.add_argument("--profile", default="quick", help="the run profile whose budget the learners see, for what they decide from it, e.g. compile=auto (default: quick)")
     perf.add_argument("--eval-episodes", type=positive_int, default=100, help="test episodes timed per learner (default: 100)")
     perf.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
     _add_plugin_flags(perf)
@@ -197,10 +199,13 @@ def _load_registry(strict: bool):
 def cmd_plugins(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
+    from bench.api import trains_seeds_together
+
     registry = _load_registry(args.strict)
     entries = [
         {"kind": reg.kind, "name": reg.name, "description": reg.description, "unavailable": reg.unavailable_reason,
-         "plugin": reg.source.name, "distribution": reg.source.distribution, "version": reg.source.version}
+         "plugin": reg.source.name, "distribution": reg.source.distribution, "version": reg.source.version,
+         "seeds_together": reg.kind == "learner" and trains_seeds_together(reg.cls)}
         for kind in ("learner", "suite", "executor") for _, reg in sorted(registry.of_kind(kind).items())
     ]
     problems = [{"plugin": p.source.name, "target": p.source.target, "distribution": p.source.distribution, "problem": p.message}
@@ -208,7 +213,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"plugins": entries, "problems": problems}, indent=2))
         return EXIT_OK
-    rows = [[e["kind"], e["name"], f"unavailable: {e['unavailable']}" if e["unavailable"] else e["description"],
+    rows = [[e["kind"], e["name"], f"unavailable: {e['unavailable']}" if e["unavailable"]
+             else e["description"] + (" [seeds together]" if e["seeds_together"] else ""),
              f"{e['plugin']} ({e['distribution']} {e['version']})"] for e in entries]
     print(tabulate(rows, headers=["kind", "name", "description", "plugin"], tablefmt="simple"))
     if problems:
@@ -247,7 +253,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.session import INTERRUPTED, Execution, run_benchmark
 
     execution = Execution(args.executor, args.workers, args.ray_address, args.cell_timeout, args.checkpoint_every,
-                          show_progress=not args.no_progress)
+                          show_progress=not args.no_progress, seeds_together=args.seeds_together)
     outcome = run_benchmark(config, registry, execution, say=_say)
     if outcome.status == INTERRUPTED:
         return EXIT_INTERRUPTED
@@ -345,7 +351,7 @@ def cmd_perf(args: argparse.Namespace) -> int:
     from bench.grid import plan
 
     selection = {_dest(flag): getattr(args, _dest(flag)) for flag, *_ in SELECTION_FLAGS}
-    config = resolve_run_config(None, selection, args.set)
+    config = resolve_run_config(None, selection | {"profile": args.profile}, args.set)
     registry = _load_registry(args.strict)
     cells = plan(config, registry)
 

@@ -133,6 +133,11 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
             return None
         inner = [arg for arg in args if arg is not type(None)]
         return coerce(value, inner[0], where)
+    if origin is typing.Literal:  # e.g. Literal["auto", "true", "false"]; a TOML true / false reads as "true" / "false"
+        text = str(value).lower() if isinstance(value, bool) else value
+        if text not in args:
+            raise ConfigError(f"{where}: expected one of {', '.join(map(str, args))}, got {value!r}")
+        return text
     if origin is list:
         if isinstance(value, str):
             items = value.split(",")

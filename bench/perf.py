@@ -61,6 +61,8 @@ class PerfRow:
     """``mflop_per_task`` x tasks/s: the dense GFLOP/s meta-training achieved."""
     fraction_of_matmul_peak: float | None = None
     """``achieved_gflops`` over the device's measured dense matrix-product GFLOP/s (``matmul_peak_gflops``)."""
+    notes: str | None = None
+    """How the learner chose to run with a run's budget for the cell (e.g. ``compile=auto``'s decision)."""
 
 
 def _release_memory() -> None:
@@ -71,8 +73,12 @@ def _release_memory() -> None:
         pass
 
 
-def _timed_training(learner: Learner, cell: Cell, suite: TaskSuite, device: torch.device, iterations: int, warmup: int) -> tuple[float, int, float]:
-    """Median tasks/s over ``iterations`` timed meta-training iterations, tasks per iteration, peak MiB."""
+def _timed_training(learner: Learner, cell: Cell, suite: TaskSuite, device: torch.device, iterations: int, warmup: int,
+                    cell_budget: int) -> tuple[float, int, float, list[str]]:
+    """Median tasks/s over ``iterations`` timed meta-training iterations, tasks per iteration, peak MiB and what the
+    learner noted (``MetaTrainContext.note``). The learner
+    sees ``cell_budget``, a run's budget for the cell (what it may weigh, e.g. ``compile=auto``), and its episode
+    stream ends after the timed iterations."""
     stamps: list[tuple[float, int]] = []
 
     def on_batch(tasks: int, loss: float | None) -> None:
@@ -87,7 +93,9 @@ def _timed_training(learner: Learner, cell: Cell, suite: TaskSuite, device: torc
     else:
         raise BenchError(f"{type(learner).__qualname__} meta-trains without asking ctx.batches for tasks: nothing to time")
     _release_memory()
-    context = HostContext(suite, cell.setting, 0, (warmup + iterations + 1) * batch_tasks, device, on_batch)
+    context = _StoppingContext(suite, cell.setting, 0, max(cell_budget, (warmup + iterations + 1) * batch_tasks), device,
+                               on_batch)
+    context.stop_after = (warmup + iterations + 1) * batch_tasks
     stamps.clear()
     with PeakMemory(device) as memory:
         baseline_rss = memory.peak_rss
@@ -97,7 +105,7 @@ def _timed_training(learner: Learner, cell: Cell, suite: TaskSuite, device: torc
         peak = memory.as_dict()["peak_cuda_mib"]
     else:
         peak = memory.heap_growth_mib if memory.heap_growth_mib is not None else (memory.peak_rss - baseline_rss) / 2**20
-    return statistics.median(rates), batch_tasks, peak
+    return statistics.median(rates), batch_tasks, peak, context.notes
 
 
 class _BatchSizeFound(Exception):
@@ -106,6 +114,18 @@ class _BatchSizeFound(Exception):
     def __init__(self, tasks: int) -> None:
         super().__init__(tasks)
         self.tasks = tasks
+
+
+class _StoppingContext(HostContext):
+    """A context with a cell's budget whose episode stream ends after ``stop_after`` tasks."""
+
+    stop_after: int = 0
+
+    def batches(self, meta_batch: int) -> Iterator[Episode]:
+        for batch in super().batches(meta_batch):
+            yield batch
+            if self.tasks_seen >= self.stop_after:
+                return
 
 
 class _BatchSizeProbe(HostContext):
@@ -180,9 +200,10 @@ def _implementation(learner_class: type[Learner], cell: Cell) -> str:
 
 
 def measure(cell: Cell, suite: TaskSuite, device: torch.device, iterations: int, warmup: int, eval_episodes: int,
-            peak_gflops: float | None = None) -> list[PerfRow]:
+            peak_gflops: float | None = None, cell_budget: int = 0) -> list[PerfRow]:
     """Rows for one learner on one suite setting: the learner, then its reference implementation if any; with
-    ``peak_gflops`` (``matmul_peak_gflops``), each row's achieved GFLOP/s as a fraction of it."""
+    ``peak_gflops`` (``matmul_peak_gflops``), each row's achieved GFLOP/s as a fraction of it. The learners see
+    ``cell_budget`` tasks as their budget (a run's, for what they decide from it)."""
     implementations: list[type[Learner]] = [cell.learner.cls]
     reference = cell.learner.cls.reference()
     if reference is not None and reference.unavailable_reason() is None:  # e.g. learn2learn not installed
@@ -190,9 +211,11 @@ def measure(cell: Cell, suite: TaskSuite, device: torch.device, iterations: int,
     rows = []
     for learner_class in implementations:
         learner = learner_class(cell.hyperparameters)
-        tasks_per_s, batch_tasks, peak = _timed_training(learner, cell, suite, device, iterations, warmup)
+        tasks_per_s, batch_tasks, peak, notes = _timed_training(learner, cell, suite, device, iterations, warmup,
+                                                                cell_budget)
         row = PerfRow(cell.suite.name, cell.setting.name, cell.learner.name, _implementation(learner_class, cell),
-                      batch_tasks, tasks_per_s, peak, _eval_speed(learner, cell, suite, device, eval_episodes))
+                      batch_tasks, tasks_per_s, peak, _eval_speed(learner, cell, suite, device, eval_episodes),
+                      notes="; ".join(notes) or None)
         if issubclass(learner_class, MetaGradient):
             row.mflop_per_task = _mflop_per_task(learner_class, cell, suite, device)
             row.achieved_gflops = row.mflop_per_task * tasks_per_s / 1e3
@@ -235,7 +258,8 @@ def measure_plan(cells: list[Cell], config: RunConfig, device: torch.device, ite
             continue
         timed.add((cell.suite.name, cell.learner.name))
         say(f"timing {cell.learner.name} on {cell.suite.name} {cell.setting.name} ...")
-        rows.extend(measure(cell, suite, device, iterations, warmup, eval_episodes, peak_gflops))
+        rows.extend(measure(cell, suite, device, iterations, warmup, eval_episodes, peak_gflops,
+                            config.budget_for(cell.suite.cls).meta_train_tasks))
     return rows
 
 

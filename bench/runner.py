@@ -23,7 +23,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from bench.api import Episode, Executor, Learner, MetaTrainContext, Setting, TaskSuite
+from bench.api import (Episode, Executor, Learner, MetaTrainContext, SeedsApart, Setting, TaskSuite,
+                       trains_seeds_together)
 from bench.cells import CellMetadata, CellStatus
 from bench.config import ConfigError, RunConfig
 from bench.grid import Cell
@@ -45,7 +46,7 @@ class CellTimeoutError(RuntimeError):
 
 
 @contextlib.contextmanager
-def deadline(seconds: float | None) -> Iterator[None]:
+def deadline(seconds: float | None, what: str = "the cell") -> Iterator[None]:
     """Raise ``CellTimeoutError`` in this thread once ``seconds`` have passed (a timer signal; main thread only)."""
     if not seconds:
         yield
@@ -54,7 +55,7 @@ def deadline(seconds: float | None) -> Iterator[None]:
         raise CellTimeoutError("--cell-timeout needs the cell to run in the main thread of its process")
 
     def expire(signum: int, frame: object) -> None:
-        raise CellTimeoutError(f"the cell ran longer than --cell-timeout {seconds:g} s")
+        raise CellTimeoutError(f"{what} ran longer than --cell-timeout {seconds:g} s")
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -108,6 +109,11 @@ class HostContext(MetaTrainContext):
         self._losses_since_point = 0
         self._checkpoints = checkpoints
         self._last_checkpoint = 0
+        self.notes: list[str] = []
+
+    def note(self, message: str) -> None:
+        if message not in self.notes:
+            self.notes.append(message)
 
     def restore(self) -> dict[str, Any] | None:
         if self._checkpoints is None or not self._checkpoints.path.exists():
@@ -203,6 +209,8 @@ class TrainedCell:
     """Meta-training wall-clock seconds, without the time spent scoring meta-validation."""
     stopped: bool
     """Whether an ``on_point`` callback stopped meta-training before the budget was spent."""
+    notes: list[str] = dataclasses.field(default_factory=list)
+    """What the learner said about how it ran (``MetaTrainContext.note``)."""
 
 
 def _start(cell: Cell, config: RunConfig, suite: TaskSuite, device: torch.device,
@@ -221,15 +229,39 @@ def _start(cell: Cell, config: RunConfig, suite: TaskSuite, device: torch.device
 
 def _train(learner: Learner, context: HostContext) -> TrainedCell:
     """Meta-train ``learner``, then score meta-validation once more at the end unless already done there."""
-    validation = context.validation
     start = time.perf_counter()
     learner.meta_train(context)
+    _end_training(context)
+    return _trained(learner, context, time.perf_counter() - start)
+
+
+def _train_seed_group(learners: list[Learner], contexts: list[HostContext]) -> list[TrainedCell]:
+    """Meta-train several seeds' learners together (``SeedGroup``); each seed's meta-training seconds are the
+    group's divided by the number of seeds."""
+    start = time.perf_counter()
+    type(learners[0]).meta_train_seeds(learners, contexts)
+    for context in contexts:
+        _end_training(context)
+    share = (time.perf_counter() - start - sum(context.validation.seconds for context in contexts
+                                               if context.validation)) / len(learners)
+    return [_trained(learner, context, share + (context.validation.seconds if context.validation else 0.0))
+            for learner, context in zip(learners, contexts, strict=True)]
+
+
+def _end_training(context: HostContext) -> None:
+    """Check the last loss and score meta-validation at the end of the budget unless already done there."""
     context.check_loss()
+    validation = context.validation
     if validation is not None and not context.stopped and (
             not validation.points or validation.points[-1].tasks_seen != context.tasks_seen):
         context.validate()
-    seconds = time.perf_counter() - start - (validation.seconds if validation else 0.0)
-    return TrainedCell(learner, validation, context.tasks_seen, context.resumed_from, seconds, context.stopped)
+
+
+def _trained(learner: Learner, context: HostContext, seconds: float) -> TrainedCell:
+    """``seconds`` of meta-training, meta-validation included (taken out here)."""
+    validation = context.validation
+    return TrainedCell(learner, validation, context.tasks_seen, context.resumed_from,
+                       seconds - (validation.seconds if validation else 0.0), context.stopped, context.notes)
 
 
 def _progress_bar(total: int, description: str, unit: str, show: bool) -> tqdm:
@@ -261,14 +293,14 @@ def _selection_fields(selection: Selection, validation: MetaValidation | None) -
             "val_seconds": validation.seconds if validation else 0.0}
 
 
-def run_cell(cell: Cell, config: RunConfig, device: torch.device, show_progress: bool,
-             timeout: float | None = None, checkpoints: Checkpoints | None = None,
-             ) -> tuple[CellMetadata, pd.DataFrame | None, pd.DataFrame | None]:
-    """Meta-train one cell with meta-validation, select its state and step on meta-val, then evaluate it on the
-    test episodes, within ``timeout`` seconds, from its checkpoint if there is one. Returns the metadata, the test
-    records and the validation rows; failures are returned in the metadata, never raised."""
+CellOutcome = tuple[CellMetadata, pd.DataFrame | None, pd.DataFrame | None]
+"""A cell's metadata, test records and meta-validation rows (None where it did not finish)."""
+
+
+def _metadata(cell: Cell, config: RunConfig, device: torch.device) -> Callable[..., CellMetadata]:
+    """The cell's metadata, short of how it ended (the keyword arguments still to give)."""
     budget = config.budget_for(cell.suite.cls)
-    metadata = functools.partial(
+    return functools.partial(
         CellMetadata, cell_id=cell.cell_id, suite=cell.suite.name, setting=cell.setting.name,
         setting_index=cell.setting_index, shots=cell.setting.shots, ways=cell.setting.ways, learner=cell.learner.name,
         seed=cell.seed, hyperparameters=dataclasses.asdict(cell.hyperparameters), device=str(device),
@@ -276,38 +308,130 @@ def run_cell(cell: Cell, config: RunConfig, device: torch.device, show_progress:
         task_budget=budget.meta_train_tasks, test_episodes=budget.test_episodes, test_steps=budget.test_steps,
         val_episodes=budget.val_episodes, val_every=budget.val_every, cell_fingerprint=cell_fingerprint(cell, config),
     )
-    suite: TaskSuite = config.make_suite(cell.suite.cls)
-    reason = cell.learner.cls.unsupported_reason(suite)
-    if reason:
-        return metadata(status=CellStatus.NOT_APPLICABLE, error=reason), None, None
-    bar = _progress_bar(budget.meta_train_tasks, f"meta-train {cell.label}", "task", show_progress)
-    context: HostContext | None = None
-    try:
-        with deadline(timeout), PeakMemory(device) as memory:
-            learner, context = _start(cell, config, suite, device, _bar_progress(bar), checkpoints, None)
-            trained = _train(learner, context)
-            bar.close()
-            selection = select(trained.validation, config.select, trained.tasks_seen,
-                               learner_steps(trained.learner, budget.test_steps))
-            bar = _progress_bar(budget.test_episodes, f"evaluate   {cell.label}", "episode", show_progress)
-            metric, seconds = evaluate(trained.learner, suite, cell.setting, cell.seed, budget.test_episodes,
-                                       budget.test_steps, device, on_episodes=bar.update)
-    except Exception as error:  # a plugin's failure fails its cell, not the run
-        return metadata(status=CellStatus.FAILED, error=f"{type(error).__name__}: {error}",
-                        traceback=traceback.format_exc(), tasks_seen=context.tasks_seen if context else 0), None, None
-    finally:
-        bar.close()
+
+
+def _failed(cell: Cell, config: RunConfig, device: torch.device, error: Exception,
+            context: HostContext | None, **fields: Any) -> CellOutcome:
+    return _metadata(cell, config, device)(
+        status=CellStatus.FAILED, error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(),
+        tasks_seen=context.tasks_seen if context else 0, **fields), None, None
+
+
+def _test(cell: Cell, config: RunConfig, suite: TaskSuite, trained: TrainedCell, device: torch.device,
+          show_progress: bool) -> tuple[Selection, np.ndarray, np.ndarray]:
+    """Select the state and step on meta-validation, then score the test episodes: the metric per episode and step,
+    and the adaptation seconds per episode."""
+    budget = config.budget_for(cell.suite.cls)
+    selection = select(trained.validation, config.select, trained.tasks_seen,
+                       learner_steps(trained.learner, budget.test_steps))
+    with _progress_bar(budget.test_episodes, f"evaluate   {cell.label}", "episode", show_progress) as bar:
+        metric, seconds = evaluate(trained.learner, suite, cell.setting, cell.seed, budget.test_episodes,
+                                   budget.test_steps, device, on_episodes=bar.update)
+    return selection, metric, seconds
+
+
+def _finished(cell: Cell, config: RunConfig, suite: TaskSuite, device: torch.device, trained: TrainedCell,
+              tested: tuple[Selection, np.ndarray, np.ndarray], memory: PeakMemory, **fields: Any) -> CellOutcome:
+    """The outcome of a cell that meta-trained and was tested."""
+    selection, metric, seconds = tested
+    budget = config.budget_for(cell.suite.cls)
     identity = {"suite": cell.suite.name, "setting": cell.setting.name, "learner": cell.learner.name, "seed": cell.seed}
     episodes, steps = np.meshgrid(np.arange(metric.shape[0]), np.arange(metric.shape[1]), indexing="ij")
     records = pd.DataFrame({**identity, "episode": episodes.ravel(), "step": steps.ravel(), "metric": metric.ravel()})
     validation = trained.validation.frame(identity) if trained.validation else None
-    return metadata(
+    return _metadata(cell, config, device)(
         status=CellStatus.OK, tasks_seen=trained.tasks_seen, resumed_from_tasks=trained.resumed_from,
         meta_train_seconds=trained.meta_train_seconds, **_selection_fields(selection, trained.validation),
         adapt_ms_per_episode=float(seconds.mean() * 1000), metric_name=suite.metric_name,
-        lower_is_better=suite.lower_is_better, **memory.as_dict(),
-        test_episodes_sha256=episodes_fingerprint(suite, cell.setting, cell.seed, budget.test_episodes),
+        lower_is_better=suite.lower_is_better, **memory.as_dict(), notes=trained.notes or None,
+        test_episodes_sha256=episodes_fingerprint(suite, cell.setting, cell.seed, budget.test_episodes), **fields,
     ), records, validation
+
+
+def run_cell(cell: Cell, config: RunConfig, device: torch.device, show_progress: bool,
+             timeout: float | None = None, checkpoints: Checkpoints | None = None, **fields: Any) -> CellOutcome:
+    """Meta-train one cell with meta-validation, select its state and step on meta-val, then evaluate it on the
+    test episodes, within ``timeout`` seconds, from its checkpoint if there is one. Failures are returned in the
+    metadata, never raised; ``fields`` go into the metadata as they are."""
+    budget = config.budget_for(cell.suite.cls)
+    suite: TaskSuite = config.make_suite(cell.suite.cls)
+    reason = cell.learner.cls.unsupported_reason(suite)
+    if reason:
+        return _metadata(cell, config, device)(status=CellStatus.NOT_APPLICABLE, error=reason, **fields), None, None
+    context: HostContext | None = None
+    try:
+        with deadline(timeout), PeakMemory(device) as memory:
+            with _progress_bar(budget.meta_train_tasks, f"meta-train {cell.label}", "task", show_progress) as bar:
+                learner, context = _start(cell, config, suite, device, _bar_progress(bar), checkpoints, None)
+                trained = _train(learner, context)
+            tested = _test(cell, config, suite, trained, device, show_progress)
+    except Exception as error:  # a plugin's failure fails its cell, not the run
+        return _failed(cell, config, device, error, context, **fields)
+    return _finished(cell, config, suite, device, trained, tested, memory, **fields)
+
+
+def run_seed_group(cells: list[Cell], config: RunConfig, device: torch.device, show_progress: bool,
+                   timeout: float | None = None, checkpoints: Callable[[Cell], Checkpoints | None] = lambda cell: None,
+                   ) -> list[CellOutcome]:
+    """Run the cells of one (suite, setting, learner) that differ only in their seed, meta-training them together
+    as one vectorised model (``SeedGroup``), then testing each; each cell's outcome as ``run_cell`` gives it. The
+    group has ``timeout`` seconds per cell. If the group cannot train together (``SeedsApart``) or fails in
+    meta-training, each cell runs again alone (from its own checkpoint) and its metadata says why."""
+    learner_class = cells[0].learner.cls
+    suite: TaskSuite = config.make_suite(cells[0].suite.cls)
+    if len(cells) == 1 or not trains_seeds_together(learner_class) or learner_class.unsupported_reason(suite):
+        return [run_cell(cell, config, device, show_progress, timeout, checkpoints(cell)) for cell in cells]
+    budget = config.budget_for(cells[0].suite.cls)
+    seeds = [cell.seed for cell in cells]
+    label = f"{cells[0].learner.name} | {cells[0].suite.name} {cells[0].setting.name} | seeds {_seed_list(seeds)}"
+    finish: list[Callable[[PeakMemory], CellOutcome]] = []
+    try:
+        with deadline(timeout and timeout * len(cells), f"the group of {len(cells)} seeds"), \
+                PeakMemory(device) as memory:
+            with _progress_bar(budget.meta_train_tasks * len(cells), f"meta-train {label}", "task",
+                               show_progress) as bar:
+                members = [_start(cell, config, suite, device, _bar_progress(bar), checkpoints(cell), None)
+                           for cell in cells]
+                learners, contexts = [learner for learner, _ in members], [context for _, context in members]
+                trained = _train_seed_group(learners, contexts)
+            for cell, one, context in zip(cells, trained, contexts, strict=True):
+                try:
+                    tested = _test(cell, config, suite, one, device, show_progress)
+                    finish.append(functools.partial(_finished, cell, config, suite, device, one, tested,
+                                                    seed_group=seeds))
+                except CellTimeoutError:
+                    raise
+                except Exception as error:  # a test that fails fails its cell only
+                    failed = _failed(cell, config, device, error, context, seed_group=seeds)
+                    finish.append(lambda memory, failed=failed: failed)
+    except CellTimeoutError as error:
+        return [_failed(cell, config, device, error, None, seed_group=seeds) for cell in cells]
+    except Exception as error:  # the group could not train together: each seed alone, as it would have run
+        why = "cannot train together" if isinstance(error, SeedsApart) else "failed in meta-training together"
+        note = f"meta-trained alone: the seed group {why} ({type(error).__name__}: {error})"
+        return [run_cell(cell, config, device, show_progress, timeout, checkpoints(cell), seed_group=[cell.seed],
+                         seed_group_note=note) for cell in cells]
+    return [outcome(memory) for outcome in finish]
+
+
+def _seed_list(seeds: list[int]) -> str:
+    """``0-4`` for consecutive seeds, else ``0,2,5``."""
+    consecutive = seeds == list(range(seeds[0], seeds[0] + len(seeds)))
+    return f"{seeds[0]}-{seeds[-1]}" if consecutive else ",".join(map(str, seeds))
+
+
+def seed_groups(cells: list[Cell], seeds_together: int) -> list[list[Cell]]:
+    """The cells in groups that meta-train together: those of one (suite, setting, learner) whose learner trains
+    seeds together (``trains_seeds_together``), at most ``seeds_together`` seeds each (0: no limit; 1: every cell alone), in the cells' order."""
+    groups: dict[tuple, list[list[Cell]]] = {}
+    for index, cell in enumerate(cells):
+        together = seeds_together != 1 and trains_seeds_together(cell.learner.cls)
+        key = (cell.suite.name, cell.setting_index, cell.learner.name) if together else ("alone", index)
+        chunks = groups.setdefault(key, [[]])
+        if seeds_together and len(chunks[-1]) >= seeds_together:
+            chunks.append([])
+        chunks[-1].append(cell)
+    return [group for chunks in groups.values() for group in chunks]
 
 
 CellResult = tuple[Cell, CellMetadata, pd.DataFrame | None, pd.DataFrame | None]
@@ -316,8 +440,9 @@ CellResult = tuple[Cell, CellMetadata, pd.DataFrame | None, pd.DataFrame | None]
 
 @dataclasses.dataclass(frozen=True)
 class CellWork:
-    """Runs one cell of a run, in whatever process an executor calls it; what every cell shares, picklable so
-    that it can travel to workers. Failures come back in the metadata."""
+    """Runs a group of cells of a run (one cell, or the seeds of one configuration that meta-train together), in
+    whatever process an executor calls it; what every group shares, picklable so that it can travel to workers.
+    Failures come back in the metadata."""
 
     config: RunConfig
     device: str
@@ -327,32 +452,37 @@ class CellWork:
     """Where mid-cell checkpoints go (the run's cells/ folder; it must be reachable from the workers)."""
     checkpoint_every: int | None = None
 
-    def __call__(self, cell: Cell) -> CellResult:
-        checkpoints = (Checkpoints(checkpoint_file(Path(self.checkpoint_dir), cell.cell_id), self.checkpoint_every)
-                       if self.checkpoint_dir and self.checkpoint_every else None)
-        return (cell, *run_cell(cell, self.config, torch.device(self.device), self.show_progress, self.cell_timeout,
-                                checkpoints))
+    def checkpoints(self, cell: Cell) -> Checkpoints | None:
+        return (Checkpoints(checkpoint_file(Path(self.checkpoint_dir), cell.cell_id), self.checkpoint_every)
+                if self.checkpoint_dir and self.checkpoint_every else None)
+
+    def __call__(self, cells: list[Cell]) -> list[CellResult]:
+        outcomes = run_seed_group(cells, self.config, torch.device(self.device), self.show_progress,
+                                  self.cell_timeout, self.checkpoints)
+        return [(cell, *outcome) for cell, outcome in zip(cells, outcomes, strict=True)]
 
 
 def run_cells(cells: list[Cell], config: RunConfig, store: RunStore, device: torch.device,
               show_progress: bool = True, executor: Executor | None = None, cell_timeout: float | None = None,
-              checkpoint_every: int | None = None, warn: Callable[[str], None] = lambda message: None,
+              checkpoint_every: int | None = None, seeds_together: int = 0, warn: Callable[[str], None] = lambda message: None,
               on_start: Callable[[int], None] = lambda finished: None,
               on_cell: Callable[[Cell, CellMetadata], None] = lambda cell, metadata: None) -> None:
     """Run the cells not yet finished in ``store`` with ``executor`` (None: one after the other, in this
-    process), writing each as soon as it completes. Finished cells must match their configuration
+    process), writing each as soon as it completes; the seeds of one configuration meta-train together, up to
+    ``seeds_together`` at a time (``seed_groups``). Finished cells must match their configuration
     (``StoreError``); ``warn`` hears of corrupt cell files, ``on_start`` of how many cells were already finished."""
     todo = store.cells_to_run({cell.cell_id: cell_fingerprint(cell, config) for cell in cells}, warn)
     on_start(len(cells) - len(todo))
     work = CellWork(config, str(device), show_progress and (executor is None or executor.shows_progress),
                     cell_timeout, str(store.cells_dir) if checkpoint_every else None, checkpoint_every)
-    pending = [cell for cell in cells if cell.cell_id in todo]
+    groups = seed_groups([cell for cell in cells if cell.cell_id in todo], seeds_together)
     try:
-        results = (executor.map(work, pending, gpus=int(device.type == "cuda")) if executor is not None
-                   else map(work, pending))
-        for cell, metadata, records, validation in results:
-            store.write_cell(cell.cell_id, metadata, records, validation)
-            on_cell(cell, metadata)
+        results = (executor.map(work, groups, gpus=int(device.type == "cuda")) if executor is not None
+                   else map(work, groups))
+        for group in results:
+            for cell, metadata, records, validation in group:
+                store.write_cell(cell.cell_id, metadata, records, validation)
+                on_cell(cell, metadata)
     finally:
         if executor is not None:
             executor.close()

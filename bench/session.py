@@ -42,6 +42,10 @@ class Execution:
     checkpoint_every: int | None = None
     """Save a cell's meta-training state every so many tasks (learners that support it)."""
     show_progress: bool = True
+    seeds_together: int = 0
+    """Seeds of one (suite, setting, learner) meta-trained at once as one vectorised model, for learners that can
+    (``SeedGroup``): 0, all of the run's; 1, one at a time. Their numbers are those of one at a time to float
+    rounding."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,9 +96,17 @@ def _resolved(config: RunConfig, run_dir: Path, cells: list[Cell]) -> dict[str, 
     }
 
 
-def _cell_line(cell: Cell, metadata: CellMetadata) -> str:
-    detail = (f" ({metadata.meta_train_seconds:.1f} s meta-training)" if metadata.status is CellStatus.OK
-              else f": {metadata.error}")
+def _cell_line(cell: Cell, metadata: CellMetadata, said: set[str]) -> str:
+    """The cell's line of ``bench run``'s output, with the notes not ``said`` before (a seed group's cells share
+    theirs)."""
+    together = metadata.seed_group and len(metadata.seed_group) > 1
+    detail = (f" ({metadata.meta_train_seconds:.1f} s meta-training"
+              f"{f', its share of {len(metadata.seed_group)} seeds together' if together else ''})"
+              if metadata.status is CellStatus.OK else f": {metadata.error}")
+    for note in ([metadata.seed_group_note] if metadata.seed_group_note else []) + (metadata.notes or []):
+        if note not in said:
+            said.add(note)
+            detail += f"\n         {note}"
     return f"  {str(metadata.status):6} {cell.label}{detail}"
 
 
@@ -112,7 +124,8 @@ def run_benchmark(config: RunConfig, registry: Registry, execution: Execution, s
     resolved = _resolved(config, run_dir, cells)
     env = {**environment(registry, device),
            "execution": {"executor": execution.executor, "workers": executor.options.workers,
-                         "cell_timeout": execution.cell_timeout, "checkpoint_every": execution.checkpoint_every}}
+                         "cell_timeout": execution.cell_timeout, "checkpoint_every": execution.checkpoint_every,
+                         "seeds_together": execution.seeds_together}}
     store = RunStore(run_dir)
     store.open(resolved, env)
 
@@ -120,11 +133,12 @@ def run_benchmark(config: RunConfig, registry: Registry, execution: Execution, s
         say(f"metabench: {len(cells)} cells ({finished} already finished) on {env['device_name']} "
             f"with the {execution.executor} executor -> {run_dir}")
 
+    said: set[str] = set()
     try:
         run_cells(cells, config, store, device, show_progress=execution.show_progress, executor=executor,
                   cell_timeout=execution.cell_timeout, checkpoint_every=execution.checkpoint_every,
-                  warn=lambda message: say(f"warning: {message}"), on_start=on_start,
-                  on_cell=lambda cell, metadata: say(_cell_line(cell, metadata)))
+                  seeds_together=execution.seeds_together, warn=lambda message: say(f"warning: {message}"), on_start=on_start,
+                  on_cell=lambda cell, metadata: say(_cell_line(cell, metadata, said)))
     except KeyboardInterrupt:
         store.write_run_file(resolved, env, status=INTERRUPTED)
         say(f"\ninterrupted: finished cells are kept in {run_dir}; resume with: bench run --resume {run_dir}")

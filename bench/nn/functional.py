@@ -26,9 +26,10 @@ LR_PREFIX = "lr:"
 """With ``InnerLoop(lr=None)``, ``slow[LR_PREFIX + name]`` is the learning rate of fast weight ``name``."""
 
 
-def _per_task(tensor: torch.Tensor, tasks: int) -> torch.Tensor:
-    """``tensor`` repeated along a new leading task dimension, differentiable per copy."""
-    repeated = tensor.expand(tasks, *tensor.shape)
+def _per_task(tensor: torch.Tensor, lead: torch.Size) -> torch.Tensor:
+    """``tensor`` with a task dimension inserted after its ``len(lead) - 1`` seed dimensions (``lead``: the leading
+    shape of the batch, ``(tasks,)`` or ``(seeds, tasks)``), differentiable per copy."""
+    repeated = tensor.unsqueeze(len(lead) - 1).expand(*lead, *tensor.shape[len(lead) - 1:])
     return repeated if repeated.requires_grad else repeated.clone().requires_grad_()
 
 
@@ -68,16 +69,33 @@ class InnerLoop:
         and each task's inner gradient is the gradient of the summed support losses with respect
         to its own copy (plain autograd, no per-task loop; cheaper than ``vmap(grad(...))``).
         """
-        tasks = batch.support_x.shape[0]
-        forward = vmap(self.forward, in_dims=(0, None, 0))
-        task_losses = vmap(self.loss)
-        adapted = {name: _per_task(tensor, tasks) for name, tensor in fast.items()}
+        return self._query_losses(fast, slow, batch, steps, first_order, seeds=False).mean()
+
+    def seeds_meta_loss(self, fast: Params, slow: Params, batch, steps: int, first_order: bool) -> torch.Tensor:
+        """``meta_loss`` of several seeds' models at once, one number per seed: every weight and every field of
+        ``batch`` has a leading seed dimension (a batch of shape ``(seeds, tasks, ...)``). The gradient of the
+        sum with respect to one seed's weights is that seed's ``meta_loss`` gradient."""
+        return self._query_losses(fast, slow, batch, steps, first_order, seeds=True).mean(dim=1)
+
+    def _query_losses(self, fast: Params, slow: Params, batch, steps: int, first_order: bool,
+                      seeds: bool) -> torch.Tensor:
+        """Each task's query loss after the inner loop: shape ``(tasks,)``, or ``(seeds, tasks)`` with ``seeds``."""
+        lead = batch.support_x.shape[:2] if seeds else batch.support_x.shape[:1]
+        forward, task_losses = vmap(self.forward, in_dims=(0, None, 0)), vmap(self.loss)
+        if seeds:  # each seed's own slow weights, shared by its tasks
+            forward, task_losses = vmap(forward, in_dims=(0, 0, 0)), vmap(task_losses)
+        adapted = {name: _per_task(tensor, lead) for name, tensor in fast.items()}
         for _ in range(steps):
             support_loss = task_losses(forward(adapted, slow, batch.support_x), batch.support_y).sum()
             grads = torch.autograd.grad(support_loss, list(adapted.values()), create_graph=not first_order)
-            adapted = {name: tensor - self.rate(slow, name) * gradient
+            adapted = {name: tensor - self._task_rate(slow, name, seeds) * gradient
                        for (name, tensor), gradient in zip(adapted.items(), grads)}
-        return task_losses(forward(adapted, slow, batch.query_x), batch.query_y).mean()
+        return task_losses(forward(adapted, slow, batch.query_x), batch.query_y)
+
+    def _task_rate(self, slow: Params, name: str, seeds: bool) -> float | torch.Tensor:
+        """``rate`` shaped for weights with a task dimension (a learned rate of each seed, shared by its tasks)."""
+        rate = self.rate(slow, name)
+        return rate.unsqueeze(1) if seeds and isinstance(rate, torch.Tensor) else rate
 
     def pure_meta_loss(self, fast: Params, slow: Params, batch, steps: int, first_order: bool) -> torch.Tensor:
         """``meta_loss`` written with ``torch.func`` transforms only (``vmap`` of a per-task ``grad``), so

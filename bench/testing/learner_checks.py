@@ -13,11 +13,13 @@ from bench.api import (
     Learner,
     MetaTrainContext,
     SearchRange,
+    SeedGroup,
     Setting,
     Support,
     TaskKind,
     TaskSuite,
     config_fields,
+    trains_seeds_together,
 )
 from bench.testing.suites import TinyBlobs, TinyWaves
 
@@ -102,6 +104,9 @@ class LearnerCheck:
     gain: float = 0.1
     """'Learns' for a higher-is-better metric (accuracy): trained >= untrained + gain (kit's built-ins: +0.22 to +0.36)."""
     batched_tolerance: float = 1e-4
+    seed_group_tolerance: float = 1e-4
+    """A ``SeedGroup`` learner's predictions after meta-training two seeds together against each seed alone
+    (``short_tasks``): largest difference relative to the largest prediction (float32 rounding; built-ins: < 1e-6)."""
 
 
 def _make(learner_class: type[Learner], suite: TaskSuite, setting: Setting, overrides: dict[str, Any]) -> Learner:
@@ -136,21 +141,23 @@ def _predictions(learner: Learner, suite: TaskSuite, setting: Setting,
     return predictions
 
 
-def _context(suite: TaskSuite, setting: Setting, tasks: int, check: LearnerCheck) -> "HostContext":
+def _context(suite: TaskSuite, setting: Setting, tasks: int, check: LearnerCheck,
+             seed: int | None = None) -> "HostContext":
     import torch
 
     from bench.runner import HostContext
 
-    return HostContext(suite, setting, check.seed, tasks, torch.device("cpu"), lambda tasks, loss: None)
+    return HostContext(suite, setting, check.seed if seed is None else seed, tasks, torch.device("cpu"),
+                       lambda tasks, loss: None)
 
 
 def _meta_train_and_test(learner_class: type[Learner], suite: TaskSuite, setting: Setting, tasks: int,
-                         overrides: dict[str, Any], check: LearnerCheck) -> _Outcome:
+                         overrides: dict[str, Any], check: LearnerCheck, seed: int | None = None) -> _Outcome:
     import numpy as np
 
     watched = _WatchedSuite(suite)
     learner = _make(learner_class, watched, setting, overrides)
-    context = _context(watched, setting, tasks, check)
+    context = _context(watched, setting, tasks, check, seed)
     learner.meta_train(context)
     context.check_loss()
     watched.phase = "adapt"
@@ -221,6 +228,27 @@ def _check_batched(learner: Learner, suite: TaskSuite, setting: Setting, check: 
         return None
     return (f"adapt(batched=True) and adapt() disagree on '{suite.name}': largest metric difference "
             f"{np.nanmax(np.abs(single - batched)):.3g} (tolerance {check.batched_tolerance})")
+
+
+def _check_seed_group(learner_class: type[Learner], suite: TaskSuite, setting: Setting, overrides: dict[str, Any],
+                      check: LearnerCheck, alone: list[_Outcome]) -> str | None:
+    """Whether ``meta_train_seeds`` on seeds ``check.seed`` and ``check.seed + 1`` leaves each learner as
+    ``meta_train`` on that seed alone (``alone``) does."""
+    assert issubclass(learner_class, SeedGroup)
+    seeds = [check.seed, check.seed + 1]
+    learners = [_make(learner_class, suite, setting, overrides) for _ in seeds]
+    contexts = [_context(suite, setting, check.short_tasks, check, seed) for seed in seeds]
+    learner_class.meta_train_seeds(learners, contexts)
+    for seed, learner, context, single in zip(seeds, learners, contexts, alone, strict=True):
+        context.check_loss()
+        together = _predictions(learner, suite, setting, check)
+        scale = max(1.0, max(float(x.abs().max()) for curve in single.predictions for x in curve))
+        largest = max(float((x - y).abs().max()) for a, b in zip(together, single.predictions)
+                      for x, y in zip(a, b, strict=True))
+        if not largest <= check.seed_group_tolerance * scale:
+            return (f"meta_train_seeds and meta_train disagree on '{suite.name}' for seed {seed}: largest prediction "
+                    f"difference {largest:.3g} (tolerance {check.seed_group_tolerance} x {scale:.3g})")
+    return None
 
 
 @dataclasses.dataclass
@@ -384,9 +412,14 @@ def _suite_problems(learner_class: type[Learner], suite: TaskSuite, overrides: d
         again = _meta_train_and_test(learner_class, suite, setting, check.short_tasks, overrides, check)
         batched = _check_batched(short.learner, suite, setting, check) if learner_class.batched else None
         hand_over = _check_state_hand_over(state_hand_over(learner_class, suite, setting, overrides, check))
+        together = None
+        if trains_seeds_together(learner_class):
+            next_seed = _meta_train_and_test(learner_class, suite, setting, check.short_tasks, overrides, check,
+                                             check.seed + 1)
+            together = _check_seed_group(learner_class, suite, setting, overrides, check, [short, next_seed])
     except Exception as error:  # report the contract breach, not a traceback
         return [f"on '{suite.name}': {type(error).__name__}: {error}"]
     violations = dict.fromkeys(trained.violations + short.violations + again.violations)
     problems = [*violations, _check_deterministic(short, again, check.seed),
-                _check_learns(suite, trained, untrained, check), batched, hand_over]
+                _check_learns(suite, trained, untrained, check), batched, hand_over, together]
     return [f"on '{suite.name}': {problem}" for problem in problems if problem]

@@ -156,6 +156,16 @@ class HandsOverNoState(MAML):
         return None
 
 
+class GroupsOnTheFirstSeed(MAML):
+    """Meta-trains every seed of a group on the first seed's episodes and initialisation."""
+
+    @classmethod
+    def meta_train_seeds(cls, learners, contexts):
+        for learner in learners:
+            learner.meta_train(type(contexts[0])(contexts[0].suite, contexts[0].setting, contexts[0].seed,
+                                                 contexts[0].task_budget, contexts[0].device, lambda tasks, loss: None))
+
+
 @pytest.mark.parametrize(("learner", "message"), [
     (PeeksAtTestEpisodes, "adapt() sampled a 'test' episode from the suite"),
     (ReadsValidationSplit, "meta_train() sampled a 'val' episode (only the training split is allowed)"),
@@ -169,6 +179,8 @@ class HandsOverNoState(MAML):
                         "adapt(support, steps, *, batched=False) with its batched path and drop adapt_batch"),
     (WrongShape, "returned shape (1,) for 20 query inputs; expected (20, 1)"),
     (NoConfig, "needs a Config dataclass"),
+    (GroupsOnTheFirstSeed, "meta_train_seeds and meta_train disagree on 'tiny-waves' for seed 1: largest prediction "
+                           "difference"),
     (ForgetsTheBody, "after load_state_dict() of a copy of state_dict() taken after 25 tasks, adapt() predicts "
                      "otherwise than it did then (test episode 0, step 0"),
 ], ids=lambda value: value.__name__ if isinstance(value, type) else "")

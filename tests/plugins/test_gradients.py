@@ -197,7 +197,7 @@ def test_chunked_meta_batch_gives_the_same_gradient(learner_class):
 
 @pytest.mark.parametrize("learner_class", [MAML, FirstOrderMAML, AdaptationLayer])
 def test_pure_torch_func_meta_loss_has_the_eager_gradient(learner_class):
-    """The all-``torch.func`` meta-loss that ``compile=True`` compiles equals the eager one, gradient included."""
+    """The all-``torch.func`` meta-loss that ``compile=true`` compiles equals the eager one, gradient included."""
     learner, _ = build(learner_class, inner_steps=2)
     batch = tiny_batch(tasks=3)
     weights = learner.meta_parameters()
@@ -210,10 +210,10 @@ def test_pure_torch_func_meta_loss_has_the_eager_gradient(learner_class):
 @pytest.mark.slow
 @pytest.mark.parametrize("learner_class", [MAML, FirstOrderMAML, AdaptationLayer])
 def test_compiled_meta_gradient_equals_eager(learner_class):
-    """``compile=True``: the torch.compile-d meta-gradient (full chunks) plus the eager short last chunk."""
+    """``compile=true``: the torch.compile-d meta-gradient (full chunks) plus the eager short last chunk."""
     batch = tiny_batch(tasks=5)
     gradients = []
-    for compile_ in (False, True):
+    for compile_ in ("false", "true"):
         learner, _ = build(learner_class, inner_steps=2, chunk_tasks=2, compile=compile_)
         loss = learner.accumulate_meta_gradient(batch)
         gradients.append((loss, torch.cat([p.grad.flatten() for p in learner.meta_parameters()])))

@@ -165,7 +165,7 @@ def test_metasgd_pure_torch_func_meta_loss_has_the_eager_gradient():
 def test_metasgd_compiled_meta_gradient_equals_eager():
     """``compile=true``: the learned rates get their meta-gradient through the compiled graph too."""
     gradients = []
-    for compile_ in (False, True):
+    for compile_ in ("false", "true"):
         learner, _ = build(MetaSGD, inner_steps=2, chunk_tasks=2, compile=compile_)
         loss = learner.accumulate_meta_gradient(tiny_batch(tasks=5))
         gradients.append((loss, torch.cat([p.grad.flatten() for p in learner.meta_parameters()])))
