@@ -46,6 +46,15 @@ def episode_rng(suite: str, split: str, setting: str, seed: int, index: int) -> 
     return numpy.random.default_rng(list(episode_entropy(suite, split, setting, seed, index)))
 
 
+def episode_rngs(suite: str, split: str, setting: str, seed: int, indices: range) -> "Iterator[numpy.random.Generator]":
+    """``episode_rng`` of each episode in ``indices``, the same streams, several times faster (for a suite that
+    samples a batch of small episodes in ``sample_batch``). One generator is re-positioned for each episode: draw
+    from it before asking for the next."""
+    from bench.seeding import generators
+
+    return generators([episode_entropy(suite, split, setting, seed, index) for index in indices])
+
+
 class TaskKind(str, enum.Enum):
     CLASSIFICATION = "classification"
     REGRESSION = "regression"

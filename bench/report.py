@@ -433,6 +433,25 @@ class Report:
         return "; ".join(f"{episodes} episodes every {every:,} tasks" for every, episodes in budgets) + (
             f"; --select {config['select']}" if "select" in config else "")
 
+    def _execution_provenance(self) -> str:
+        """Which learners meta-trained their seeds together, what their cells noted on how they ran (e.g.
+        ``compile=auto``'s choice), and seed groups that fell back to one seed at a time."""
+        ok = [cell for cell in self.cells if cell.status is CellStatus.OK]
+        together = sorted({cell.learner for cell in ok if cell.seed_group and len(cell.seed_group) > 1})
+        parts = [f"seeds meta-trained together, one vectorised model per learner and setting (meta-train s is the "
+                 f"group's share): {', '.join(together)}" if together else "one seed at a time"]
+        choices: dict[str, set[str]] = collections.defaultdict(set)
+        for cell in ok:
+            for note in cell.notes or []:
+                choices[note.split(":")[1].strip() if note.startswith("compile=auto:") else note].add(cell.learner)
+        parts += [f"{'compile=auto ' if choice in ('compiled', 'eager') else ''}{choice}: {', '.join(sorted(learners))}"
+                  for choice, learners in sorted(choices.items())]
+        fell_back = sorted({cell.learner for cell in ok if cell.seed_group_note})
+        if fell_back:
+            parts.append(f"seed groups that ran one seed at a time instead (see each cell's seed_group_note): "
+                         f"{', '.join(fell_back)}")
+        return "; ".join(parts)
+
     def provenance(self) -> list[tuple[str, str]]:
         """What produced the run: command, seeds, profile, meta-validation, tuning, versions, plugins, git revision,
         device."""
@@ -444,6 +463,7 @@ class Report:
             ("profile", str(config.get("profile", "–"))),
             ("seeds", f"0..{config['seeds'] - 1}" if "seeds" in config else "–"),
             ("meta-validation", self._validation_provenance(config)),
+            ("execution", self._execution_provenance()),
             ("tuning", (f"tuned on meta-val: {tuned['trials']} trials x {tuned['trial_tasks']} tasks, "
                         f"study {tuned['study']}") if tuned else "none (defaults: see each learner's docstring)"),
             ("started", str(environment.get("started", "–"))),

@@ -19,6 +19,8 @@ from bench.api import (Episode, FloatRange, Learner, MetaGradient, MetaTrainCont
                        SeedsApart, Support)
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
 
     from bench.nn.functional import InnerLoop, Params
@@ -54,9 +56,12 @@ class GradientConfig(OuterLoopConfig):
 
 COMPILE_PAYS_AFTER_S = 30.0
 """``compile=auto`` compiles when the steps left in the budget, at the measured eager speed, would take at least this
-many seconds. Measured on the 2-core CPU (README, "Fast by default"): the sinusoid MLP's compile costs 19.7 s with
-Inductor's cache cold and 5.4 s warm, and makes a step 2.4x faster, so it pays back from 34 s (cold) or 9 s (warm)
-of eager meta-training; the cache under metabench's cache folder makes every compile after a machine's first warm."""
+many seconds of meta-gradient. Measured on the 2-core CPU (README, "Fast by default"): the sinusoid MLP's compile costs
+19.7 s with Inductor's cache cold and makes the meta-gradient 2.4x faster, so it pays back from ~34 s."""
+
+COMPILE_PAYS_AFTER_WARM_S = 10.0
+"""The same where this graph was compiled on this machine before (its kernels are in the metabench cache): the
+compile then costs 5.4 s (measured, sinusoid MLP), which pays back from ~9 s."""
 
 AUTO_TIMED_STEPS = 5
 """``compile=auto`` times this many eager steps, after a first untimed one, before it decides."""
@@ -164,6 +169,7 @@ class MetaGradientStep:
         """Whether the meta-gradient goes through the compiled graph; None while ``auto`` still times eager steps."""
         self._eager_seconds: list[float] = []
         self._compiled: Callable | None = None
+        self._marked = False
 
     def __call__(self, batch: Episode) -> "torch.Tensor":
         if self.compiling is not None:
@@ -176,16 +182,37 @@ class MetaGradientStep:
         return loss
 
     def _decide(self, batch: Episode) -> None:
-        """``compile=auto``: compile when the rest of the budget would take ``COMPILE_PAYS_AFTER_S`` eagerly."""
+        """``compile=auto``: compile when the rest of the budget would take long enough eagerly to pay back the compile
+        (``COMPILE_PAYS_AFTER_S``, or ``COMPILE_PAYS_AFTER_WARM_S`` when this graph was compiled here before)."""
         left = self.steps - len(self._eager_seconds)
         eager = statistics.median(self._eager_seconds[1:]) * left
         compiler = compiler_found(batch.support_x.device)
-        self.compiling = eager >= COMPILE_PAYS_AFTER_S and compiler is not None
-        why = (f"the {max(left, 0)} steps left would take ~{eager:.0f} s eagerly"
-               f" ({'>=' if eager >= COMPILE_PAYS_AFTER_S else '<'} {COMPILE_PAYS_AFTER_S:.0f} s, when a compile pays back)")
-        if compiler is None and eager >= COMPILE_PAYS_AFTER_S:
+        warm = self._compiled_marker(batch).exists()
+        threshold = COMPILE_PAYS_AFTER_WARM_S if warm else COMPILE_PAYS_AFTER_S
+        self.compiling = eager >= threshold and compiler is not None
+        why = (f"the {max(left, 0)} steps left would take ~{eager:.0f} s eagerly ({'>=' if eager >= threshold else '<'}"
+               f" {threshold:.0f} s, when a {'cached' if warm else 'first'} compile pays back)")
+        if compiler is None and eager >= threshold:
             why += f", but no {'Triton' if batch.support_x.is_cuda else 'C++ compiler'} was found to compile with"
         self.note(f"compile=auto: {'compiled' if self.compiling else 'eager'}: {why}")
+
+    def _compiled_marker(self, batch: Episode) -> "Path":
+        """A file in the metabench cache that says this graph (learner, inner loop, weight and batch shapes, torch
+        version) has been compiled on this machine, so that Inductor's cache holds its kernels."""
+        import hashlib
+
+        import torch
+
+        from bench.cache import cache_dir
+
+        forward, loss = self.loop.forward, self.loop.loss
+        signature = repr((forward.__module__, forward.__qualname__, loss.__module__, loss.__qualname__,
+                          self.loop.lr is None, self.config.inner_steps,
+                          self.config.chunk_tasks, self.first_order, self.seeds, torch.__version__, str(batch.support_x.device),
+                          [(name, tuple(t.shape), str(t.dtype)) for part in (self.fast, self.slow)
+                           for name, t in sorted(part.items())],
+                          [(tuple(field.shape), str(field.dtype)) for field in batch]))
+        return cache_dir() / "compiled" / hashlib.sha256(signature.encode()).hexdigest()[:32]
 
     def _accumulate(self, batch: Episode, compiled: bool) -> "torch.Tensor":
         task_dim = int(self.seeds)
@@ -235,6 +262,11 @@ class MetaGradientStep:
             self.note(message)
             self.compiling = False
             return None
+        if not self._marked:
+            self._marked = True
+            marker = self._compiled_marker(batch)
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
         for params, grads in ((self.fast, fast_grads), (self.slow, slow_grads)):
             for name, tensor in params.items():
                 if tensor.requires_grad:

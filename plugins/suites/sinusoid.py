@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, ClassVar
 
-from bench.api import Episode, Setting, TaskKind, TaskSuite, episode_rng
+from bench.api import Episode, Setting, TaskKind, TaskSuite, episode_rngs
 
 if TYPE_CHECKING:
     import torch
@@ -35,15 +35,15 @@ class Sinusoid(TaskSuite):
         return Episode(*(field[0] for field in self.sample_batch(split, setting, seed, range(index, index + 1))))
 
     def sample_batch(self, split: str, setting: Setting, seed: int, indices: range) -> Episode:
-        """Each episode drawn from its own seeded generator, then one float32 conversion for the batch."""
+        """Each episode drawn from its own seeded generator (``episode_rngs``), then one float32 conversion for the
+        batch."""
         import numpy as np
         import torch
 
         query = setting.query if split == "test" else setting.shots
         x = np.empty((len(indices), setting.shots + query, 1))
         amplitude, phase = np.empty((len(indices), 1, 1)), np.empty((len(indices), 1, 1))
-        for row, index in enumerate(indices):
-            rng = episode_rng(self.name, split, setting.name, seed, index)
+        for row, rng in enumerate(episode_rngs(self.name, split, setting.name, seed, indices)):
             amplitude[row], phase[row] = rng.uniform(*self.AMPLITUDE), rng.uniform(*self.PHASE)
             x[row] = rng.uniform(*self.INPUT, size=(setting.shots + query, 1))
         x, y = (torch.from_numpy(values.astype(np.float32)) for values in (x, amplitude * np.sin(x - phase)))

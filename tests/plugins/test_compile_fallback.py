@@ -46,30 +46,45 @@ def test_a_failing_compile_warns_once_and_meta_trains_eagerly(monkeypatch, tmp_p
         assert torch.equal(got, expected)
 
 
-def test_auto_stays_eager_when_the_budget_is_short():
+@pytest.fixture
+def empty_cache(monkeypatch, tmp_path):
+    """A fresh metabench cache: nothing compiled on this "machine" yet."""
+    monkeypatch.setenv("METABENCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv(INDUCTOR_CACHE_ENV, raising=False)
+    return tmp_path
+
+
+def test_auto_stays_eager_when_the_budget_is_short(empty_cache):
     """40 tasks at 5 per step: 8 steps, a few milliseconds each: far under the 30 s a compile needs to pay back."""
     notes = []
     weights = meta_trained_weights("auto", notes)
     assert len(notes) == 1 and re.fullmatch(r"compile=auto: eager: the 2 steps left would take ~0 s eagerly "
-                                            r"\(< 30 s, when a compile pays back\)", notes[0]), notes
+                                            r"\(< 30 s, when a first compile pays back\)", notes[0]), notes
     for got, expected in zip(weights, meta_trained_weights("false"), strict=True):
         assert torch.equal(got, expected)
 
 
-def test_auto_compiles_when_the_budget_pays_for_it(monkeypatch):
+def test_auto_compiles_when_the_budget_pays_for_it_and_knows_the_graph_next_time(monkeypatch, empty_cache):
     """With the threshold at 0 s, auto compiles after its timed eager steps (torch.compile stubbed by the plain
-    torch.func graph, which the compiled code equals: tests/plugins/test_gradients.py); same weights."""
+    torch.func graph, which the compiled code equals: tests/plugins/test_gradients.py); same weights. The next cell
+    with the same graph weighs a cached compile instead."""
     monkeypatch.setattr(_gradient, "COMPILE_PAYS_AFTER_S", 0.0)
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda function: compiled.append(function) or function)
     notes = []
     weights = meta_trained_weights("auto", notes)
     assert len(compiled) == 1 and notes[0].startswith("compile=auto: compiled: the 2 steps left would take ~0 s"), notes
+    assert "when a first compile pays back" in notes[0]
     for got, expected in zip(weights, meta_trained_weights("false"), strict=True):
         assert torch.allclose(got, expected, atol=1e-6)
+    monkeypatch.setattr(_gradient, "COMPILE_PAYS_AFTER_S", 1e9)
+    again = []
+    meta_trained_weights("auto", again)
+    assert again[0].startswith("compile=auto: eager: the 2 steps left would take ~0 s eagerly (< 10 s, when a cached "
+                               "compile pays back)"), again
 
 
-def test_auto_without_a_compiler_stays_eager_and_says_why(monkeypatch):
+def test_auto_without_a_compiler_stays_eager_and_says_why(monkeypatch, empty_cache):
     monkeypatch.setattr(_gradient, "COMPILE_PAYS_AFTER_S", 0.0)
     monkeypatch.setattr(_gradient, "compiler_found", lambda device: None)
     notes = []

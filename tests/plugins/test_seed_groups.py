@@ -223,3 +223,33 @@ def test_a_subclass_that_overrides_meta_train_only_trains_its_seeds_one_by_one()
     assert trains_seeds_together(MAML) and trains_seeds_together(GroupsItsOwnWay)
     assert not trains_seeds_together(WrapsMetaTrain)
     assert not trains_seeds_together(REGISTRY.learners["reptile"].cls)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["maml", "adaptation-layer"])
+def test_a_compiled_seed_group_has_the_eager_groups_gradient(name, float64):
+    """``compile=true`` in a group: one compiled ``vmap`` over seeds of the meta-gradient, the same per-seed
+    gradients and losses as the eager group (float64; a short last chunk eager)."""
+    from bench_plugins.learners._gradient import MetaGradientStep
+
+    from bench.nn.seeds import stack_seeds
+
+    seeds = [0, 1, 2]
+    batch = Episode(*(torch.stack(fields) for fields in zip(*(
+        Episode(*(field.double() if field.is_floating_point() else field
+                  for field in SUITE.sample_batch("train", SETTING, seed, range(5)))) for seed in seeds))))
+    results = []
+    for compile_ in ("false", "true"):
+        learners = [_learner(name) for _ in seeds]
+        for seed, learner in zip(seeds, learners):
+            learner.config.compile, learner.config.chunk_tasks = compile_, 2
+            learner.build(_context(seed, 0))
+        fast, slow = (stack_seeds([getattr(learner, part) for learner in learners]) for part in ("fast", "slow"))
+        step = MetaGradientStep(learners[0].loop, learners[0].config, False, fast, slow, seeds=True)
+        losses = step(batch)
+        results.append((losses, torch.cat([t.grad.flatten() for t in (*fast.values(), *slow.values())
+                                           if t.requires_grad])))
+    (eager_losses, eager), (compiled_losses, compiled) = results
+    assert eager_losses.shape == (3,)
+    assert torch.allclose(eager_losses, compiled_losses, atol=1e-10)
+    assert torch.allclose(eager, compiled, atol=1e-10, rtol=1e-8), (eager - compiled).abs().max()
