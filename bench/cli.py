@@ -173,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--val-every", type=positive_int, metavar="TASKS", help="tasks between validation points, where trials may be pruned (default: 10 points per trial)")
     tune.add_argument("--seed", type=non_negative_int, metavar="S", help="the trials' meta-training seed and the sampler's seed (default: 0)")
     tune.add_argument("--workers", type=positive_int, metavar="N", help="trials at a time, run by the executor (default: 1); part of the tune's configuration, since what TPE asks depends on it")
+    tune.add_argument("--population", type=positive_int, metavar="P", help="trials each worker meta-trains at once as one vectorised model, for learners that can ([seeds together] in bench plugins): those of a batch that differ only in continuous hyper-parameters (learning rates); workers x P trials are asked at a time, so it is part of the tune's configuration (default: 1)")
     tune.add_argument("--out", type=Path, metavar="TUNE_DIR", help="tune folder (default: results/tune-<time>-<suites>)")
     tune.add_argument("--resume", type=Path, metavar="TUNE_DIR", help="go on with a killed or interrupted tune: its configuration from TUNE_DIR/tune.json; trials left running run again with the same parameters")
     tune.add_argument("--executor", default="inline", help="how trials run: inline (default), processes, ray, or a plugin's")
@@ -373,7 +374,7 @@ def cmd_perf(args: argparse.Namespace) -> int:
 
 
 TUNE_KEYS = ("learners", "suites", "shots", "ways", "device", "data_dir", "trials", "trial_tasks", "val_episodes",
-             "val_every", "seed", "workers")
+             "val_every", "seed", "workers", "population")
 """``bench tune``'s flags that make its configuration (with ``--set`` and ``--out``)."""
 
 

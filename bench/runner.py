@@ -287,6 +287,23 @@ def train_and_validate(cell: Cell, config: RunConfig, device: torch.device, *, s
         return _train(*_start(cell, config, suite, device, _bar_progress(bar), checkpoints, on_point))
 
 
+def train_together(cells: list[Cell], config: RunConfig, device: torch.device,
+                   on_points: list[PointCallback | None] | None = None,
+                   progress: Callable[[int, float | None], None] = lambda tasks, loss: None,
+                   checkpoints: Callable[[Cell], Checkpoints | None] = lambda cell: None) -> list[TrainedCell]:
+    """Meta-train cells of one suite setting and learner together as one vectorised model (``SeedGroup``): seeds, or
+    tuning trials whose hyper-parameters differ in what the learner can vectorise, each with its own meta-validation,
+    ``on_point`` and checkpoints. Raises ``SeedsApart`` when they cannot train together, and what the learner
+    raises."""
+    learner_class = cells[0].learner.cls
+    if not trains_seeds_together(learner_class):
+        raise SeedsApart(f"{cells[0].learner.name} does not meta-train several models together")
+    suite: TaskSuite = config.make_suite(cells[0].suite.cls)
+    members = [_start(cell, config, suite, device, progress, checkpoints(cell), on_point)
+               for cell, on_point in zip(cells, on_points or [None] * len(cells), strict=True)]
+    return _train_seed_group([learner for learner, _ in members], [context for _, context in members])
+
+
 def _selection_fields(selection: Selection, validation: MetaValidation | None) -> dict:
     return {"selection": selection.mode, "selection_note": selection.note, "selected_tasks": selection.tasks,
             "selected_step": selection.step, "selected_val_metric": selection.val_metric,
@@ -310,11 +327,11 @@ def _metadata(cell: Cell, config: RunConfig, device: torch.device) -> Callable[.
     )
 
 
-def _failed(cell: Cell, config: RunConfig, device: torch.device, error: Exception,
-            context: HostContext | None, **fields: Any) -> CellOutcome:
+def _failed(cell: Cell, config: RunConfig, device: torch.device, error: Exception, tasks_seen: int = 0,
+            **fields: Any) -> CellOutcome:
     return _metadata(cell, config, device)(
         status=CellStatus.FAILED, error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(),
-        tasks_seen=context.tasks_seen if context else 0, **fields), None, None
+        tasks_seen=tasks_seen, **fields), None, None
 
 
 def _test(cell: Cell, config: RunConfig, suite: TaskSuite, trained: TrainedCell, device: torch.device,
@@ -366,7 +383,7 @@ def run_cell(cell: Cell, config: RunConfig, device: torch.device, show_progress:
                 trained = _train(learner, context)
             tested = _test(cell, config, suite, trained, device, show_progress)
     except Exception as error:  # a plugin's failure fails its cell, not the run
-        return _failed(cell, config, device, error, context, **fields)
+        return _failed(cell, config, device, error, context.tasks_seen if context else 0, **fields)
     return _finished(cell, config, suite, device, trained, tested, memory, **fields)
 
 
@@ -390,11 +407,8 @@ def run_seed_group(cells: list[Cell], config: RunConfig, device: torch.device, s
                 PeakMemory(device) as memory:
             with _progress_bar(budget.meta_train_tasks * len(cells), f"meta-train {label}", "task",
                                show_progress) as bar:
-                members = [_start(cell, config, suite, device, _bar_progress(bar), checkpoints(cell), None)
-                           for cell in cells]
-                learners, contexts = [learner for learner, _ in members], [context for _, context in members]
-                trained = _train_seed_group(learners, contexts)
-            for cell, one, context in zip(cells, trained, contexts, strict=True):
+                trained = train_together(cells, config, device, progress=_bar_progress(bar), checkpoints=checkpoints)
+            for cell, one in zip(cells, trained, strict=True):
                 try:
                     tested = _test(cell, config, suite, one, device, show_progress)
                     finish.append(functools.partial(_finished, cell, config, suite, device, one, tested,
@@ -402,10 +416,10 @@ def run_seed_group(cells: list[Cell], config: RunConfig, device: torch.device, s
                 except CellTimeoutError:
                     raise
                 except Exception as error:  # a test that fails fails its cell only
-                    failed = _failed(cell, config, device, error, context, seed_group=seeds)
+                    failed = _failed(cell, config, device, error, one.tasks_seen, seed_group=seeds)
                     finish.append(lambda memory, failed=failed: failed)
     except CellTimeoutError as error:
-        return [_failed(cell, config, device, error, None, seed_group=seeds) for cell in cells]
+        return [_failed(cell, config, device, error, seed_group=seeds) for cell in cells]
     except Exception as error:  # the group could not train together: each seed alone, as it would have run
         why = "cannot train together" if isinstance(error, SeedsApart) else "failed in meta-training together"
         note = f"meta-trained alone: the seed group {why} ({type(error).__name__}: {error})"

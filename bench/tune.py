@@ -31,20 +31,21 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.distributions import BaseDistribution
+from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 from bench.config import ConfigError, RunConfig, build_run_config
 from bench.environment import environment
 from bench.grid import Cell, plan, tuned_key
 from bench.plugins import Registry
-from bench.runner import resolve_device, train_and_validate
+from bench.runner import TrainedCell, resolve_device, train_and_validate, train_together
 from bench.session import Execution, make_executor
 from bench.store import StoreError, atomic_write_json, atomic_write_text
 from bench.tune_report import write_tuning_report
-from bench.tune_study import (BEST_STEP, BEST_TASKS, ERROR, INDEX, INTERRUPTED, SECONDS, STUDY_FILE, TASKS_SEEN,
-                              TUNE_FILE, TUNED_FILE, ValidationPruner, best_trial, counted, describe, distributions,
+from bench.tune_study import (BEST_STEP, BEST_TASKS, ERROR, INDEX, INTERRUPTED, POPULATION, POPULATION_NOTE, SECONDS,
+                              STUDY_FILE, TASKS_SEEN, TUNE_FILE, TUNED_FILE, ValidationPruner, best_trial, counted, describe, distributions,
                               sampler, startup_trials, storage_url)
+from bench.validation import ValidationPoint
 
 Say = Callable[[str], None]
 
@@ -69,7 +70,16 @@ class TuneConfig:
     seed: int = 0
     """The meta-training seed of every trial and the seed of the sampler."""
     workers: int = 1
-    """Trials asked (and run) at a time: part of the configuration, since what TPE asks depends on it."""
+    """Trials (populations, with ``population``) run at a time by the executor."""
+    population: int = 1
+    """Trials each worker meta-trains as one vectorised population (those that differ only in continuous
+    hyper-parameters). ``workers`` x ``population`` trials are asked at a time: part of the configuration, since
+    what TPE asks depends on it."""
+
+    @property
+    def batch(self) -> int:
+        """Trials asked at a time."""
+        return self.workers * self.population
 
     @property
     def trial_tasks(self) -> int:
@@ -78,18 +88,19 @@ class TuneConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return {**{key: getattr(self.run, key) for key in RUN_KEYS}, "trials": self.trials,
-                "trial_tasks": self.trial_tasks, "seed": self.seed, "workers": self.workers}
+                "trial_tasks": self.trial_tasks, "seed": self.seed, "workers": self.workers,
+                "population": self.population}
 
 
 def tune_config(values: dict[str, Any], origin: str) -> TuneConfig:
     """Validate a tune's settings (``TuneConfig.as_dict()``'s keys; None: the default) into a TuneConfig."""
     values = {key: value for key, value in values.items() if value is not None}
-    unknown = sorted(set(values) - {*RUN_KEYS, "trials", "trial_tasks", "seed", "workers"})
+    unknown = sorted(set(values) - {*RUN_KEYS, "trials", "trial_tasks", "seed", "workers", "population"})
     if unknown:
         raise ConfigError(f"{origin}: unknown key {', '.join(unknown)}")
     numbers = {key: values.pop(key, default) for key, default in
-               (("trials", None), ("trial_tasks", None), ("seed", 0), ("workers", 1))}
-    for key, least in (("trials", 1), ("trial_tasks", 1), ("seed", 0), ("workers", 1)):
+               (("trials", None), ("trial_tasks", None), ("seed", 0), ("workers", 1), ("population", 1))}
+    for key, least in (("trials", 1), ("trial_tasks", 1), ("seed", 0), ("workers", 1), ("population", 1)):
         value = numbers[key]
         if value is None:
             raise ConfigError(f"{origin}: --{key.replace('_', '-')} is required (the same for every learner)")
@@ -98,7 +109,7 @@ def tune_config(values: dict[str, Any], origin: str) -> TuneConfig:
     run = build_run_config({**values, "tasks": numbers["trial_tasks"], "profile": TRIAL_PROFILE, "seeds": 1}, origin)
     if run.val_episodes == 0:
         raise ConfigError(f"{origin}: val_episodes: tuning scores meta-validation episodes; expected at least 1")
-    return TuneConfig(run, numbers["trials"], numbers["seed"], numbers["workers"])
+    return TuneConfig(run, numbers["trials"], numbers["seed"], numbers["workers"], numbers["population"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,9 +173,10 @@ class TrialOutcome:
 
 @dataclasses.dataclass(frozen=True)
 class TrialWork:
-    """Runs one trial wherever an executor calls it (it pickles): meta-trains the cell with the trial's
-    hyper-parameters, reports every validation point to the study and stops when the pruner says so. Failures come
-    back in the outcome."""
+    """Runs a population of trials (one, or several meta-trained as one vectorised model) wherever an executor calls
+    it (it pickles): meta-trains the cell with each trial's hyper-parameters, reports every validation point to the
+    study and stops a trial when the pruner says so. Failures come back in the outcomes; a population that cannot
+    train together runs its trials one by one."""
 
     config: RunConfig
     device: str
@@ -172,27 +184,64 @@ class TrialWork:
     pruner: ValidationPruner
     show_progress: bool = False
 
-    def __call__(self, item: TrialItem) -> TrialOutcome:
+    def __call__(self, items: list[TrialItem]) -> list[TrialOutcome]:
+        if len(items) == 1:
+            return [self._alone(items[0])]
+        try:
+            trained = train_together([self._cell(item) for item in items], self.config, torch.device(self.device),
+                                     [self._on_point(item) for item in items])
+        except Exception as error:  # cannot train together (SeedsApart) or failed so: each trial alone
+            note = {POPULATION_NOTE: f"trained alone: the population of {len(items)} could not train together "
+                                     f"({type(error).__name__}: {error})"}
+            return [dataclasses.replace(outcome, attributes={**outcome.attributes, **note})
+                    for outcome in map(self._alone, items)]
+        return [dataclasses.replace(outcome, attributes={**outcome.attributes, POPULATION: len(items)})
+                for outcome in (self._outcome(item, one) for item, one in zip(items, trained, strict=True))]
+
+    def _cell(self, item: TrialItem) -> Cell:
+        return dataclasses.replace(item.cell, hyperparameters=dataclasses.replace(item.cell.hyperparameters,
+                                                                                  **item.params))
+
+    def _on_point(self, item: TrialItem) -> Callable[[ValidationPoint], bool]:
         study = optuna.load_study(study_name=item.study, storage=self.storage, pruner=self.pruner)
         trial = optuna.trial.Trial(study, item.trial_id)
 
-        def on_point(point) -> bool:
+        def on_point(point: ValidationPoint) -> bool:
             trial.report(point.score, point.tasks_seen)
             return not trial.should_prune()
 
+        return on_point
+
+    def _alone(self, item: TrialItem) -> TrialOutcome:
         try:
-            cell = dataclasses.replace(item.cell, hyperparameters=dataclasses.replace(item.cell.hyperparameters,
-                                                                                       **item.params))
-            trained = train_and_validate(cell, self.config, torch.device(self.device),
-                                         show_progress=self.show_progress, on_point=on_point)
+            trained = train_and_validate(self._cell(item), self.config, torch.device(self.device),
+                                         show_progress=self.show_progress, on_point=self._on_point(item))
         except Exception as error:  # a failing configuration is a result of the study, not the end of the tune
             return TrialOutcome(item.trial_id, TrialState.FAIL, None, {ERROR: f"{type(error).__name__}: {error}"})
+        return self._outcome(item, trained)
+
+    @staticmethod
+    def _outcome(item: TrialItem, trained: TrainedCell) -> TrialOutcome:
         validation = trained.validation
         attributes = {TASKS_SEEN: trained.tasks_seen, BEST_TASKS: validation.best.tasks_seen,
                       BEST_STEP: validation.best.best_step, SECONDS: trained.meta_train_seconds}
         if trained.stopped:  # pruned: its value is that of the point where it stopped, as Optuna records it
             return TrialOutcome(item.trial_id, TrialState.PRUNED, validation.points[-1].score, attributes)
         return TrialOutcome(item.trial_id, TrialState.COMPLETE, validation.best.score, attributes)
+
+
+def populations(items: list[TrialItem], space: dict[str, BaseDistribution], size: int) -> list[list[TrialItem]]:
+    """The trials in groups of at most ``size`` that share every hyper-parameter that is not continuous (an
+    integer or a choice: a different network or loop cannot be vectorised), in the order asked."""
+    groups: dict[tuple, list[list[TrialItem]]] = {}
+    for item in items:
+        key = tuple(sorted((name, repr(value)) for name, value in item.params.items()
+                           if not isinstance(space.get(name), FloatDistribution)))
+        chunks = groups.setdefault(key, [[]])
+        if len(chunks[-1]) >= size:
+            chunks.append([])
+        chunks[-1].append(item)
+    return [chunk for chunks in groups.values() for chunk in chunks]
 
 
 def requeue_interrupted(study: optuna.Study) -> int:
@@ -209,13 +258,13 @@ def requeue_interrupted(study: optuna.Study) -> int:
 
 def ask_batch(study: optuna.Study, plan: StudyPlan, config: TuneConfig) -> list[optuna.Trial]:
     """The next trials to run: those queued again after an interruption, then new ones until the study has a
-    multiple of ``workers`` trials (or all of its trials). Empty when the study is done."""
+    multiple of ``batch`` trials (or all of its trials). Empty when the study is done."""
     batch: list[optuna.Trial] = []
     while True:
         trials = study.get_trials(deepcopy=False)
         waiting = any(trial.state == TrialState.WAITING for trial in trials)
         index = len(counted(trials))
-        if not waiting and (index >= config.trials or (batch and index % config.workers == 0)):
+        if not waiting and (index >= config.trials or (batch and index % config.batch == 0)):
             return batch
         study.sampler = sampler(config.seed, index, config.trials)  # not consulted for a queued trial
         trial = study.ask(plan.space)
@@ -237,8 +286,10 @@ def _trial_line(plan: StudyPlan, trial: optuna.Trial, outcome: TrialOutcome, tri
               if outcome.state == TrialState.PRUNED
               else f"val {plan.metric_name} {outcome.value:.4g} (best point: {attributes[BEST_TASKS]} tasks, step "
                    f"{attributes[BEST_STEP]})")
+    together = (f"; one of {attributes[POPULATION]} trained together" if attributes.get(POPULATION, 1) > 1
+                else f"; {attributes[POPULATION_NOTE]}" if POPULATION_NOTE in attributes else "")
     return (f"  {state:8} {plan.name} trial {trial.user_attrs[INDEX] + 1}/{trials}: {result} "
-            f"({_describe_params(trial.params)})")
+            f"({_describe_params(trial.params)}{together})")
 
 
 def run_study(plan: StudyPlan, config: TuneConfig, storage: str, work: TrialWork, registry: Registry,
@@ -254,13 +305,14 @@ def run_study(plan: StudyPlan, config: TuneConfig, storage: str, work: TrialWork
         items = [TrialItem(plan.cell, trial.params, plan.name, trial_id) for trial_id, trial in trials.items()]
         executor = make_executor(registry, dataclasses.replace(execution, workers=config.workers))
         try:
-            for outcome in executor.map(work, items, gpus=gpus):
-                trial = trials[outcome.trial_id]
-                for key, value in outcome.attributes.items():
-                    trial.set_user_attr(key, value)
-                study.tell(trial, outcome.value if outcome.state == TrialState.COMPLETE else None,
-                           state=outcome.state)
-                say(_trial_line(plan, trial, outcome, config.trials))
+            for outcomes in executor.map(work, populations(items, plan.space, config.population), gpus=gpus):
+                for outcome in outcomes:
+                    trial = trials[outcome.trial_id]
+                    for key, value in outcome.attributes.items():
+                        trial.set_user_attr(key, value)
+                    study.tell(trial, outcome.value if outcome.state == TrialState.COMPLETE else None,
+                               state=outcome.state)
+                    say(_trial_line(plan, trial, outcome, config.trials))
         finally:
             executor.close()
     return study
@@ -369,7 +421,7 @@ def run_tune(config: TuneConfig, registry: Registry, execution: Execution, folde
     storage = storage_url(folder)
     work = TrialWork(config.run, str(device), storage,
                      ValidationPruner(startup_trials(config.trials), config.trial_tasks // WARMUP_FRACTION,
-                                      config.workers),
+                                      config.batch),
                      execution.show_progress and executor.cls.shows_progress)
     say(f"metabench tune: {len(plans)} studies x {config.trials} trials x {config.trial_tasks} tasks on "
         f"{info['environment']['device_name']} with the {execution.executor} executor -> {folder}")

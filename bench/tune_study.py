@@ -29,6 +29,9 @@ trial failed (a learner error or a non-finite loss: it counts as one of the stud
 TASKS_SEEN, BEST_TASKS, BEST_STEP, SECONDS = "tasks_seen", "best_tasks", "best_step", "meta_train_seconds"
 """Trial user attributes of a finished trial: tasks meta-trained, where its best validation point was (tasks and
 adaptation step), meta-training seconds (without meta-validation)."""
+POPULATION, POPULATION_NOTE = "population", "population_note"
+"""Trial user attributes: how many trials meta-trained together with it as one vectorised model (it included; 1:
+alone); why a trial asked to train in a population trained alone (``bench tune --population``)."""
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -106,41 +106,43 @@ def adam_outer_loop(ctx: MetaTrainContext, parameters: list["torch.Tensor"], out
                                 "optimizer": optimizer.state_dict()})
 
 
-def adam_outer_loop_seeds(contexts: Sequence[MetaTrainContext], parameters: list["torch.Tensor"], outer_lr: float,
-                          meta_batch: int, accumulate: Callable[[Episode], "torch.Tensor"]) -> None:
-    """``adam_outer_loop`` for several seeds at once: ``parameters`` hold every seed's weights stacked along a leading
-    seed dimension, each step takes the next batch of every seed's own stream (``contexts``, one per seed, in
-    lockstep) and ``accumulate`` returns one meta-loss per seed. Each seed logs its loss and checkpoints its own
-    slice of the weights and of Adam's state, in ``adam_outer_loop``'s format. Raises ``SeedsApart`` when the seeds'
-    checkpoints are not at the same step."""
+def adam_outer_loop_seeds(contexts: Sequence[MetaTrainContext], parameters: Sequence[list["torch.Tensor"]],
+                          outer_lrs: Sequence[float], meta_batch: int, step: "MetaGradientStep") -> None:
+    """``adam_outer_loop`` for several members at once (seeds, or tuning trials): member i has its own context,
+    weights ``parameters[i]`` and fused Adam at ``outer_lrs[i]``; each step takes the next batch of every member's
+    own stream, in lockstep, and ``step`` computes all their meta-gradients as one vectorised batch. A member whose
+    stream ends (its budget spent, or stopped at a validation point) leaves the group; each member logs its own loss
+    and checkpoints and restores exactly as ``adam_outer_loop`` does. Raises ``SeedsApart`` when the members' batches
+    differ in shape."""
     import torch
 
-    from bench.nn.seeds import seed_optimizer_state, seed_slice, stack_optimizer_states
-
-    optimizer = torch.optim.Adam(parameters, lr=outer_lr, fused=True)
-    saved = [ctx.restore() for ctx in contexts]
-    if any(state is not None for state in saved):
-        if any(state is None for state in saved):
-            raise SeedsApart("only some of the seeds have a checkpoint")
-        try:
-            optimizer.load_state_dict(stack_optimizer_states([state["optimizer"] for state in saved]))
-        except ValueError as error:
-            raise SeedsApart(str(error)) from None
-        with torch.no_grad():
-            for index, parameter in enumerate(parameters):
-                parameter.copy_(torch.stack([state["parameters"][index] for state in saved]))
+    optimizers = [torch.optim.Adam(weights, lr=lr, fused=True) for weights, lr in zip(parameters, outer_lrs, strict=True)]
+    for ctx, weights, optimizer in zip(contexts, parameters, optimizers, strict=True):
+        saved = ctx.restore()
+        if saved:  # a checkpoint of this member: it goes on from there (members may be at different points)
+            with torch.no_grad():
+                for parameter, value in zip(weights, saved["parameters"], strict=True):
+                    parameter.copy_(value)
+            optimizer.load_state_dict(saved["optimizer"])
     streams = [ctx.batches(meta_batch) for ctx in contexts]
-    for batches in zip(*streams):
-        optimizer.zero_grad(set_to_none=True)
-        losses = accumulate(Episode(*(torch.stack(field) for field in zip(*batches))))
-        optimizer.step()
-        for seed, ctx in enumerate(contexts):
-            ctx.log(losses[seed])
-            ctx.checkpoint(lambda seed=seed: {"parameters": seed_slice(parameters, seed),
-                                              "optimizer": seed_optimizer_state(optimizer.state_dict(), seed)})
-    for stream in streams[1:]:  # the first stream has ended: so must the others (the same budget)
-        if next(stream, None) is not None:
-            raise SeedsApart("the seeds' episode streams ended at different points")
+    active = list(range(len(contexts)))
+    while True:
+        batches = {member: next(streams[member], None) for member in active}
+        active = [member for member in active if batches[member] is not None]
+        if not active:
+            return
+        if len({tuple(batches[member].support_x.shape) for member in active}) > 1:
+            raise SeedsApart("the members' batches differ in shape")
+        step.keep(active)
+        for member in active:
+            optimizers[member].zero_grad(set_to_none=True)
+        losses = step(Episode(*(torch.stack(field) for field in zip(*(batches[member] for member in active)))))
+        for row, member in enumerate(active):
+            optimizer, weights = optimizers[member], parameters[member]
+            optimizer.step()
+            contexts[member].log(losses[row])
+            contexts[member].checkpoint(lambda weights=weights, optimizer=optimizer: {
+                "parameters": [parameter.detach() for parameter in weights], "optimizer": optimizer.state_dict()})
 
 
 def _clock(batch: Episode) -> float:
@@ -155,21 +157,42 @@ def _clock(batch: Episode) -> float:
 class MetaGradientStep:
     """Adds the meta-gradient of a batch of episodes to the ``.grad`` of the meta-learned weights among ``fast`` and
     ``slow`` and returns the meta-loss: eagerly or through a compiled graph, ``chunk_tasks`` tasks at a time (each
-    chunk weighted by its share of the batch). With ``seeds``, every weight and batch field has a leading seed
-    dimension and the meta-loss is one number per seed (each seed's gradient that of its own meta-loss)."""
+    chunk weighted by its share of the batch).
 
-    def __init__(self, loop: "InnerLoop", config: OuterLoopConfig, first_order: bool, fast: "Params", slow: "Params",
-                 seeds: bool = False, steps: int = 0, note: Callable[[str], None] = lambda message: None) -> None:
+    A group (``members``, one ``(fast, slow)`` pair of weight dicts per seed or trial) is one model with a leading
+    member dimension: the members' weights are stacked at every step (differentiably, so each member's own tensors
+    get its gradient), the batch has the same leading dimension, and the meta-loss is one number per member."""
+
+    def __init__(self, loop: "InnerLoop", config: OuterLoopConfig, first_order: bool, fast: "Params | None" = None,
+                 slow: "Params | None" = None, members: Sequence[tuple["Params", "Params"]] = (), steps: int = 0,
+                 note: Callable[[str], None] = lambda message: None) -> None:
         """``steps``: the meta-gradient steps the budget holds (what ``compile=auto`` weighs); ``note``: where to say
         how it runs (``MetaTrainContext.note``)."""
-        self.loop, self.config, self.first_order, self.seeds = loop, config, first_order, seeds
-        self.fast, self.slow = fast, slow
+        self.loop, self.config, self.first_order = loop, config, first_order
+        self.seeds = bool(members)
+        self.members = list(members)
+        self.active = list(range(len(self.members)))
+        self.fast, self.slow = fast or {}, slow or {}
         self.steps, self.note = steps, note
         self.compiling: bool | None = {"true": True, "false": False, "auto": None}[str(config.compile).lower()]
         """Whether the meta-gradient goes through the compiled graph; None while ``auto`` still times eager steps."""
         self._eager_seconds: list[float] = []
         self._compiled: Callable | None = None
         self._marked = False
+
+    def keep(self, members: list[int]) -> None:
+        """Compute only these members (indices into ``members``) from now on, in this order."""
+        self.active = members
+
+    def _weights(self) -> tuple["Params", "Params"]:
+        """The fast and slow weights the step differentiates: its own, or the active members' stacked."""
+        import torch
+
+        if not self.seeds:
+            return self.fast, self.slow
+        fast, slow = zip(*(self.members[member] for member in self.active))
+        return tuple({name: torch.stack([part[name] for part in parts]) for name in parts[0]}  # type: ignore[return-value]
+                     for parts in (fast, slow))
 
     def __call__(self, batch: Episode) -> "torch.Tensor":
         if self.compiling is not None:
@@ -209,7 +232,7 @@ class MetaGradientStep:
         signature = repr((forward.__module__, forward.__qualname__, loss.__module__, loss.__qualname__,
                           self.loop.lr is None, self.config.inner_steps,
                           self.config.chunk_tasks, self.first_order, self.seeds, torch.__version__, str(batch.support_x.device),
-                          [(name, tuple(t.shape), str(t.dtype)) for part in (self.fast, self.slow)
+                          [(name, tuple(t.shape), str(t.dtype)) for part in self._weights()
                            for name, t in sorted(part.items())],
                           [(tuple(field.shape), str(field.dtype)) for field in batch]))
         return cache_dir() / "compiled" / hashlib.sha256(signature.encode()).hexdigest()[:32]
@@ -234,7 +257,7 @@ class MetaGradientStep:
 
     def _eager_loss(self, batch: Episode) -> "torch.Tensor":
         meta_loss = self.loop.seeds_meta_loss if self.seeds else self.loop.meta_loss
-        return meta_loss(self.fast, self.slow, batch, self.config.inner_steps, self.first_order)
+        return meta_loss(*self._weights(), batch, self.config.inner_steps, self.first_order)
 
     def _compiled_backward(self, batch: Episode, share: float) -> "torch.Tensor | None":
         """Add ``share`` x the meta-gradient to ``.grad`` through the compiled graph; return share x loss. None when
@@ -254,7 +277,8 @@ class MetaGradientStep:
             self._compiled = torch.compile(torch.func.vmap(gradient) if self.seeds else gradient)
         try:
             # Detached inputs: the compiled graph is then a plain inference graph (nothing kept for a backward).
-            (fast_grads, slow_grads), loss = self._compiled(detached(self.fast), detached(self.slow), batch)
+            fast, slow = self._weights()
+            (fast_grads, slow_grads), loss = self._compiled(detached(fast), detached(slow), batch)
         except Exception as error:  # torch.compile raises many types (BackendCompilerFailed, InductorError, ...)
             message = (f"compile failed ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''});"
                        " meta-training goes on eagerly, with the same gradient")
@@ -267,11 +291,14 @@ class MetaGradientStep:
             marker = self._compiled_marker(batch)
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.touch()
-        for params, grads in ((self.fast, fast_grads), (self.slow, slow_grads)):
-            for name, tensor in params.items():
-                if tensor.requires_grad:
-                    step = grads[name] * share
-                    tensor.grad = step if tensor.grad is None else tensor.grad + step
+        owners = ([(self.fast, self.slow, None)] if not self.seeds
+                  else [(*self.members[member], row) for row, member in enumerate(self.active)])
+        for fast, slow, row in owners:
+            for params, grads in ((fast, fast_grads), (slow, slow_grads)):
+                for name, tensor in params.items():
+                    if tensor.requires_grad:
+                        step = (grads[name] if row is None else grads[name][row]) * share
+                        tensor.grad = step if tensor.grad is None else tensor.grad + step
         return loss * share
 
 
@@ -305,25 +332,39 @@ class GradientMetaLearner(Learner, MetaGradient, SeedGroup):
         adam_outer_loop(ctx, self.meta_parameters(), self.config.outer_lr, self.config.meta_batch,
                         self.accumulate_meta_gradient)
 
+    together_fields: ClassVar[tuple[str, ...]] = ("inner_lr", "outer_lr")
+    """Config fields in which learners meta-trained together may differ (tuning trials as one population): the outer
+    learning rate (each member has its own Adam) and the inner one (a per-member rate); the others must be equal."""
+
     @classmethod
     def meta_train_seeds(cls, learners: Sequence[Learner], contexts: Sequence[MetaTrainContext]) -> None:
-        """The seeds' weights stacked along a leading seed dimension, one vectorised meta-batch of seeds x tasks
-        per step, one Adam on the stacked weights (elementwise, so each seed's update is its own); each learner's
-        ``fast`` and ``slow`` become views of its seed's slice."""
+        """Every member's own weights stacked along a leading member dimension at each step, one vectorised
+        meta-batch of members x tasks, each member's own fused Adam. The members may differ in
+        ``together_fields`` (a population of tuning trials); ``SeedsApart`` when they differ in anything else."""
+        import torch
+
+        from bench.nn.functional import LR_PREFIX
+
         members = [learner for learner in learners if isinstance(learner, GradientMetaLearner)]
+        first = members[0]
+        differ = sorted({field.name for learner in members for field in dataclasses.fields(first.config)
+                         if getattr(learner.config, field.name) != getattr(first.config, field.name)})
+        if len(members) < len(learners) or set(differ) - set(cls.together_fields):
+            raise SeedsApart(f"the learners differ in {', '.join(sorted(set(differ) - set(cls.together_fields)))}, "
+                             f"which cannot be vectorised" if differ else "not all learners are gradient learners")
         for learner, ctx in zip(members, contexts, strict=True):
             learner.build(ctx)
-        from bench.nn.seeds import seed_views, stack_seeds
-
-        fast, slow = (stack_seeds([getattr(learner, part) for learner in members]) for part in ("fast", "slow"))
-        for seed, learner in enumerate(members):
-            learner.fast, learner.slow = seed_views(fast, seed), seed_views(slow, seed)
-        first = members[0]
-        parameters = [tensor for tensor in (*fast.values(), *slow.values()) if tensor.requires_grad]
-        step = MetaGradientStep(first.loop, first.config, cls.first_order, fast, slow, seeds=True,
+        loop, weights = first.loop, [(learner.fast, learner.slow) for learner in members]
+        if "inner_lr" in differ and loop.lr is not None:  # each member's rate as a constant per weight
+            loop = dataclasses.replace(loop, lr=None)
+            weights = [(fast, {**slow, **{LR_PREFIX + name: torch.full_like(tensor, learner.config.inner_lr).detach()
+                                          for name, tensor in fast.items()}})
+                       for learner, (fast, slow) in zip(members, weights)]
+        step = MetaGradientStep(loop, first.config, cls.first_order, members=weights,
                                 steps=-(-contexts[0].task_budget // first.config.meta_batch),
                                 note=lambda message: [ctx.note(message) for ctx in contexts])
-        adam_outer_loop_seeds(contexts, parameters, first.config.outer_lr, first.config.meta_batch, step)
+        adam_outer_loop_seeds(contexts, [learner.meta_parameters() for learner in members],
+                              [learner.config.outer_lr for learner in members], first.config.meta_batch, step)
 
     def state_dict(self) -> dict[str, "Params"]:
         """The initial adapted weights and the fixed ones, by reference (Adam updates them in place)."""

@@ -44,6 +44,7 @@ class MetaSGD(GradientMetaLearner):
     """
 
     Config = MetaSGDConfig
+    together_fields = (*GradientMetaLearner.together_fields, "alpha_low", "alpha_high")  # alpha's initial range
 
     @classmethod
     def suite_defaults(cls, suite: TaskSuite, setting: Setting) -> dict[str, Any]:

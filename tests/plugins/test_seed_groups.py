@@ -1,6 +1,7 @@
-"""Seeds as a batch dimension: the gradient learners meta-train several seeds as one vectorised model, with each
-seed's numbers those of training it alone (float64: to 1e-12), its own checkpoints (a group resumes as a group, a
-seed alone resumes from a group's checkpoint), and a group that cannot train together falls back to one by one."""
+"""Seeds as a batch dimension: the gradient learners meta-train several seeds (or tuning trials differing in their
+learning rates) as one vectorised model, with each member's numbers those of training it alone (float64: to 1e-12),
+its own checkpoints (a group resumes as a group, a seed alone resumes from a group's checkpoint, members may resume
+from different points), and a group that cannot train together falls back to one by one."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -114,16 +115,49 @@ def test_a_group_resumes_from_its_checkpoints_and_a_seed_alone_from_its_own(tmp_
     assert _largest_difference(_weights(alone), _weights(whole[1])) < 1e-12
 
 
-def test_checkpoints_at_different_steps_keep_the_seeds_apart(tmp_path, float64):
-    files = [tmp_path / "seed0.pt", tmp_path / "seed1.pt"]
-    _learner("maml").meta_train(_context(0, 60, files[0]))  # checkpoint at 50 tasks
-    _learner("maml").meta_train(_context(1, 110, files[1]))  # checkpoint at 100 tasks
+def test_seeds_at_different_checkpoints_train_together_each_to_its_own_end(tmp_path, float64):
+    """Seed 0 checkpointed at 50 tasks, seed 1 at 100, seed 2 never: the group goes on from each, each seed leaves
+    when its budget is spent, and each ends as it would alone from the same point (to 1e-12)."""
+    files = [tmp_path / f"seed{seed}.pt" for seed in range(3)]
+    _learner("maml").meta_train(_context(0, 60, files[0]))
+    _learner("maml").meta_train(_context(1, 110, files[1]))
+    copies = [tmp_path / f"alone{seed}.pt" for seed in range(3)]
+    for file, copy in zip(files, copies):
+        if file.exists():
+            copy.write_bytes(file.read_bytes())
     group = [_learner("maml") for _ in files]
-    with pytest.raises(SeedsApart, match="different numbers of steps"):
-        type(group[0]).meta_train_seeds(group, [_context(seed, 200, file) for seed, file in enumerate(files)])
-    files[1].unlink()
-    with pytest.raises(SeedsApart, match="only some of the seeds have a checkpoint"):
-        type(group[0]).meta_train_seeds(group, [_context(seed, 200, file) for seed, file in enumerate(files)])
+    contexts = [_context(seed, 200, file) for seed, file in enumerate(files)]
+    type(group[0]).meta_train_seeds(group, contexts)
+    assert [context.resumed_from for context in contexts] == [50, 100, 0]
+    assert [context.tasks_seen for context in contexts] == [200, 200, 200]
+    for seed, copy in enumerate(copies):
+        alone = _learner("maml")
+        alone.meta_train(_context(seed, 200, copy))
+        assert _largest_difference(_weights(group[seed]), _weights(alone)) < 1e-12, seed
+
+
+def test_a_population_of_trials_differing_in_learning_rates_trains_each_as_alone(float64):
+    """Tuning trials as one population: one seed, three (inner_lr, outer_lr) pairs; each ends as alone (to 1e-12)."""
+    rates = [(0.005, 1e-3), (0.01, 3e-3), (0.02, 1e-4)]
+
+    def learner(inner_lr: float, outer_lr: float):
+        cls = REGISTRY.learners["maml"].cls
+        return cls(learner_config("maml", cls.Config, {"inner_lr": inner_lr, "outer_lr": outer_lr}))
+
+    population = [learner(*pair) for pair in rates]
+    type(population[0]).meta_train_seeds(population, [_context(0, 200) for _ in rates])
+    for pair, member in zip(rates, population):
+        alone = learner(*pair)
+        alone.meta_train(_context(0, 200))
+        assert _largest_difference(_weights(member), _weights(alone)) < 1e-12, pair
+    assert _largest_difference(_weights(population[0]), _weights(population[1])) > 1e-3
+
+
+def test_learners_differing_in_what_cannot_be_vectorised_stay_apart(float64):
+    cls = REGISTRY.learners["maml"].cls
+    learners = [cls(learner_config("maml", cls.Config, {"inner_steps": steps})) for steps in (1, 2)]
+    with pytest.raises(SeedsApart, match="the learners differ in inner_steps, which cannot be vectorised"):
+        cls.meta_train_seeds(learners, [_context(0, 100), _context(0, 100)])
 
 
 def _cells(learners: list[str], seeds: int) -> list[Cell]:
@@ -232,8 +266,6 @@ def test_a_compiled_seed_group_has_the_eager_groups_gradient(name, float64):
     gradients and losses as the eager group (float64; a short last chunk eager)."""
     from bench_plugins.learners._gradient import MetaGradientStep
 
-    from bench.nn.seeds import stack_seeds
-
     seeds = [0, 1, 2]
     batch = Episode(*(torch.stack(fields) for fields in zip(*(
         Episode(*(field.double() if field.is_floating_point() else field
@@ -244,11 +276,11 @@ def test_a_compiled_seed_group_has_the_eager_groups_gradient(name, float64):
         for seed, learner in zip(seeds, learners):
             learner.config.compile, learner.config.chunk_tasks = compile_, 2
             learner.build(_context(seed, 0))
-        fast, slow = (stack_seeds([getattr(learner, part) for learner in learners]) for part in ("fast", "slow"))
-        step = MetaGradientStep(learners[0].loop, learners[0].config, False, fast, slow, seeds=True)
+        step = MetaGradientStep(learners[0].loop, learners[0].config, False,
+                                members=[(learner.fast, learner.slow) for learner in learners])
         losses = step(batch)
-        results.append((losses, torch.cat([t.grad.flatten() for t in (*fast.values(), *slow.values())
-                                           if t.requires_grad])))
+        results.append((losses, torch.cat([t.grad.flatten() for learner in learners
+                                           for t in learner.meta_parameters()])))
     (eager_losses, eager), (compiled_losses, compiled) = results
     assert eager_losses.shape == (3,)
     assert torch.allclose(eager_losses, compiled_losses, atol=1e-10)

@@ -281,3 +281,32 @@ def test_an_interrupted_trial_runs_again_with_its_index_and_parameters():
     again = study.ask(space)
     assert (again.params, again.user_attrs[INDEX]) == (running.params, 0)
     assert requeue_interrupted(study) == 1 and study.ask(space).params == running.params  # killed again: the same
+
+
+def test_a_population_gives_the_trials_of_one_trial_at_a_time(tmp_path, capsys):
+    """``--population 3`` meta-trains each batch of three maml trials (only the learning rates searched) as one
+    vectorised model: the same parameters asked, the same values and states as three workers running them one at a
+    time (float rounding)."""
+    fixed = ("--learners", "maml", "--set", "maml.inner_steps=1")
+    assert main(["tune", *fixed, *BUDGET, "--trials", "6", "--population", "3", "--out", str(tmp_path / "pop")]) == 0
+    assert main(["tune", *fixed, *BUDGET, "--trials", "6", "--workers", "3", "--out", str(tmp_path / "one")]) == 0
+    together, alone = (trials_of(tmp_path / name, "maml @ sinusoid K=5") for name in ("pop", "one"))
+    assert [(index, state, params) for index, state, _, params in together] == [
+        (index, state, params) for index, state, _, params in alone]
+    assert [value for *_, value, _ in together] == pytest.approx([value for *_, value, _ in alone], rel=1e-4)
+    assert json.loads((tmp_path / "pop" / "tune.json").read_text())["config"]["population"] == 3
+    populations = [trial.user_attrs.get("population") for trial in study(tmp_path / "pop", "maml @ sinusoid K=5").trials]
+    assert populations == [3] * 6  # trained together, not fallen back to one at a time
+    assert "one of 3 trained together" in capsys.readouterr().err
+
+
+def test_populations_share_every_hyperparameter_that_is_not_continuous():
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    from bench.tune import TrialItem, populations
+
+    space = {"lr": FloatDistribution(1e-4, 1e-2, log=True), "steps": IntDistribution(1, 5)}
+    items = [TrialItem(None, {"lr": lr, "steps": steps}, "study", index)
+             for index, (lr, steps) in enumerate([(1e-3, 1), (2e-3, 2), (3e-3, 1), (4e-3, 1), (5e-3, 2)])]
+    groups = [[item.trial_id for item in group] for group in populations(items, space, 2)]
+    assert groups == [[0, 2], [3], [1, 4]]
