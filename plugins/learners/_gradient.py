@@ -91,19 +91,32 @@ def adam_outer_loop(ctx: MetaTrainContext, parameters: list["torch.Tensor"], out
     import torch
 
     optimizer = torch.optim.Adam(parameters, lr=outer_lr, fused=True)
-    saved = ctx.restore()
-    if saved:  # a checkpoint of this cell: go on from there, as if never interrupted
-        with torch.no_grad():
-            for parameter, value in zip(parameters, saved["parameters"], strict=True):
-                parameter.copy_(value)
-        optimizer.load_state_dict(saved["optimizer"])
+    _restore(ctx, parameters, optimizer)
     for batch in ctx.batches(meta_batch):
         optimizer.zero_grad(set_to_none=True)
         loss = accumulate(batch)
         optimizer.step()
-        ctx.log(loss)
-        ctx.checkpoint(lambda: {"parameters": [parameter.detach() for parameter in parameters],
-                                "optimizer": optimizer.state_dict()})
+        _log_and_checkpoint(ctx, loss, parameters, optimizer)
+
+
+def _restore(ctx: MetaTrainContext, parameters: list["torch.Tensor"], optimizer: "torch.optim.Optimizer") -> None:
+    """Load the context's checkpoint, if it has one, into ``parameters`` and ``optimizer``: training goes on from
+    there, as if never interrupted."""
+    import torch
+
+    saved = ctx.restore()
+    if saved:
+        with torch.no_grad():
+            for parameter, value in zip(parameters, saved["parameters"], strict=True):
+                parameter.copy_(value)
+        optimizer.load_state_dict(saved["optimizer"])
+
+
+def _log_and_checkpoint(ctx: MetaTrainContext, loss: "torch.Tensor", parameters: list["torch.Tensor"],
+                        optimizer: "torch.optim.Optimizer") -> None:
+    ctx.log(loss)
+    ctx.checkpoint(lambda: {"parameters": [parameter.detach() for parameter in parameters],
+                            "optimizer": optimizer.state_dict()})
 
 
 def adam_outer_loop_seeds(contexts: Sequence[MetaTrainContext], parameters: Sequence[list["torch.Tensor"]],
@@ -118,12 +131,7 @@ def adam_outer_loop_seeds(contexts: Sequence[MetaTrainContext], parameters: Sequ
 
     optimizers = [torch.optim.Adam(weights, lr=lr, fused=True) for weights, lr in zip(parameters, outer_lrs, strict=True)]
     for ctx, weights, optimizer in zip(contexts, parameters, optimizers, strict=True):
-        saved = ctx.restore()
-        if saved:  # a checkpoint of this member: it goes on from there (members may be at different points)
-            with torch.no_grad():
-                for parameter, value in zip(weights, saved["parameters"], strict=True):
-                    parameter.copy_(value)
-            optimizer.load_state_dict(saved["optimizer"])
+        _restore(ctx, weights, optimizer)  # members may be at different points
     streams = [ctx.batches(meta_batch) for ctx in contexts]
     active = list(range(len(contexts)))
     while True:
@@ -138,11 +146,8 @@ def adam_outer_loop_seeds(contexts: Sequence[MetaTrainContext], parameters: Sequ
             optimizers[member].zero_grad(set_to_none=True)
         losses = step(Episode(*(torch.stack(field) for field in zip(*(batches[member] for member in active)))))
         for row, member in enumerate(active):
-            optimizer, weights = optimizers[member], parameters[member]
-            optimizer.step()
-            contexts[member].log(losses[row])
-            contexts[member].checkpoint(lambda weights=weights, optimizer=optimizer: {
-                "parameters": [parameter.detach() for parameter in weights], "optimizer": optimizer.state_dict()})
+            optimizers[member].step()
+            _log_and_checkpoint(contexts[member], losses[row], parameters[member], optimizers[member])
 
 
 def _clock(batch: Episode) -> float:
