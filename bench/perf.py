@@ -93,8 +93,8 @@ def _timed_training(learner: Learner, cell: Cell, suite: TaskSuite, device: torc
     else:
         raise BenchError(f"{type(learner).__qualname__} meta-trains without asking ctx.batches for tasks: nothing to time")
     _release_memory()
-    context = _StoppingContext(suite, cell.setting, 0, max(cell_budget, (warmup + iterations + 1) * batch_tasks), device,
-                               on_batch)
+    context = _StoppingContext(suite, cell.setting, 0, max(cell_budget, (warmup + iterations + 1) * batch_tasks),
+                               device, on_batch)
     context.stop_after = (warmup + iterations + 1) * batch_tasks
     stamps.clear()
     with PeakMemory(device) as memory:

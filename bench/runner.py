@@ -436,7 +436,8 @@ def _seed_list(seeds: list[int]) -> str:
 
 def seed_groups(cells: list[Cell], seeds_together: int) -> list[list[Cell]]:
     """The cells in groups that meta-train together: those of one (suite, setting, learner) whose learner trains
-    seeds together (``trains_seeds_together``), at most ``seeds_together`` seeds each (0: no limit; 1: every cell alone), in the cells' order."""
+    seeds together (``trains_seeds_together``), at most ``seeds_together`` seeds each (0: no limit; 1: every cell
+    alone), in the cells' order."""
     groups: dict[tuple, list[list[Cell]]] = {}
     for index, cell in enumerate(cells):
         together = seeds_together != 1 and trains_seeds_together(cell.learner.cls)
@@ -478,7 +479,8 @@ class CellWork:
 
 def run_cells(cells: list[Cell], config: RunConfig, store: RunStore, device: torch.device,
               show_progress: bool = True, executor: Executor | None = None, cell_timeout: float | None = None,
-              checkpoint_every: int | None = None, seeds_together: int = 0, warn: Callable[[str], None] = lambda message: None,
+              checkpoint_every: int | None = None, seeds_together: int = 0,
+              warn: Callable[[str], None] = lambda message: None,
               on_start: Callable[[int], None] = lambda finished: None,
               on_cell: Callable[[Cell, CellMetadata], None] = lambda cell, metadata: None) -> None:
     """Run the cells not yet finished in ``store`` with ``executor`` (None: one after the other, in this

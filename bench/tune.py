@@ -43,8 +43,8 @@ from bench.session import Execution, make_executor
 from bench.store import StoreError, atomic_write_json, atomic_write_text
 from bench.tune_report import write_tuning_report
 from bench.tune_study import (BEST_STEP, BEST_TASKS, ERROR, INDEX, INTERRUPTED, POPULATION, POPULATION_NOTE, SECONDS,
-                              STUDY_FILE, TASKS_SEEN, TUNE_FILE, TUNED_FILE, ValidationPruner, best_trial, counted, describe, distributions,
-                              sampler, startup_trials, storage_url)
+                              STUDY_FILE, TASKS_SEEN, TUNE_FILE, TUNED_FILE, ValidationPruner, best_trial, counted,
+                              describe, distributions, sampler, startup_trials, storage_url)
 from bench.validation import ValidationPoint
 
 Say = Callable[[str], None]

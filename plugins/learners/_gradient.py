@@ -129,7 +129,8 @@ def adam_outer_loop_seeds(contexts: Sequence[MetaTrainContext], parameters: Sequ
     differ in shape."""
     import torch
 
-    optimizers = [torch.optim.Adam(weights, lr=lr, fused=True) for weights, lr in zip(parameters, outer_lrs, strict=True)]
+    optimizers = [torch.optim.Adam(weights, lr=lr, fused=True)
+                  for weights, lr in zip(parameters, outer_lrs, strict=True)]
     for ctx, weights, optimizer in zip(contexts, parameters, optimizers, strict=True):
         _restore(ctx, weights, optimizer)  # members may be at different points
     streams = [ctx.batches(meta_batch) for ctx in contexts]
@@ -174,7 +175,7 @@ class MetaGradientStep:
         """``steps``: the meta-gradient steps the budget holds (what ``compile=auto`` weighs); ``note``: where to say
         how it runs (``MetaTrainContext.note``)."""
         self.loop, self.config, self.first_order = loop, config, first_order
-        self.seeds = bool(members)
+        self.grouped = bool(members)
         self.members = list(members)
         self.active = list(range(len(self.members)))
         self.fast, self.slow = fast or {}, slow or {}
@@ -193,11 +194,11 @@ class MetaGradientStep:
         """The fast and slow weights the step differentiates: its own, or the active members' stacked."""
         import torch
 
-        if not self.seeds:
+        if not self.grouped:
             return self.fast, self.slow
         fast, slow = zip(*(self.members[member] for member in self.active))
-        return tuple({name: torch.stack([part[name] for part in parts]) for name in parts[0]}  # type: ignore[return-value]
-                     for parts in (fast, slow))
+        stacked = [{name: torch.stack([part[name] for part in parts]) for name in parts[0]} for parts in (fast, slow)]
+        return stacked[0], stacked[1]
 
     def __call__(self, batch: Episode) -> "torch.Tensor":
         if self.compiling is not None:
@@ -235,15 +236,15 @@ class MetaGradientStep:
 
         forward, loss = self.loop.forward, self.loop.loss
         signature = repr((forward.__module__, forward.__qualname__, loss.__module__, loss.__qualname__,
-                          self.loop.lr is None, self.config.inner_steps,
-                          self.config.chunk_tasks, self.first_order, self.seeds, torch.__version__, str(batch.support_x.device),
+                          self.loop.lr is None, self.config.inner_steps, self.config.chunk_tasks, self.first_order,
+                          self.grouped, torch.__version__, str(batch.support_x.device),
                           [(name, tuple(t.shape), str(t.dtype)) for part in self._weights()
                            for name, t in sorted(part.items())],
                           [(tuple(field.shape), str(field.dtype)) for field in batch]))
         return cache_dir() / "compiled" / hashlib.sha256(signature.encode()).hexdigest()[:32]
 
     def _accumulate(self, batch: Episode, compiled: bool) -> "torch.Tensor":
-        task_dim = int(self.seeds)
+        task_dim = int(self.grouped)
         tasks = batch.support_x.shape[task_dim]
         chunk = self.config.chunk_tasks or tasks
         total = 0.0
@@ -261,7 +262,7 @@ class MetaGradientStep:
         return total
 
     def _eager_loss(self, batch: Episode) -> "torch.Tensor":
-        meta_loss = self.loop.seeds_meta_loss if self.seeds else self.loop.meta_loss
+        meta_loss = self.loop.seeds_meta_loss if self.grouped else self.loop.meta_loss
         return meta_loss(*self._weights(), batch, self.config.inner_steps, self.first_order)
 
     def _compiled_backward(self, batch: Episode, share: float) -> "torch.Tensor | None":
@@ -279,7 +280,7 @@ class MetaGradientStep:
 
             gradient = torch.func.grad_and_value(meta_loss, argnums=(0, 1))
             use_inductor_cache()
-            self._compiled = torch.compile(torch.func.vmap(gradient) if self.seeds else gradient)
+            self._compiled = torch.compile(torch.func.vmap(gradient) if self.grouped else gradient)
         try:
             # Detached inputs: the compiled graph is then a plain inference graph (nothing kept for a backward).
             fast, slow = self._weights()
@@ -296,7 +297,7 @@ class MetaGradientStep:
             marker = self._compiled_marker(batch)
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.touch()
-        owners = ([(self.fast, self.slow, None)] if not self.seeds
+        owners = ([(self.fast, self.slow, None)] if not self.grouped
                   else [(*self.members[member], row) for row, member in enumerate(self.active)])
         for fast, slow, row in owners:
             for params, grads in ((fast, fast_grads), (slow, slow_grads)):

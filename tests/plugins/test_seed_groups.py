@@ -89,8 +89,8 @@ def test_a_seed_group_trains_each_seed_as_alone_in_float64(name, float64):
 
 
 def test_a_group_resumes_from_its_checkpoints_and_a_seed_alone_from_its_own(tmp_path, float64):
-    """A group checkpointed at 100 of 200 tasks: resumed as a group it ends where the uninterrupted group ends (exactly);
-    seed 1 resumed alone from its file in the group's checkpoints ends as seed 1 trained alone (to 1e-12)."""
+    """A group checkpointed at 100 of 200 tasks: resumed as a group it ends where the uninterrupted group ends
+    (exactly); seed 1 resumed alone from its file in the group's checkpoints ends as seed 1 trained alone (to 1e-12)."""
     seeds = [0, 1]
     whole = [_learner("maml") for _ in seeds]
     type(whole[0]).meta_train_seeds(whole, [_context(seed, 200) for seed in seeds])

@@ -295,7 +295,8 @@ def test_a_population_gives_the_trials_of_one_trial_at_a_time(tmp_path, capsys):
         (index, state, params) for index, state, _, params in alone]
     assert [value for *_, value, _ in together] == pytest.approx([value for *_, value, _ in alone], rel=1e-4)
     assert json.loads((tmp_path / "pop" / "tune.json").read_text())["config"]["population"] == 3
-    populations = [trial.user_attrs.get("population") for trial in study(tmp_path / "pop", "maml @ sinusoid K=5").trials]
+    populations = [trial.user_attrs.get("population")
+                   for trial in study(tmp_path / "pop", "maml @ sinusoid K=5").trials]
     assert populations == [3] * 6  # trained together, not fallen back to one at a time
     assert "one of 3 trained together" in capsys.readouterr().err
 
