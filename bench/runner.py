@@ -235,17 +235,30 @@ def _train(learner: Learner, context: HostContext) -> TrainedCell:
     return _trained(learner, context, time.perf_counter() - start)
 
 
-def _train_seed_group(learners: list[Learner], contexts: list[HostContext]) -> list[TrainedCell]:
+@dataclasses.dataclass(frozen=True)
+class MemberFailure:
+    """A member of a group that failed on its own (its training loss became non-finite) while the others trained on."""
+
+    error: Exception
+    tasks_seen: int
+
+
+def _train_seed_group(learners: list[Learner], contexts: list[HostContext]) -> list[TrainedCell | MemberFailure]:
     """Meta-train several seeds' learners together (``SeedGroup``); each seed's meta-training seconds are the
-    group's divided by the number of seeds."""
+    group's divided by the number of seeds. A member whose loss became non-finite fails alone."""
     start = time.perf_counter()
     type(learners[0]).meta_train_seeds(learners, contexts)
-    for context in contexts:
-        _end_training(context)
+    failures: dict[int, MemberFailure] = {}
+    for index, context in enumerate(contexts):
+        try:
+            _end_training(context)
+        except NonFiniteLossError as error:
+            failures[index] = MemberFailure(error, context.tasks_seen)
     share = (time.perf_counter() - start - sum(context.validation.seconds for context in contexts
                                                if context.validation)) / len(learners)
-    return [_trained(learner, context, share + (context.validation.seconds if context.validation else 0.0))
-            for learner, context in zip(learners, contexts, strict=True)]
+    return [failures.get(index) or _trained(learner, context,
+                                            share + (context.validation.seconds if context.validation else 0.0))
+            for index, (learner, context) in enumerate(zip(learners, contexts, strict=True))]
 
 
 def _end_training(context: HostContext) -> None:
@@ -290,11 +303,12 @@ def train_and_validate(cell: Cell, config: RunConfig, device: torch.device, *, s
 def train_together(cells: list[Cell], config: RunConfig, device: torch.device,
                    on_points: list[PointCallback | None] | None = None,
                    progress: Callable[[int, float | None], None] = lambda tasks, loss: None,
-                   checkpoints: Callable[[Cell], Checkpoints | None] = lambda cell: None) -> list[TrainedCell]:
+                   checkpoints: Callable[[Cell], Checkpoints | None] = lambda cell: None,
+                   ) -> list[TrainedCell | MemberFailure]:
     """Meta-train cells of one suite setting and learner together as one vectorised model (``SeedGroup``): seeds, or
     tuning trials whose hyper-parameters differ in what the learner can vectorise, each with its own meta-validation,
-    ``on_point`` and checkpoints. Raises ``SeedsApart`` when they cannot train together, and what the learner
-    raises."""
+    ``on_point`` and checkpoints; a member whose loss became non-finite comes back as a ``MemberFailure``. Raises
+    ``SeedsApart`` when they cannot train together, and what the learner raises."""
     learner_class = cells[0].learner.cls
     if not trains_seeds_together(learner_class):
         raise SeedsApart(f"{cells[0].learner.name} does not meta-train several models together")
@@ -330,8 +344,8 @@ def _metadata(cell: Cell, config: RunConfig, device: torch.device) -> Callable[.
 def _failed(cell: Cell, config: RunConfig, device: torch.device, error: Exception, tasks_seen: int = 0,
             **fields: Any) -> CellOutcome:
     return _metadata(cell, config, device)(
-        status=CellStatus.FAILED, error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(),
-        tasks_seen=tasks_seen, **fields), None, None
+        status=CellStatus.FAILED, error=f"{type(error).__name__}: {error}",
+        traceback="".join(traceback.format_exception(error)), tasks_seen=tasks_seen, **fields), None, None
 
 
 def _test(cell: Cell, config: RunConfig, suite: TaskSuite, trained: TrainedCell, device: torch.device,
@@ -409,6 +423,10 @@ def run_seed_group(cells: list[Cell], config: RunConfig, device: torch.device, s
                                show_progress) as bar:
                 trained = train_together(cells, config, device, progress=_bar_progress(bar), checkpoints=checkpoints)
             for cell, one in zip(cells, trained, strict=True):
+                if isinstance(one, MemberFailure):  # diverged alone: failed as it would have alone
+                    failed = _failed(cell, config, device, one.error, one.tasks_seen, seed_group=seeds)
+                    finish.append(lambda memory, failed=failed: failed)
+                    continue
                 try:
                     tested = _test(cell, config, suite, one, device, show_progress)
                     finish.append(functools.partial(_finished, cell, config, suite, device, one, tested,

@@ -38,7 +38,7 @@ from bench.config import ConfigError, RunConfig, build_run_config
 from bench.environment import environment
 from bench.grid import Cell, plan, tuned_key
 from bench.plugins import Registry
-from bench.runner import TrainedCell, resolve_device, train_and_validate, train_together
+from bench.runner import MemberFailure, TrainedCell, resolve_device, train_and_validate, train_together
 from bench.session import Execution, make_executor
 from bench.store import StoreError, atomic_write_json, atomic_write_text
 from bench.tune_report import write_tuning_report
@@ -198,6 +198,10 @@ class TrialWork:
         return [dataclasses.replace(outcome, attributes={**outcome.attributes, POPULATION: len(items)})
                 for outcome in (self._outcome(item, one) for item, one in zip(items, trained, strict=True))]
 
+    @staticmethod
+    def _failure(item: TrialItem, error: Exception) -> TrialOutcome:
+        return TrialOutcome(item.trial_id, TrialState.FAIL, None, {ERROR: f"{type(error).__name__}: {error}"})
+
     def _cell(self, item: TrialItem) -> Cell:
         return dataclasses.replace(item.cell, hyperparameters=dataclasses.replace(item.cell.hyperparameters,
                                                                                   **item.params))
@@ -217,11 +221,13 @@ class TrialWork:
             trained = train_and_validate(self._cell(item), self.config, torch.device(self.device),
                                          show_progress=self.show_progress, on_point=self._on_point(item))
         except Exception as error:  # a failing configuration is a result of the study, not the end of the tune
-            return TrialOutcome(item.trial_id, TrialState.FAIL, None, {ERROR: f"{type(error).__name__}: {error}"})
+            return self._failure(item, error)
         return self._outcome(item, trained)
 
-    @staticmethod
-    def _outcome(item: TrialItem, trained: TrainedCell) -> TrialOutcome:
+    @classmethod
+    def _outcome(cls, item: TrialItem, trained: TrainedCell | MemberFailure) -> TrialOutcome:
+        if isinstance(trained, MemberFailure):  # diverged inside its population: failed, as it would have alone
+            return cls._failure(item, trained.error)
         validation = trained.validation
         attributes = {TASKS_SEEN: trained.tasks_seen, BEST_TASKS: validation.best.tasks_seen,
                       BEST_STEP: validation.best.best_step, SECONDS: trained.meta_train_seconds}

@@ -124,7 +124,8 @@ def adam_outer_loop_seeds(contexts: Sequence[MetaTrainContext], parameters: Sequ
     """``adam_outer_loop`` for several members at once (seeds, or tuning trials): member i has its own context,
     weights ``parameters[i]`` and fused Adam at ``outer_lrs[i]``; each step takes the next batch of every member's
     own stream, in lockstep, and ``step`` computes all their meta-gradients as one vectorised batch. A member whose
-    stream ends (its budget spent, or stopped at a validation point) leaves the group; each member logs its own loss
+    stream ends (its budget spent, or stopped at a validation point) leaves the group, and so does one whose context
+    refuses its non-finite loss (the others are independent of it); each member logs its own loss
     and checkpoints and restores exactly as ``adam_outer_loop`` does. Raises ``SeedsApart`` when the members' batches
     differ in shape."""
     import torch
@@ -148,7 +149,14 @@ def adam_outer_loop_seeds(contexts: Sequence[MetaTrainContext], parameters: Sequ
         losses = step(Episode(*(torch.stack(field) for field in zip(*(batches[member] for member in active)))))
         for row, member in enumerate(active):
             optimizers[member].step()
-            _log_and_checkpoint(contexts[member], losses[row], parameters[member], optimizers[member])
+            try:
+                _log_and_checkpoint(contexts[member], losses[row], parameters[member], optimizers[member])
+            except Exception:
+                if bool(torch.isfinite(losses[row])):
+                    raise
+                # This member diverged and its context said so: it leaves the group (its context keeps the
+                # non-finite loss, so the host fails it alone) and the others go on.
+                active = [other for other in active if other != member]
 
 
 def _clock(batch: Episode) -> float:

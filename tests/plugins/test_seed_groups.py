@@ -285,3 +285,36 @@ def test_a_compiled_seed_group_has_the_eager_groups_gradient(name, float64):
     assert eager_losses.shape == (3,)
     assert torch.allclose(eager_losses, compiled_losses, atol=1e-10)
     assert torch.allclose(eager, compiled, atol=1e-10, rtol=1e-8), (eager - compiled).abs().max()
+
+
+def test_a_member_that_diverges_fails_alone_and_the_others_train_on():
+    """A population whose middle member's inner rate makes its loss overflow: the host fails that member with the
+    error a lone run gives, and the others end as each alone (float32, through the host: to 1e-5)."""
+    import dataclasses
+
+    from bench.config import RunConfig
+    from bench.runner import MemberFailure, NonFiniteLossError, train_and_validate, train_together
+
+    config = RunConfig(learners=["maml"], suites=["sinusoid"], shots=[5], profile="smoke", seeds=1, tasks=600,
+                       val_episodes=0)
+    (cell,) = _cells_of(config)
+    rates = [0.01, 1e20, 0.02]
+    cells = [dataclasses.replace(cell, hyperparameters=dataclasses.replace(cell.hyperparameters, inner_lr=rate))
+             for rate in rates]
+
+    def weights_of(trained) -> list[torch.Tensor]:
+        return _weights(trained.learner)
+
+    together = train_together(cells, config, torch.device("cpu"))
+    assert isinstance(together[1], MemberFailure) and isinstance(together[1].error, NonFiniteLossError)
+    with pytest.raises(NonFiniteLossError):
+        train_and_validate(cells[1], config, torch.device("cpu"))  # alone, it fails the same way
+    for index in (0, 2):
+        alone = train_and_validate(cells[index], config, torch.device("cpu"))
+        assert _largest_difference(weights_of(together[index]), weights_of(alone)) < 1e-5
+
+
+def _cells_of(config) -> list[Cell]:
+    from bench.grid import plan
+
+    return plan(config, REGISTRY)
