@@ -359,8 +359,8 @@ class MetaGradient(ABC):
 
 
 class SeedsApart(Exception):
-    """Raised by ``SeedGroup.meta_train_seeds`` when these seeds cannot meta-train together (e.g. their checkpoints
-    are at different steps): the host then meta-trains them one by one, and their cells say why."""
+    """Raised by ``SeedGroup.meta_train_seeds`` when these learners cannot meta-train together (e.g. their configs
+    differ in the number of inner steps): the host then meta-trains them one by one, and their cells say why."""
 
 
 class SeedGroup(ABC):

@@ -76,9 +76,8 @@ def _release_memory() -> None:
 def _timed_training(learner: Learner, cell: Cell, suite: TaskSuite, device: torch.device, iterations: int, warmup: int,
                     cell_budget: int) -> tuple[float, int, float, list[str]]:
     """Median tasks/s over ``iterations`` timed meta-training iterations, tasks per iteration, peak MiB and what the
-    learner noted (``MetaTrainContext.note``). The learner
-    sees ``cell_budget``, a run's budget for the cell (what it may weigh, e.g. ``compile=auto``), and its episode
-    stream ends after the timed iterations."""
+    learner noted (``MetaTrainContext.note``). The learner sees ``cell_budget``, a run's budget for the cell (what it
+    may weigh, e.g. ``compile=auto``), and its episode stream ends after the timed iterations."""
     stamps: list[tuple[float, int]] = []
 
     def on_batch(tasks: int, loss: float | None) -> None:

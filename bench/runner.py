@@ -423,19 +423,19 @@ def run_seed_group(cells: list[Cell], config: RunConfig, device: torch.device, s
                                show_progress) as bar:
                 trained = train_together(cells, config, device, progress=_bar_progress(bar), checkpoints=checkpoints)
             for cell, one in zip(cells, trained, strict=True):
-                if isinstance(one, MemberFailure):  # diverged alone: failed as it would have alone
-                    failed = _failed(cell, config, device, one.error, one.tasks_seen, seed_group=seeds)
-                    finish.append(lambda memory, failed=failed: failed)
-                    continue
-                try:
-                    tested = _test(cell, config, suite, one, device, show_progress)
-                    finish.append(functools.partial(_finished, cell, config, suite, device, one, tested,
-                                                    seed_group=seeds))
-                except CellTimeoutError:
-                    raise
-                except Exception as error:  # a test that fails fails its cell only
-                    failed = _failed(cell, config, device, error, one.tasks_seen, seed_group=seeds)
-                    finish.append(lambda memory, failed=failed: failed)
+                failure = one if isinstance(one, MemberFailure) else None  # diverged alone: fails as it would alone
+                if failure is None:
+                    try:
+                        tested = _test(cell, config, suite, one, device, show_progress)
+                        finish.append(functools.partial(_finished, cell, config, suite, device, one, tested,
+                                                        seed_group=seeds))
+                        continue
+                    except CellTimeoutError:
+                        raise
+                    except Exception as error:  # a test that fails fails its cell only
+                        failure = MemberFailure(error, one.tasks_seen)
+                failed = _failed(cell, config, device, failure.error, failure.tasks_seen, seed_group=seeds)
+                finish.append(lambda memory, failed=failed: failed)
     except CellTimeoutError as error:
         return [_failed(cell, config, device, error, seed_group=seeds) for cell in cells]
     except Exception as error:  # the group could not train together: each seed alone, as it would have run

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -216,3 +217,19 @@ def register_suites(register):
 """A plugin module's source for ``bench tune`` tests: the learners ``tiny`` (a fast learner with a search space),
 ``fixed`` (nothing to tune), ``misnamed`` (a search space naming no hyper-parameter) and the suite
 ``watched-sinusoid`` (records the splits it is asked for)."""
+
+
+def interrupt_once_saved(monkeypatch, checkpoint: Path) -> Callable[[], None]:
+    """Make the host stop as Ctrl-C would (``KeyboardInterrupt``) right after writing a checkpoint, once
+    ``checkpoint`` exists; return the function that lets it save normally again."""
+    from bench import runner
+
+    save = runner.HostContext.checkpoint
+
+    def save_then_interrupt(context: runner.HostContext, state: Callable[[], dict]) -> None:
+        save(context, state)
+        if checkpoint.exists():
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner.HostContext, "checkpoint", save_then_interrupt)
+    return lambda: monkeypatch.setattr(runner.HostContext, "checkpoint", save)

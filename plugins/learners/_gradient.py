@@ -360,12 +360,14 @@ class GradientMetaLearner(Learner, MetaGradient, SeedGroup):
         from bench.nn.functional import LR_PREFIX
 
         members = [learner for learner in learners if isinstance(learner, GradientMetaLearner)]
+        if len(members) < len(learners):
+            raise SeedsApart("not all learners are gradient learners")
         first = members[0]
-        differ = sorted({field.name for learner in members for field in dataclasses.fields(first.config)
-                         if getattr(learner.config, field.name) != getattr(first.config, field.name)})
-        if len(members) < len(learners) or set(differ) - set(cls.together_fields):
-            raise SeedsApart(f"the learners differ in {', '.join(sorted(set(differ) - set(cls.together_fields)))}, "
-                             f"which cannot be vectorised" if differ else "not all learners are gradient learners")
+        differ = {field.name for learner in members for field in dataclasses.fields(first.config)
+                  if getattr(learner.config, field.name) != getattr(first.config, field.name)}
+        apart = sorted(differ - set(cls.together_fields))
+        if apart:
+            raise SeedsApart(f"the learners differ in {', '.join(apart)}, which cannot be vectorised")
         for learner, ctx in zip(members, contexts, strict=True):
             learner.build(ctx)
         loop, weights = first.loop, [(learner.fast, learner.slow) for learner in members]

@@ -4,15 +4,15 @@ its own checkpoints (a group resumes as a group, a seed alone resumes from a gro
 from different points), and a group that cannot train together falls back to one by one."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from helpers import cells_of, records_of
+from helpers import cells_of, interrupt_once_saved, records_of
 
-from bench import cli, runner
+from bench import cli
 from bench.api import Episode, SeedsApart
 from bench.config import learner_config
 from bench.grid import Cell
@@ -222,17 +222,9 @@ def test_an_interrupted_group_resumes_as_a_group(tmp_path, monkeypatch):
     whole = tmp_path / "whole"
     assert cli.main([*cell, "--out", str(whole)]) == 0
     out = tmp_path / "interrupted"
-    last = out / "cells" / "sinusoid__K=5__maml__seed2.checkpoint.pt"
-    save_checkpoint = runner.HostContext.checkpoint
-
-    def save_then_interrupt(context: runner.HostContext, state: Callable[[], dict]) -> None:
-        save_checkpoint(context, state)
-        if last.exists():
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(runner.HostContext, "checkpoint", save_then_interrupt)
+    save_normally = interrupt_once_saved(monkeypatch, out / "cells" / "sinusoid__K=5__maml__seed2.checkpoint.pt")
     assert cli.main([*cell, "--checkpoint-every", "50", "--out", str(out)]) == 130
-    monkeypatch.setattr(runner.HostContext, "checkpoint", save_checkpoint)
+    save_normally()
     assert cli.main(["run", "--resume", str(out), "--checkpoint-every", "50", "--no-progress"]) == 0
     cells = cells_of(out)
     assert [metadata["resumed_from_tasks"] for metadata in cells.values()] == [50, 50, 50]

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import TROUBLE, cells_of, records_of, three_learner_run, trouble_run
+from helpers import TROUBLE, cells_of, interrupt_once_saved, records_of, three_learner_run, trouble_run
 
-from bench import cli, runner, store
+from bench import cli, store
 from bench.store import RunStore
 
 RUN = three_learner_run(tasks=100)
@@ -99,18 +99,11 @@ def test_a_cell_interrupted_mid_way_resumes_from_its_checkpoint(tmp_path, monkey
     assert cli.main(["run", *cell, "--out", str(whole)]) == 0
     out = tmp_path / "interrupted"
     checkpoint = out / "cells" / "sinusoid__K=5__maml__seed0.checkpoint.pt"
-    save_checkpoint = runner.HostContext.checkpoint
-
-    def save_then_interrupt(context: runner.HostContext, state: Callable[[], dict]) -> None:
-        save_checkpoint(context, state)
-        if checkpoint.exists():
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(runner.HostContext, "checkpoint", save_then_interrupt)
+    save_normally = interrupt_once_saved(monkeypatch, checkpoint)
     assert cli.main(["run", *cell, "--checkpoint-every", "50", "--out", str(out)]) == 130
     assert checkpoint.exists() and not cells_of(out), "interrupted before the first checkpoint or after the cell"
 
-    monkeypatch.setattr(runner.HostContext, "checkpoint", save_checkpoint)
+    save_normally()
     assert cli.main(["run", "--resume", str(out), "--checkpoint-every", "50"]) == 0
     (metadata,) = cells_of(out).values()
     assert metadata["resumed_from_tasks"] >= 50 and metadata["tasks_seen"] == 200
