@@ -5,10 +5,13 @@ parse raises ``SystemExit`` (status 2, one line on stderr)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -115,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cell-timeout", type=positive_float, metavar="SECONDS", help="fail a cell that runs longer (the run goes on)")
     run.add_argument("--checkpoint-every", type=positive_int, metavar="TASKS", help="save a cell's meta-training state every TASKS tasks, so that a killed cell resumes near where it stopped (learners that support it)")
     run.add_argument("--seeds-together", type=non_negative_int, default=0, metavar="N", help="meta-train up to N seeds of a learner and suite setting at once, as one vectorised model, for learners that can (bench plugins marks them); same numbers to float rounding (default 0: all the run's seeds; 1: one at a time)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars: a line per running cell every minute instead")
     _add_plugin_flags(run)
 
     plugins = sub.add_parser("plugins", help="list installed learners and suites", description="List every registered learner and suite and any plugin that failed to load.")
@@ -178,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--resume", type=Path, metavar="TUNE_DIR", help="go on with a killed or interrupted tune: its configuration from TUNE_DIR/tune.json; trials left running run again with the same parameters")
     tune.add_argument("--executor", default="inline", help="how trials run: inline (default), processes, ray, or a plugin's")
     tune.add_argument("--ray-address", help="the Ray cluster to use (default: start a local Ray); the tune folder must be on a disk the cluster shares")
-    tune.add_argument("--no-progress", action="store_true", help="no progress bars")
+    tune.add_argument("--no-progress", action="store_true", help="no progress bars: a line per running trial every minute instead")
     _add_plugin_flags(tune)
 
     data = sub.add_parser("data", help="fetch a suite's data set", description="Download and stage a suite's data set (where the suite has a downloader).")
@@ -410,10 +413,29 @@ COMMANDS = {"tune": cmd_tune, "run": cmd_run, "plugins": cmd_plugins, "report": 
             "compare": cmd_compare, "runs": cmd_runs, "new-plugin": cmd_new_plugin}
 
 
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (what ``timeout``, schedulers and ``kill`` send) interrupts as Ctrl-C does: a run or a tune keeps what
+    finished, is marked interrupted and says how to resume. Main thread only (where Python delivers signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> NoReturn:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        with terminate_as_interrupt():
+            return COMMANDS[args.command](args)
     except BenchError as error:
         print(f"bench {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -50,6 +50,7 @@ def environment(registry: Registry, device: torch.device) -> dict[str, Any]:
     }
     return {
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),

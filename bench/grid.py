@@ -54,8 +54,13 @@ def plan(config: RunConfig, registry: Registry) -> list[Cell]:
     for learner in learners:  # validate every override once, before any suite defaults are mixed in
         learner_config(learner.name, learner.cls.Config, config.set.get(learner.name, {}))
     cells = []
-    for suite in registry.select("suite", config.suites):
-        instance = config.make_suite(suite.cls)
+    suites = registry.select("suite", config.suites)
+    instances = {suite.name: config.make_suite(suite.cls) for suite in suites}
+    if config.ways and all(setting.ways is None for instance in instances.values() for setting in instance.settings()):
+        raise ConfigError(f"--ways selects nothing: {', '.join(instances)} {'has' if len(instances) == 1 else 'have'} "
+                          "no settings with ways (regression suites); drop --ways or add a classification suite")
+    for suite in suites:
+        instance = instances[suite.name]
         settings = instance.settings()
         chosen = [i for i, setting in enumerate(settings)
                   if (not config.shots or setting.shots in config.shots)

@@ -467,6 +467,9 @@ class Report:
             ("tuning", (f"tuned on meta-val: {tuned['trials']} trials x {tuned['trial_tasks']} tasks, "
                         f"study {tuned['study']}") if tuned else "none (defaults: see each learner's docstring)"),
             ("started", str(environment.get("started", "–"))),
+            ("resumed", "; ".join(f"{resume.get('started')} on {resume.get('host') or '–'} (metabench "
+                                  f"{resume.get('metabench') or '–'}, git {resume.get('git_revision') or '–'})"
+                                  for resume in environment.get("resumes", [])) or "never"),
             ("status", f"{self.run_info.get('status', '–')} ({self.cell_counts()})"),
             ("metabench", f"{environment.get('metabench', '–')}, git {environment.get('git_revision') or '–'}"),
             ("python", f"{environment.get('python', '–')} on {environment.get('platform', '–')}"),

@@ -21,14 +21,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
-
 from bench.api import (Episode, Executor, Learner, MetaTrainContext, SeedsApart, Setting, TaskSuite,
                        trains_seeds_together)
 from bench.cells import CellMetadata, CellStatus
 from bench.config import ConfigError, RunConfig
 from bench.grid import Cell
 from bench.memory import PeakMemory
+from bench.progress import loss_progress, progress_bar
 from bench.protocol import episodes_fingerprint, evaluate, learner_steps
 from bench.store import RunStore, atomic_write_bytes, checkpoint_file, config_hash
 from bench.validation import MetaValidation, Selection, ValidationPoint, select
@@ -277,27 +276,14 @@ def _trained(learner: Learner, context: HostContext, seconds: float) -> TrainedC
                        seconds - (validation.seconds if validation else 0.0), context.stopped, context.notes)
 
 
-def _progress_bar(total: int, description: str, unit: str, show: bool) -> tqdm:
-    return tqdm(total=total, desc=description, unit=unit,
-                disable=None if show else True, leave=False, dynamic_ncols=True)
-
-
-def _bar_progress(bar: tqdm) -> Callable[[int, float | None], None]:
-    def progress(tasks: int, loss: float | None) -> None:
-        bar.update(tasks)
-        if loss is not None:
-            bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
-    return progress
-
-
 def train_and_validate(cell: Cell, config: RunConfig, device: torch.device, *, show_progress: bool = False,
                        on_point: PointCallback | None = None, checkpoints: Checkpoints | None = None) -> TrainedCell:
     """Meta-train a cell's learner under the run's budget, scoring meta-validation at every point (what ``bench
     tune``'s trials run; nothing here reads a test episode). Raises what the learner raises."""
     suite: TaskSuite = config.make_suite(cell.suite.cls)
-    with _progress_bar(config.budget_for(cell.suite.cls).meta_train_tasks, f"meta-train {cell.label}", "task",
+    with progress_bar(config.budget_for(cell.suite.cls).meta_train_tasks, f"meta-train {cell.label}", "task",
                        show_progress) as bar:
-        return _train(*_start(cell, config, suite, device, _bar_progress(bar), checkpoints, on_point))
+        return _train(*_start(cell, config, suite, device, loss_progress(bar), checkpoints, on_point))
 
 
 def train_together(cells: list[Cell], config: RunConfig, device: torch.device,
@@ -355,7 +341,7 @@ def _test(cell: Cell, config: RunConfig, suite: TaskSuite, trained: TrainedCell,
     budget = config.budget_for(cell.suite.cls)
     selection = select(trained.validation, config.select, trained.tasks_seen,
                        learner_steps(trained.learner, budget.test_steps))
-    with _progress_bar(budget.test_episodes, f"evaluate   {cell.label}", "episode", show_progress) as bar:
+    with progress_bar(budget.test_episodes, f"evaluate   {cell.label}", "episode", show_progress) as bar:
         metric, seconds = evaluate(trained.learner, suite, cell.setting, cell.seed, budget.test_episodes,
                                    budget.test_steps, device, on_episodes=bar.update)
     return selection, metric, seconds
@@ -392,8 +378,8 @@ def run_cell(cell: Cell, config: RunConfig, device: torch.device, show_progress:
     context: HostContext | None = None
     try:
         with deadline(timeout), PeakMemory(device) as memory:
-            with _progress_bar(budget.meta_train_tasks, f"meta-train {cell.label}", "task", show_progress) as bar:
-                learner, context = _start(cell, config, suite, device, _bar_progress(bar), checkpoints, None)
+            with progress_bar(budget.meta_train_tasks, f"meta-train {cell.label}", "task", show_progress) as bar:
+                learner, context = _start(cell, config, suite, device, loss_progress(bar), checkpoints, None)
                 trained = _train(learner, context)
             tested = _test(cell, config, suite, trained, device, show_progress)
     except Exception as error:  # a plugin's failure fails its cell, not the run
@@ -419,9 +405,9 @@ def run_seed_group(cells: list[Cell], config: RunConfig, device: torch.device, s
     try:
         with deadline(timeout and timeout * len(cells), f"the group of {len(cells)} seeds"), \
                 PeakMemory(device) as memory:
-            with _progress_bar(budget.meta_train_tasks * len(cells), f"meta-train {label}", "task",
+            with progress_bar(budget.meta_train_tasks * len(cells), f"meta-train {label}", "task",
                                show_progress) as bar:
-                trained = train_together(cells, config, device, progress=_bar_progress(bar), checkpoints=checkpoints)
+                trained = train_together(cells, config, device, progress=loss_progress(bar), checkpoints=checkpoints)
             for cell, one in zip(cells, trained, strict=True):
                 failure = one if isinstance(one, MemberFailure) else None  # diverged alone: fails as it would alone
                 if failure is None:

@@ -127,7 +127,7 @@ def run_benchmark(config: RunConfig, registry: Registry, execution: Execution, s
                          "cell_timeout": execution.cell_timeout, "checkpoint_every": execution.checkpoint_every,
                          "seeds_together": execution.seeds_together}}
     store = RunStore(run_dir)
-    store.open(resolved, env)
+    env = store.open(resolved, env)
 
     def on_start(finished: int) -> None:
         say(f"metabench: {len(cells)} cells ({finished} already finished) on {env['device_name']} "

@@ -94,6 +94,10 @@ def _read_json(path: Path) -> Any:
         raise StoreError(f"{path} is unreadable or corrupt ({error}); move it away to re-run that part") from None
 
 
+RESUME_KEYS = ("started", "host", "metabench", "git_revision", "command", "device_name", "execution")
+"""What ``run.json`` records of each resume of a run (``environment.resumes``)."""
+
+
 class RunStore:
     """One run folder."""
 
@@ -101,12 +105,17 @@ class RunStore:
         self.path = path
         self.cells_dir = path / CELLS_DIR
 
-    def open(self, config: dict[str, Any], environment: dict[str, Any]) -> None:
-        """Create the folder, or re-enter it when it holds a run of the same configuration."""
+    def open(self, config: dict[str, Any], environment: dict[str, Any]) -> dict[str, Any]:
+        """Create the folder, or re-enter it when it holds a run of the same configuration. Returns the environment
+        to record: ``environment``, or on re-entering the run's original one (its command, start, versions) with
+        this start listed under ``resumes``."""
         run_file = self.path / RUN_FILE
         digest = config_hash(run_identity(config))
         if run_file.exists():
             existing = _read_json(run_file)
+            original = existing.get("environment", {})
+            environment = {**original, "resumes": [*original.get("resumes", []),
+                                                   {key: environment.get(key) for key in RESUME_KEYS}]}
             if existing.get("format_version", 0) > FORMAT_VERSION:
                 raise StoreError(f"{self.path} was written by a newer metabench (format {existing['format_version']})")
             if existing.get("config_hash") != digest:
@@ -127,6 +136,7 @@ class RunStore:
         except OSError as error:
             raise StoreError(f"cannot write to {self.path}: {error.strerror}") from None
         self.write_run_file(config, environment, status="running")
+        return environment
 
     def write_run_file(self, config: dict[str, Any], environment: dict[str, Any], status: str) -> None:
         atomic_write_json(

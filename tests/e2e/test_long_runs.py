@@ -56,6 +56,33 @@ def test_sigkill_then_resume_gives_exactly_the_uninterrupted_cells(tmp_path, uni
     assert json.loads((out / "run.json").read_text())["status"] == "finished"
 
 
+def test_sigterm_interrupts_like_ctrl_c_and_resume_keeps_the_original_provenance(tmp_path, uninterrupted):
+    """What `timeout` and schedulers send: the run is marked interrupted (not left "running"), says how to resume; the
+    resumed run keeps its original command and start time and lists the resume."""
+    out = tmp_path / "run"
+    command = [BENCH, "run", *RUN, "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while len(list((out / "cells").glob("*.json"))) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert f"interrupted: finished cells are kept in {out}; resume with: bench run --resume {out}" in stderr
+    interrupted = json.loads((out / "run.json").read_text())
+    assert interrupted["status"] == "interrupted"
+
+    resumed = run_bench("run", "--resume", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    environment = json.loads((out / "run.json").read_text())["environment"]
+    assert environment["command"] == command and environment["started"] == interrupted["environment"]["started"]
+    assert [resume["command"][1:] for resume in environment["resumes"]] == [["run", "--resume", str(out)]]
+    assert environment["resumes"][0]["host"] and environment["resumes"][0]["started"] >= environment["started"]
+    provenance = (out / "report.md").read_text()
+    assert f"--out {out}" in provenance and f"{environment['resumes'][0]['started']} on " in provenance
+    pd.testing.assert_frame_equal(records_of(out), records_of(uninterrupted))
+
+
 def test_cell_timeout_in_worker_processes_fails_only_the_slow_cell(tmp_path, plugin_dist):
     """The processes executor; the inline one: tests/unit/test_resume_and_failures.py."""
     site = plugin_dist("sleepy", {"sleepy_plugin": TROUBLE.replace("SLEEP", "60")}, {"sleepy": "sleepy_plugin"})

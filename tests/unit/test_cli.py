@@ -176,6 +176,7 @@ def test_config_file_and_overrides(tmp_path):
         (["--profile", "huge"], "unknown profile 'huge'; valid: smoke, quick, paper"),
         (["--device", "tpu"], "device: expected one of auto, cpu, cuda, got 'tpu'"),
         (["--shots", "7"], "suite 'sinusoid' has no setting with shots [7]; it offers: K=5, K=10, K=20"),
+        (["--ways", "5"], "--ways selects nothing: sinusoid has no settings with ways (regression suites)"),
     ],
 )
 def test_bad_input_gives_one_clear_line(tmp_path, capsys, args, message):
@@ -297,3 +298,13 @@ def test_seeds_default_to_the_profiles_and_are_saved_resolved():
     assert build_run_config({}, "test").seeds == 3
     assert build_run_config({"profile": "paper", "seeds": 2}, "test").seeds == 2
     assert dataclasses.asdict(build_run_config({"profile": "paper"}, "test"))["seeds"] == 5
+
+
+def test_no_progress_prints_a_heartbeat_per_running_cell(tmp_path, capsys, monkeypatch):
+    """Without bars a long cell still says how far it is (here every 0 s instead of every minute; the loss joins the
+    line once the host has checked one, every 20 logged losses)."""
+    monkeypatch.setattr("bench.progress.HEARTBEAT_SECONDS", 0.0)
+    assert main(["run", "--learners", "maml", *SMOKE, "--out", str(tmp_path / "run")]) == 0  # SMOKE: --no-progress
+    beats = [line for line in capsys.readouterr().err.splitlines() if line.startswith("  ...    meta-train maml")]
+    assert beats and all(" / 50 tasks, " in line and " tasks/s" in line for line in beats)
+    assert beats[-1].startswith("  ...    meta-train maml | sinusoid K=5 | seed 0: 50 / 50 tasks")
