@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+
 from bench.api import (Episode, Executor, Learner, MetaTrainContext, SeedsApart, Setting, TaskSuite,
                        trains_seeds_together)
 from bench.cells import CellMetadata, CellStatus
@@ -282,7 +283,7 @@ def train_and_validate(cell: Cell, config: RunConfig, device: torch.device, *, s
     tune``'s trials run; nothing here reads a test episode). Raises what the learner raises."""
     suite: TaskSuite = config.make_suite(cell.suite.cls)
     with progress_bar(config.budget_for(cell.suite.cls).meta_train_tasks, f"meta-train {cell.label}", "task",
-                       show_progress) as bar:
+                      show_progress) as bar:
         return _train(*_start(cell, config, suite, device, loss_progress(bar), checkpoints, on_point))
 
 
@@ -406,7 +407,7 @@ def run_seed_group(cells: list[Cell], config: RunConfig, device: torch.device, s
         with deadline(timeout and timeout * len(cells), f"the group of {len(cells)} seeds"), \
                 PeakMemory(device) as memory:
             with progress_bar(budget.meta_train_tasks * len(cells), f"meta-train {label}", "task",
-                               show_progress) as bar:
+                              show_progress) as bar:
                 trained = train_together(cells, config, device, progress=loss_progress(bar), checkpoints=checkpoints)
             for cell, one in zip(cells, trained, strict=True):
                 failure = one if isinstance(one, MemberFailure) else None  # diverged alone: fails as it would alone
