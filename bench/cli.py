@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "fomaml, metasgd: learn2learn's MAML and MetaSGD) are timed beside it and checked "
                                       "for the same meta-gradient.")
     add_selection_flags(perf, learners="maml,fomaml,adaptation-layer,finetune", suites="sinusoid,omniglot",
-                        shots="10,1", ways="5")
+                        shots="10,1")
     perf.add_argument("--iterations", type=positive_int, default=20, help="timed meta-training iterations per learner (default: 20)")
     perf.add_argument("--warmup", type=non_negative_int, default=10, help="untimed first iterations, enough for a learner to settle (e.g. compile=auto's timed eager steps and its compile) (default: 10)")
     perf.add_argument("--profile", default="quick", help="the run profile whose budget the learners see, for what they decide from it, e.g. compile=auto (default: quick)")

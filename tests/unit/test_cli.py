@@ -259,7 +259,7 @@ def test_run_and_perf_share_the_selection_flags_with_their_own_defaults():
     selection = {"learners", "suites", "shots", "ways", "device", "data_dir", "set"}
     assert {key: run[key] for key in selection} == {**dict.fromkeys(selection), "set": []}
     assert {key: perf[key] for key in selection} == {"learners": "maml,fomaml,adaptation-layer,finetune",
-                                                     "suites": "sinusoid,omniglot", "shots": [10, 1], "ways": [5],
+                                                     "suites": "sinusoid,omniglot", "shots": [10, 1], "ways": None,
                                                      "device": None, "data_dir": None, "set": []}
     given = ["--learners", "maml", "--suites", "omniglot", "--shots", "5,10", "--ways", "20", "--device", "cpu", "--data-dir", "d", "--set", "a.b=1"]
     assert ({key: value for key, value in vars(build_parser().parse_args(["run", *given])).items() if key in selection}
