@@ -91,12 +91,22 @@ SearchRange = FloatRange | IntRange | Choice
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-    """One few-shot configuration of a suite, e.g. K=10 regression or 5-way 1-shot."""
+    """One few-shot configuration of a suite, e.g. K=10 regression or 5-way 1-shot.
+
+    ``shots``, ``query`` and ``train_query`` count examples per class for classification, per task for regression.
+    """
 
     name: str
     shots: int
     query: int
+    """Query points of a test episode."""
     ways: int | None = None
+    train_query: int | None = None
+    """Query points of a meta-train or meta-validation episode; None: ``query``."""
+
+    def query_for(self, split: str) -> int:
+        """Query points of an episode of ``split`` (one of SPLITS): what ``sample_episode`` draws."""
+        return self.query if split == "test" or self.train_query is None else self.train_query
 
 
 class Support(NamedTuple):
@@ -161,7 +171,14 @@ class TaskSuite(PluginClass, ABC):
     name: ClassVar[str]
     kind: ClassVar[TaskKind]
     budgets: ClassVar[dict[str, dict[str, int]]] = {}
-    """Per profile name, budget fields (``meta_train_tasks``, ``test_episodes``) where the suite differs from the defaults."""
+    """Per profile name, budget fields (``meta_train_tasks``, ``test_episodes``) where the suite differs from the defaults
+    (``budget`` reads it; override ``budget`` where a setting needs its own)."""
+
+    @classmethod
+    def budget(cls, profile: str, setting: Setting) -> dict[str, int]:
+        """The budget fields of ``profile`` where this suite differs from the profile's defaults, for one setting
+        (e.g. the ``paper`` profile with each published setting's own budget). Default: ``budgets[profile]``."""
+        return dict(cls.budgets.get(profile, {}))
 
     def __init__(self, data_dir: "Path | None" = None) -> None:
         self.data_dir = data_dir
@@ -222,8 +239,11 @@ class MetaTrainContext(ABC):
     task_budget: int
 
     @abstractmethod
-    def batches(self, meta_batch: int) -> Iterator[Episode]:
-        """Meta-training episodes in batches, on ``device``, until the task budget is spent."""
+    def batches(self, meta_batch: int, *, setting: Setting | None = None) -> Iterator[Episode]:
+        """Meta-training episodes in batches, on ``device``, until the task budget is spent. ``setting``: episodes of
+        another setting of the same suite (e.g. more ways, as prototypical networks train; it need not be one the
+        suite lists) instead of the cell's; the stream is drawn as the cell's, episode i the suite's pure function of
+        (train split, that setting, the cell's seed, i), and each episode counts one task of the budget."""
 
     @abstractmethod
     def backbone(self) -> "nn.Module":
@@ -264,6 +284,13 @@ class Learner(PluginClass, ABC):
     @classmethod
     def suite_defaults(cls, suite: TaskSuite, setting: Setting) -> dict[str, Any]:
         """Hyper-parameter defaults for one suite setting (e.g. the paper's), before ``--set`` overrides."""
+        return {}
+
+    @classmethod
+    def paper_budget(cls, suite: type[TaskSuite], setting: Setting) -> dict[str, int]:
+        """Budget fields (``meta_train_tasks``) of this learner's paper on one suite setting, where they differ from
+        the suite's ``paper`` budget (``TaskSuite.budget``); used by the ``paper`` profile only, so that every other
+        profile gives every learner the same budget. Default: {} (the suite's)."""
         return {}
 
     @classmethod
@@ -312,7 +339,16 @@ class Learner(PluginClass, ABC):
     max_adaptation_steps: ClassVar[int | None] = None
     """The most adaptation steps this learner takes at test time: None follows the protocol's steps;
     0 for a learner with nothing to adapt at test time (e.g. a metric learner such as protonet), whose
-    curve is the single point at step 0. The host asks ``adapt`` for min(protocol's steps, this) steps."""
+    curve is the single point at step 0. The default ``adaptation_steps`` is min(protocol's steps, this)."""
+
+    def adaptation_steps(self, setting: Setting, steps: int) -> int:
+        """How many steps ``adapt`` takes on a test task of ``setting`` when the protocol's are ``steps`` (``--steps``):
+        by default ``steps``, capped by ``max_adaptation_steps``. A learner whose own protocol fixes the number (e.g.
+        Chen et al.'s fine-tuning: 100 epochs of batch-4 steps) returns it, more or fewer; its curve is then scored
+        after each of steps 0..min(steps, its own) and at 20, 50, 100, 200, 500, ... up to its last step
+        (``bench.protocol.curve_steps``)."""
+        cap = self.max_adaptation_steps
+        return steps if cap is None else min(steps, cap)
 
     @classmethod
     def reference(cls) -> "type | None":
@@ -332,6 +368,12 @@ class Learner(PluginClass, ABC):
 
     batched: ClassVar[bool] = False
     """Whether ``adapt`` accepts ``batched=True``; the host then adapts many test episodes at once."""
+
+    batched_on_cpu: ClassVar[bool] = False
+    """Whether batching also pays on a CPU for image suites (``batched`` learners only). By default the host batches
+    there for regression only: per-episode convolution weights under ``vmap`` become grouped convolutions, slower on a
+    CPU than one episode at a time. True for a learner whose batched path adapts no convolution weights (e.g. one that
+    trains a head on features computed once)."""
 
 
 class MetaGradient(ABC):

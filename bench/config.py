@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from bench.api import config_fields
+from bench.api import Learner, Setting, TaskSuite, config_fields
 from bench.errors import BenchError
 
 
@@ -103,9 +103,14 @@ class RunConfig:
         """An instance of a suite class that reads its data from this run's data folder."""
         return suite(data_dir=Path(self.data_dir) if self.data_dir else None)
 
-    def budget_for(self, suite: type) -> Profile:
-        """The profile for one suite (with the suite's own budgets, where it names any) and this run's overrides."""
-        base = dataclasses.replace(PROFILES[self.profile], **suite.budgets.get(self.profile, {}))
+    def budget_for(self, suite: type[TaskSuite], setting: Setting, learner: type[Learner]) -> Profile:
+        """The budget of one suite setting and learner: the profile's, where the suite names its own the suite's
+        (``TaskSuite.budget``), under the ``paper`` profile the learner's paper's (``Learner.paper_budget``), then
+        this run's overrides."""
+        fields = suite.budget(self.profile, setting)
+        if self.profile == "paper":
+            fields.update(learner.paper_budget(suite, setting))
+        base = dataclasses.replace(PROFILES[self.profile], **fields)
         tasks = self.tasks or base.meta_train_tasks
         return dataclasses.replace(
             base,

@@ -10,7 +10,7 @@ import re
 from typing import Any
 
 from bench.api import Setting
-from bench.config import ConfigError, RunConfig, learner_config
+from bench.config import ConfigError, Profile, RunConfig, learner_config
 from bench.plugins import Registration, Registry
 
 
@@ -22,6 +22,8 @@ class Cell:
     learner: Registration
     seed: int
     hyperparameters: Any
+    budget: Profile
+    """The cell's budget, resolved by ``RunConfig.budget_for``."""
 
     @property
     def cell_id(self) -> str:
@@ -80,6 +82,8 @@ def plan(config: RunConfig, registry: Registry) -> list[Cell]:
                     learner.name, learner.cls.Config,
                     {**learner.cls.suite_defaults(instance, setting), **found, **config.set.get(learner.name, {})},
                 )
+            budgets = {learner.name: config.budget_for(suite.cls, setting, learner.cls) for learner in learners}
             for seed in range(config.seeds):
-                cells.extend(Cell(suite, setting, index, learner, seed, hyperparameters[learner.name]) for learner in learners)
+                cells.extend(Cell(suite, setting, index, learner, seed, hyperparameters[learner.name], budgets[learner.name])
+                             for learner in learners)
     return cells

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from bench.api import Episode, Learner, MetaGradient, TaskSuite
+from bench.api import Episode, Learner, MetaGradient, Setting, TaskSuite
 from bench.config import RunConfig
 from bench.errors import BenchError, DataError
 from bench.grid import Cell
@@ -120,8 +120,8 @@ class _StoppingContext(HostContext):
 
     stop_after: int = 0
 
-    def batches(self, meta_batch: int) -> Iterator[Episode]:
-        for batch in super().batches(meta_batch):
+    def batches(self, meta_batch: int, *, setting: Setting | None = None) -> Iterator[Episode]:
+        for batch in super().batches(meta_batch, setting=setting):
             yield batch
             if self.tasks_seen >= self.stop_after:
                 return
@@ -130,7 +130,7 @@ class _StoppingContext(HostContext):
 class _BatchSizeProbe(HostContext):
     """A context that stops a learner's ``meta_train`` at its first request for batches (``_BatchSizeFound``)."""
 
-    def batches(self, meta_batch: int) -> Iterator[Episode]:
+    def batches(self, meta_batch: int, *, setting: Setting | None = None) -> Iterator[Episode]:
         raise _BatchSizeFound(meta_batch)
 
 
@@ -258,7 +258,7 @@ def measure_plan(cells: list[Cell], config: RunConfig, device: torch.device, ite
         timed.add((cell.suite.name, cell.learner.name))
         say(f"timing {cell.learner.name} on {cell.suite.name} {cell.setting.name} ...")
         rows.extend(measure(cell, suite, device, iterations, warmup, eval_episodes, peak_gflops,
-                            config.budget_for(cell.suite.cls).meta_train_tasks))
+                            cell.budget.meta_train_tasks))
     return rows
 
 

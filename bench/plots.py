@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+from matplotlib.ticker import ScalarFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.report import Report  # noqa: E402
@@ -63,8 +64,28 @@ def _single_point(axes: plt.Axes, x: float, curve, label: str, color: str) -> No
                   capsize=4, linestyle="none", label=f"{label} (no adaptation)", color=color)
 
 
+LONG_CURVE_RATIO = 4
+"""Where one curve goes on for more than this factor of the steps of the shortest (not single-point) one, the step axis
+is linear up to the shortest's last step and logarithmic beyond (so that both stay readable)."""
+
+
+def _step_axis(axes: plt.Axes, lasts: list[int]) -> str:
+    """A symmetric-log step axis for curves of very different lengths (``LONG_CURVE_RATIO``); its label."""
+    lasts = [last for last in lasts if last > 0]
+    if not lasts or max(lasts) <= LONG_CURVE_RATIO * min(lasts):
+        return "adaptation steps"
+    axes.set_xscale("symlog", linthresh=min(lasts), linscale=1.5)
+    ticks = [0] + [step * 10**power for power in range(len(str(max(lasts)))) for step in (1, 2, 5)]
+    axes.set_xticks([tick for tick in ticks if tick <= max(lasts)])
+    axes.xaxis.set_major_formatter(ScalarFormatter())
+    return f"adaptation steps (linear to {min(lasts)}, logarithmic beyond)"
+
+
 def adaptation_curves(report: Report, suite: str, setting: str) -> bytes:
+    """Each learner's mean curve with its 95% CI band, a dot at each step it was scored after, the val-chosen steps
+    circled; curves of very different lengths on a step axis logarithmic past the shortest (``_step_axis``)."""
     figure, axes = plt.subplots(figsize=(6, 3.8))
+    xlabel = _step_axis(axes, [group.last_step for group in report.rankings[suite, setting]])
     for group in report.rankings[suite, setting]:
         curve, color = group.curve, _color(report, group.learner)
         if len(curve) == 1:
@@ -77,7 +98,7 @@ def adaptation_curves(report: Report, suite: str, setting: str) -> bytes:
         axes.plot(chosen["step"], chosen["mean"], marker="o", markersize=9, markerfacecolor="none", linestyle="none",
                   color=color)
     return _line_chart(figure, axes, f"{suite} {setting}: adaptation (mean, 95% CI; ○ val-chosen step)",
-                       "adaptation steps", _axis_label(report, suite))
+                       xlabel, _axis_label(report, suite))
 
 
 def metric_versus_time(report: Report, suite: str, setting: str) -> bytes:

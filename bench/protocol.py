@@ -43,45 +43,60 @@ def evaluate(
 
     The learner sees the support set and the query inputs, never the query labels; the metric is
     computed here from its predictions. Learners that set ``batched`` adapt many episodes at once, in one
-    ``adapt(support, steps, batched=True)`` call (``batched`` forces the choice; see ``default_batching``); the
-    others are called as ``adapt(support, steps)``, one episode at a time. A learner is adapted through
-    ``learner_steps(learner, steps)`` steps. Returns ``metric[episode, step]`` for those steps (non-finite
-    values kept as they are: divergence is a result) and the adaptation seconds per episode.
+    ``adapt(support, last, batched=True)`` call (``batched`` forces the choice; see ``default_batching``); the
+    others are called as ``adapt(support, last)``, one episode at a time, where ``last`` is the learner's own
+    number of steps (``Learner.adaptation_steps``). Returns ``metric[episode, i]``, the metric after step
+    ``curve_steps(learner, setting, steps)[i]`` (non-finite values kept as they are: divergence is a result),
+    and the adaptation seconds per episode (through all ``last`` steps, the scoring included).
     """
-    steps = learner_steps(learner, steps)
+    recorded = curve_steps(learner, setting, steps)
     batched = default_batching(learner, suite, device) if batched is None else batched
     if batched and not learner.batched:
         raise ValueError(f"{type(learner).__name__} adapts one task at a time (it does not set batched = True)")
     size = _episodes_per_batch(suite.sample_episode(split, setting, seed, 0)) if batched else 1
-    metric = np.empty((episodes, steps + 1))
+    metric = np.empty((episodes, len(recorded)))
     seconds = np.empty(episodes)
     for start in range(0, episodes, size):
         stop = min(start + size, episodes)
         if batched:
             batch = suite.sample_batch(split, setting, seed, range(start, stop)).to(device)
-            predictors = learner.adapt(batch.support, steps, batched=True)
+            predictors = learner.adapt(batch.support, recorded[-1], batched=True)
 
             def score(predictions: torch.Tensor, targets: torch.Tensor = batch.query_y) -> torch.Tensor:
                 return torch.stack([suite.metric(p, y) for p, y in zip(predictions, targets)])
         else:
             batch = suite.sample_episode(split, setting, seed, start).to(device)
-            predictors = learner.adapt(batch.support, steps)
+            predictors = learner.adapt(batch.support, recorded[-1])
 
             def score(predictions: torch.Tensor, targets: torch.Tensor = batch.query_y) -> torch.Tensor:
                 return suite.metric(predictions, targets).reshape(1)
         synchronize(device)
         began = time.perf_counter()
-        metric[start:stop] = _curve(predictors, batch.query_x, score, steps).double().cpu().numpy()
+        metric[start:stop] = _curve(predictors, batch.query_x, score, recorded).double().cpu().numpy()
         seconds[start:stop] = (time.perf_counter() - began) / (stop - start)
         on_episodes(stop - start)
     return metric, seconds
 
 
-def learner_steps(learner: Learner, steps: int) -> int:
-    """The adaptation steps a learner is evaluated through: the protocol's ``steps``, capped by the learner's
-    ``max_adaptation_steps`` (0 for a learner with nothing to adapt: its curve is the single point at step 0)."""
-    cap = learner.max_adaptation_steps
-    return steps if cap is None else min(steps, cap)
+def curve_steps(learner: Learner, setting: Setting, steps: int) -> list[int]:
+    """The steps a learner's curve is scored after, when the protocol's are ``steps``: it takes
+    ``learner.adaptation_steps(setting, steps)`` steps (the last entry) and is scored after each of 0..min(steps, that)
+    and, where it takes more than ``steps``, at the 1-2-5 steps beyond (20, 50, 100, 200, ...) and its last. Curves of
+    different lengths so share steps 0..``steps``, and a long one costs a few scorings per decade."""
+    last = learner.adaptation_steps(setting, steps)
+    if last < 0:
+        raise ProtocolError(f"{type(learner).__name__}.adaptation_steps() returned {last}; steps count from 0")
+    dense = list(range(min(steps, last) + 1))
+    return dense + [step for step in _one_two_five(last) if step > dense[-1]] + ([last] if last > dense[-1] else [])
+
+
+def _one_two_five(below: int) -> list[int]:
+    """1, 2, 5, 10, 20, 50, ... less than ``below``."""
+    found, decade = [], 1
+    while decade < below:
+        found += [step for step in (decade, 2 * decade, 5 * decade) if step < below]
+        decade *= 10
+    return found
 
 
 def episodes_fingerprint(suite: TaskSuite, setting: Setting, seed: int, episodes: int) -> str:
@@ -96,12 +111,13 @@ def episodes_fingerprint(suite: TaskSuite, setting: Setting, seed: int, episodes
 
 
 def default_batching(learner: Learner, suite: TaskSuite, device: torch.device) -> bool:
-    """Batched adaptation where it pays: on a GPU, and on a CPU for regression (small MLPs).
+    """Batched adaptation where it pays: on a GPU, and on a CPU for regression (small MLPs) or for a learner that says
+    it batches well there (``batched_on_cpu``).
 
     On a CPU, per-episode convolution weights under ``vmap`` become grouped convolutions, measured
     about 2x slower than one episode at a time for the Conv-4 on Omniglot; the numbers are the same.
     """
-    return learner.batched and (device.type == "cuda" or suite.kind is TaskKind.REGRESSION)
+    return learner.batched and (device.type == "cuda" or suite.kind is TaskKind.REGRESSION or learner.batched_on_cpu)
 
 
 def _episodes_per_batch(episode) -> int:
@@ -109,14 +125,19 @@ def _episodes_per_batch(episode) -> int:
     return max(1, EXAMPLES_PER_BATCH // examples)
 
 
-def _curve(predictors, query_x: torch.Tensor, score: Callable[[torch.Tensor], torch.Tensor], steps: int) -> torch.Tensor:
-    """``score`` of each predictor's query predictions, as [episodes, steps + 1]; checks the count."""
-    values = []
-    for predictor in predictors:
-        if len(values) > steps:
+def _curve(predictors, query_x: torch.Tensor, score: Callable[[torch.Tensor], torch.Tensor],
+           recorded: list[int]) -> torch.Tensor:
+    """``score`` of the query predictions of the predictors after the ``recorded`` steps, as [episodes, len(recorded)];
+    checks that there is one predictor per step 0..recorded[-1]."""
+    steps, wanted = recorded[-1], set(recorded)
+    values, yielded = [], 0
+    for step, predictor in enumerate(predictors):
+        if step > steps:
             raise ProtocolError(f"adapt() yielded more than steps + 1 = {steps + 1} predictors")
-        with torch.no_grad():
-            values.append(score(predictor(query_x)).detach())
-    if len(values) != steps + 1:
-        raise ProtocolError(f"adapt() yielded {len(values)} predictors; the protocol needs steps + 1 = {steps + 1}")
+        yielded = step + 1
+        if step in wanted:
+            with torch.no_grad():
+                values.append(score(predictor(query_x)).detach())
+    if yielded != steps + 1:
+        raise ProtocolError(f"adapt() yielded {yielded} predictors; the protocol needs steps + 1 = {steps + 1}")
     return torch.stack(values, dim=1)

@@ -86,6 +86,12 @@ def format_steps(steps: Iterable[int]) -> str:
     return str(distinct[0]) if len(distinct) == 1 else f"{distinct[0]}–{distinct[-1]}"
 
 
+def _one_two_five(step: int) -> bool:
+    """Whether ``step`` is 1, 2 or 5 times a power of ten."""
+    digits = str(step)
+    return digits[0] in "125" and not digits[1:].strip("0")
+
+
 def _per_seed(values: list[int | None]) -> str:
     """A count shared by every seed, or each seed's (" / "); – where none is recorded."""
     distinct = sorted({value for value in values if value is not None})
@@ -131,7 +137,7 @@ class Group:
 
     @property
     def last_step(self) -> int:
-        """The protocol's last step S for this group: where its curve ends."""
+        """The last step S of this group's curve: the protocol's, or the learner's own (``adaptation_steps``)."""
         return int(self.curve["step"].iloc[-1])
 
     @property
@@ -242,24 +248,35 @@ class Report:
         return comparisons
 
     @functools.cached_property
-    def _short_curve_note(self) -> str:
-        """A sentence naming the learners whose curve ends before the protocol's last step (they declare fewer
-        adaptation steps, ``max_adaptation_steps``) and the step it ends at, or nothing."""
+    def _curve_lengths_note(self) -> str:
+        """Sentences naming the learners whose curve ends before the protocol's last step (they declare fewer
+        adaptation steps, ``max_adaptation_steps``) and those whose curve goes on past it (their own protocol fixes
+        their steps, ``Learner.adaptation_steps``), with the step each ends at; or nothing."""
         last: dict[str, int] = {}
         requested: dict[str, int] = {}
+        longer: dict[str, dict[str, int]] = {}
         for group in self.groups.values():
             if group.curve.empty:
                 continue
-            learner = group.learner
-            last[learner] = max(last.get(learner, 0), int(group.curve["step"].iloc[-1]))
-            requested[learner] = max([requested.get(learner, 0), *(cell.test_steps for cell in group.ok)])
+            learner, asked = group.learner, max(cell.test_steps for cell in group.ok)
+            last[learner] = max(last.get(learner, 0), group.last_step)
+            requested[learner] = max(requested.get(learner, 0), asked)
+            if group.last_step > asked:
+                longer.setdefault(learner, {})[f"{group.suite} {group.setting}"] = group.last_step
         short = {learner: last[learner] for learner in sorted(last) if last[learner] < requested[learner]}
-        if not short:
-            return ""
-        described = [f"{learner} (no test-time adaptation: a single point at step 0)" if step == 0
-                     else f"{learner} (at most {step} steps)" for learner, step in short.items()]
-        return (" Curves that end before the protocol's last step (that is their final step; – at the steps they lack): "
-                f"{', '.join(described)}.")
+        note = ""
+        if short:
+            described = [f"{learner} (no test-time adaptation: a single point at step 0)" if step == 0
+                         else f"{learner} (at most {step} steps)" for learner, step in short.items()]
+            note += (" Curves that end before the protocol's last step (that is their final step; – at the steps they "
+                     f"lack): {', '.join(described)}.")
+        if longer:
+            described = [f"{learner} ({'; '.join(f'{steps} steps on {where}' for where, steps in settings.items())})"
+                         for learner, settings in sorted(longer.items())]
+            note += (" Curves that go on past the protocol's last step, to the step count their learner's own "
+                     "protocol fixes (scored after every step up to the protocol's, then at 20, 50, 100, 200, ... and "
+                     f"their last; – at the steps they skip): {', '.join(described)}.")
+        return note
 
     @functools.cached_property
     def learning_curves(self) -> dict[SettingKey, list[LearningCurve]]:
@@ -296,7 +313,7 @@ class Report:
         how = (" The val-chosen step is, per seed, the adaptation step with the best mean on the meta-validation "
                f"episodes, for the model state also chosen on meta-validation ({state}); a range where the seeds chose "
                "different steps. Neither step nor state is chosen on test episodes. 'at step S' is the mean after the "
-               "protocol's last step S, where the curve ends.")
+               "curve's last step S: the protocol's, or the learner's own where its protocol fixes its steps.")
         if len(selected) < len(ok):
             how += " Cells written without meta-validation are read at S."
         return "Metric at the val-chosen step", how
@@ -321,7 +338,7 @@ class Report:
             "(the spread between independently trained models; – with one seed). The best learner is in bold; every "
             "other learner is compared with it on the same episodes by Wilcoxon's signed-rank test, a diverged "
             "(non-finite) episode counting as worse than every finite one; the p-values of a setting are "
-            "Holm-corrected together, n.s. = not significantly different at p < 0.05." + how + self._short_curve_note
+            "Holm-corrected together, n.s. = not significantly different at p < 0.05." + how + self._curve_lengths_note
             + self._selection_footnotes))
         for (suite, setting), groups in self.settings.items():
             metric_name, lower_is_better = self.orientation(suite)
@@ -358,12 +375,23 @@ class Report:
         return f"{format_number(last['mean'])} (S={group.last_step}{diverged})"
 
     @functools.cached_property
+    def _speed_steps(self) -> list[int]:
+        """The speed table's steps: ``SPEED_STEPS``, then the 1-2-5 steps beyond them (20, 50, 100, ...) that a curve
+        going on past them is scored at."""
+        beyond = {int(step) for group in self.groups.values() for step in group.curve["step"]
+                  if step > SPEED_STEPS[-1] and _one_two_five(int(step))}
+        return [*SPEED_STEPS, *sorted(beyond)]
+
+    @functools.cached_property
     def speed_table(self) -> Table:
-        columns = ["suite", "setting", "learner", *(f"step {step}" for step in SPEED_STEPS), "steps to 90%", "adapt ms/episode"]
+        steps = self._speed_steps
+        columns = ["suite", "setting", "learner", *(f"step {step}" for step in steps), "steps to 90%", "last step S",
+                   "adapt ms/episode"]
         table = Table("Adaptation speed", columns, [], note=(
             "Mean metric after each number of adaptation steps; steps to 90% of the final gain over step 0, "
-            "read off the median curve (0 for a single-point curve); wall-clock milliseconds to adapt one test "
-            "episode through all steps." + self._short_curve_note))
+            "read off the median curve (0 for a single-point curve; for a curve scored at a subset of its steps, the "
+            "first scored step that reaches it); the curve's last step S; wall-clock milliseconds to adapt one test "
+            "episode through all its S steps (the scoring included)." + self._curve_lengths_note))
         for group in self.groups.values():
             row = [group.suite, group.setting, group.learner]
             if group.status_note:
@@ -372,9 +400,11 @@ class Report:
             _, lower_is_better = self.orientation(group.suite)
             by_step = group.curve.set_index("step")["mean"]
             medians = group.curve["median"].tolist()
-            reached = steps_to_fraction_of_gain(medians if lower_is_better else [-m for m in medians])
-            table.rows.append(row + [format_number(by_step.get(step, math.nan)) for step in SPEED_STEPS] + [
-                "–" if reached is None else str(reached), format_number(group.adapt_ms_per_episode)])
+            reached = steps_to_fraction_of_gain(medians if lower_is_better else [-m for m in medians],
+                                                steps=group.curve["step"].tolist())
+            table.rows.append(row + [format_number(by_step.get(step, math.nan)) for step in steps] + [
+                "–" if reached is None else str(reached), str(group.last_step),
+                format_number(group.adapt_ms_per_episode)])
         return table
 
     @functools.cached_property

@@ -29,7 +29,7 @@ from bench.config import ConfigError, RunConfig
 from bench.grid import Cell
 from bench.memory import PeakMemory
 from bench.progress import loss_progress, progress_bar
-from bench.protocol import episodes_fingerprint, evaluate, learner_steps
+from bench.protocol import curve_steps, episodes_fingerprint, evaluate
 from bench.store import RunStore, atomic_write_bytes, checkpoint_file, config_hash
 from bench.validation import MetaValidation, Selection, ValidationPoint, select
 
@@ -139,7 +139,7 @@ class HostContext(MetaTrainContext):
         atomic_write_bytes(plan.path, buffer.getvalue())
         self._last_checkpoint = self.tasks_seen
 
-    def batches(self, meta_batch: int) -> Iterator[Episode]:
+    def batches(self, meta_batch: int, *, setting: Setting | None = None) -> Iterator[Episode]:
         if meta_batch < 1:
             raise ValueError(f"meta-batch must be positive, got {meta_batch}")
         while self.tasks_seen < self.task_budget:
@@ -148,7 +148,7 @@ class HostContext(MetaTrainContext):
                     self.stopped = True
                     return
             indices = range(self.tasks_seen, min(self.tasks_seen + meta_batch, self.task_budget))
-            batch = self.suite.sample_batch(TRAIN_SPLIT, self.setting, self.seed, indices).to(self.device)
+            batch = self.suite.sample_batch(TRAIN_SPLIT, setting or self.setting, self.seed, indices).to(self.device)
             self.tasks_seen = indices.stop
             yield batch
             self._progress(len(indices), None)
@@ -187,7 +187,7 @@ class HostContext(MetaTrainContext):
 
 def cell_fingerprint(cell: Cell, config: RunConfig) -> str:
     """A hash of everything that determines a cell's numbers: a finished cell is reused only when it matches."""
-    budget = config.budget_for(cell.suite.cls)
+    budget = cell.budget
     return config_hash({
         "cell": cell.cell_id, "setting": dataclasses.asdict(cell.setting), "budget": dataclasses.asdict(budget),
         "select": config.select,
@@ -217,10 +217,10 @@ def _start(cell: Cell, config: RunConfig, suite: TaskSuite, device: torch.device
            progress: Callable[[int, float | None], None], checkpoints: Checkpoints | None,
            on_point: PointCallback | None) -> tuple[Learner, HostContext]:
     """The cell's learner and its meta-training context (with the meta-validation the budget asks for)."""
-    budget = config.budget_for(cell.suite.cls)
+    budget = cell.budget
     learner: Learner = cell.learner.cls(cell.hyperparameters)
     validation = (MetaValidation(learner, suite, cell.setting, cell.seed, budget.val_episodes, budget.val_every,
-                                 learner_steps(learner, budget.test_steps), device)
+                                 budget.test_steps, device)
                   if budget.val_episodes else None)
     context = HostContext(suite, cell.setting, cell.seed, budget.meta_train_tasks, device, progress, checkpoints,
                           validation, on_point)
@@ -282,8 +282,7 @@ def train_and_validate(cell: Cell, config: RunConfig, device: torch.device, *, s
     """Meta-train a cell's learner under the run's budget, scoring meta-validation at every point (what ``bench
     tune``'s trials run; nothing here reads a test episode). Raises what the learner raises."""
     suite: TaskSuite = config.make_suite(cell.suite.cls)
-    with progress_bar(config.budget_for(cell.suite.cls).meta_train_tasks, f"meta-train {cell.label}", "task",
-                      show_progress) as bar:
+    with progress_bar(cell.budget.meta_train_tasks, f"meta-train {cell.label}", "task", show_progress) as bar:
         return _train(*_start(cell, config, suite, device, loss_progress(bar), checkpoints, on_point))
 
 
@@ -317,7 +316,7 @@ CellOutcome = tuple[CellMetadata, pd.DataFrame | None, pd.DataFrame | None]
 
 def _metadata(cell: Cell, config: RunConfig, device: torch.device) -> Callable[..., CellMetadata]:
     """The cell's metadata, short of how it ended (the keyword arguments still to give)."""
-    budget = config.budget_for(cell.suite.cls)
+    budget = cell.budget
     return functools.partial(
         CellMetadata, cell_id=cell.cell_id, suite=cell.suite.name, setting=cell.setting.name,
         setting_index=cell.setting_index, shots=cell.setting.shots, ways=cell.setting.ways, learner=cell.learner.name,
@@ -339,9 +338,9 @@ def _test(cell: Cell, config: RunConfig, suite: TaskSuite, trained: TrainedCell,
           show_progress: bool) -> tuple[Selection, np.ndarray, np.ndarray]:
     """Select the state and step on meta-validation, then score the test episodes: the metric per episode and step,
     and the adaptation seconds per episode."""
-    budget = config.budget_for(cell.suite.cls)
+    budget = cell.budget
     selection = select(trained.validation, config.select, trained.tasks_seen,
-                       learner_steps(trained.learner, budget.test_steps))
+                       trained.learner.adaptation_steps(cell.setting, budget.test_steps))
     with progress_bar(budget.test_episodes, f"evaluate   {cell.label}", "episode", show_progress) as bar:
         metric, seconds = evaluate(trained.learner, suite, cell.setting, cell.seed, budget.test_episodes,
                                    budget.test_steps, device, on_episodes=bar.update)
@@ -352,9 +351,10 @@ def _finished(cell: Cell, config: RunConfig, suite: TaskSuite, device: torch.dev
               tested: tuple[Selection, np.ndarray, np.ndarray], memory: PeakMemory, **fields: Any) -> CellOutcome:
     """The outcome of a cell that meta-trained and was tested."""
     selection, metric, seconds = tested
-    budget = config.budget_for(cell.suite.cls)
+    budget = cell.budget
     identity = {"suite": cell.suite.name, "setting": cell.setting.name, "learner": cell.learner.name, "seed": cell.seed}
-    episodes, steps = np.meshgrid(np.arange(metric.shape[0]), np.arange(metric.shape[1]), indexing="ij")
+    episodes, steps = np.meshgrid(np.arange(metric.shape[0]), curve_steps(trained.learner, cell.setting,
+                                                                          budget.test_steps), indexing="ij")
     records = pd.DataFrame({**identity, "episode": episodes.ravel(), "step": steps.ravel(), "metric": metric.ravel()})
     validation = trained.validation.frame(identity) if trained.validation else None
     return _metadata(cell, config, device)(
@@ -371,7 +371,7 @@ def run_cell(cell: Cell, config: RunConfig, device: torch.device, show_progress:
     """Meta-train one cell with meta-validation, select its state and step on meta-val, then evaluate it on the
     test episodes, within ``timeout`` seconds, from its checkpoint if there is one. Failures are returned in the
     metadata, never raised; ``fields`` go into the metadata as they are."""
-    budget = config.budget_for(cell.suite.cls)
+    budget = cell.budget
     suite: TaskSuite = config.make_suite(cell.suite.cls)
     reason = cell.learner.cls.unsupported_reason(suite)
     if reason:
@@ -399,7 +399,7 @@ def run_seed_group(cells: list[Cell], config: RunConfig, device: torch.device, s
     suite: TaskSuite = config.make_suite(cells[0].suite.cls)
     if len(cells) == 1 or not trains_seeds_together(learner_class) or learner_class.unsupported_reason(suite):
         return [run_cell(cell, config, device, show_progress, timeout, checkpoints(cell)) for cell in cells]
-    budget = config.budget_for(cells[0].suite.cls)
+    budget = cells[0].budget
     seeds = [cell.seed for cell in cells]
     label = f"{cells[0].learner.name} | {cells[0].suite.name} {cells[0].setting.name} | seeds {_seed_list(seeds)}"
     finish: list[Callable[[PeakMemory], CellOutcome]] = []

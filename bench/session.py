@@ -87,12 +87,13 @@ def _note_what_all_leaves_out(config: RunConfig, registry: Registry, say: Say) -
 
 def _resolved(config: RunConfig, run_dir: Path, cells: list[Cell]) -> dict[str, Any]:
     """The configuration saved in ``run.json``: the run's keys with every budget and hyper-parameter resolved."""
-    suites = {cell.suite.name: cell.suite for cell in cells}.values()
+    def key(cell: Cell) -> str:
+        return f"{cell.learner.name} @ {cell.suite.name} {cell.setting.name}"
+
     return {
         **dataclasses.asdict(config), "out": str(run_dir),
-        "budgets": {suite.name: dataclasses.asdict(config.budget_for(suite.cls)) for suite in suites},
-        "hyperparameters": {f"{c.learner.name} @ {c.suite.name} {c.setting.name}": dataclasses.asdict(c.hyperparameters)
-                            for c in cells},
+        "budgets": {key(cell): dataclasses.asdict(cell.budget) for cell in cells},
+        "hyperparameters": {key(cell): dataclasses.asdict(cell.hyperparameters) for cell in cells},
     }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -47,10 +48,12 @@ def summarize(records: pd.DataFrame, group: list[str]) -> pd.DataFrame:
     return summary
 
 
-def steps_to_fraction_of_gain(curve: list[float], fraction: float = 0.9) -> int | None:
+def steps_to_fraction_of_gain(curve: list[float], fraction: float = 0.9,
+                              steps: Sequence[int] | None = None) -> int | None:
     """First step whose improvement over step 0 reaches ``fraction`` of the final step's improvement.
 
-    ``curve`` is oriented so that lower is better. None when the final step improves nothing; 0 for a
+    ``curve`` is oriented so that lower is better; ``steps``: the step of each value (None: 0, 1, 2, ...; a curve
+    scored at a subset of its steps gives the first scored step). None when the final step improves nothing; 0 for a
     single-point curve (a learner with nothing to adapt at test time has its final metric at step 0).
     """
     if len(curve) == 1:
@@ -59,7 +62,8 @@ def steps_to_fraction_of_gain(curve: list[float], fraction: float = 0.9) -> int 
     final = gains[-1]
     if not np.isfinite(final) or final <= 0:
         return None
-    return next(step for step, gain in enumerate(gains) if gain >= fraction * final)
+    index = next(index for index, gain in enumerate(gains) if gain >= fraction * final)
+    return index if steps is None else int(steps[index])
 
 
 def seed_interval(final: pd.Series) -> tuple[list[float], float]:

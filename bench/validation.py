@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from bench.api import Learner, Setting, TaskSuite
-from bench.protocol import evaluate
+from bench.protocol import curve_steps, evaluate
 
 VAL_SPLIT = "val"
 
@@ -35,20 +35,27 @@ class ValidationPoint:
 
     tasks_seen: int
     means: np.ndarray
-    """Mean metric over the meta-val episodes after each adaptation step 0..S (non-finite kept)."""
+    """Mean metric over the meta-val episodes after each step of ``steps`` (non-finite kept)."""
     train_loss: float
     """Mean training loss the learner logged since the previous point (NaN when none was)."""
     lower_is_better: bool
+    steps: tuple[int, ...]
+    """The adaptation steps the curve is scored after (``bench.protocol.curve_steps``), in order."""
+
+    @property
+    def best_index(self) -> int:
+        """The position in ``steps`` of the best mean (the fewest steps on ties)."""
+        return int(np.argmin(_costs(self.means, self.lower_is_better)))
 
     @property
     def best_step(self) -> int:
         """The step with the best mean (the fewest steps on ties)."""
-        return int(np.argmin(_costs(self.means, self.lower_is_better)))
+        return self.steps[self.best_index]
 
     @property
     def score(self) -> float:
         """The mean at the best step (a non-finite best: +inf when lower is better, -inf otherwise)."""
-        value = float(self.means[self.best_step])
+        value = float(self.means[self.best_index])
         return value if math.isfinite(value) else (math.inf if self.lower_is_better else -math.inf)
 
     def beats(self, other: ValidationPoint | None) -> bool:
@@ -77,6 +84,8 @@ class MetaValidation:
                  steps: int, device: torch.device) -> None:
         self.learner, self.suite, self.setting, self.seed = learner, suite, setting, seed
         self.episodes, self.every, self.steps, self.device = episodes, every, steps, device
+        self.curve_steps = tuple(curve_steps(learner, setting, steps))
+        """The steps each point's curve is scored after (the protocol's ``steps``, or the learner's own)."""
         self.lower_is_better = suite.lower_is_better
         self.points: list[ValidationPoint] = []
         self.best: ValidationPoint | None = None
@@ -97,7 +106,7 @@ class MetaValidation:
                                  self.device, split=VAL_SPLIT)
         with np.errstate(invalid="ignore"):
             means = metric.mean(axis=0)
-        point = ValidationPoint(tasks_seen, means, train_loss, self.lower_is_better)
+        point = ValidationPoint(tasks_seen, means, train_loss, self.lower_is_better, self.curve_steps)
         self.points.append(point)
         if point.beats(self.best):
             self.best = point
@@ -111,7 +120,7 @@ class MetaValidation:
         """The tidy rows of ``cells/<cell>.val.csv``: ``identity`` columns, then tasks_seen, step, metric, train_loss."""
         rows = [{**identity, "tasks_seen": point.tasks_seen, "step": step, "metric": float(mean),
                  "train_loss": point.train_loss}
-                for point in self.points for step, mean in enumerate(point.means)]
+                for point in self.points for step, mean in zip(point.steps, point.means)]
         return pd.DataFrame(rows, columns=[*identity, "tasks_seen", "step", "metric", "train_loss"])
 
     def state(self) -> dict[str, Any]:
@@ -122,7 +131,8 @@ class MetaValidation:
 
     def load(self, saved: dict[str, Any]) -> None:
         """Go on from a checkpoint's ``state()``."""
-        self.points = [ValidationPoint(tasks, np.array(means, dtype=float), loss, self.lower_is_better)
+        self.points = [ValidationPoint(tasks, np.array(means, dtype=float), loss, self.lower_is_better,
+                                       self.curve_steps)
                        for tasks, means, loss in saved["points"]]
         self.best = next((point for point in self.points if point.tasks_seen == saved["best_tasks"]), None)
         self.best_state, self.seconds = saved["best_state"], saved["seconds"]
@@ -143,7 +153,8 @@ class Selection:
 
 
 def select(validation: MetaValidation | None, asked: str, tasks_seen: int, steps: int) -> Selection:
-    """Choose the state and step a cell is tested at, and hand the chosen state back to the learner."""
+    """Choose the state and step a cell is tested at, and hand the chosen state back to the learner; ``steps``: the
+    learner's last adaptation step (where a cell without meta-validation is read)."""
     if validation is None or not validation.points:
         return Selection("last", tasks_seen, steps, None, "no meta-validation (--val-episodes 0): the last state, "
                          "read at the last step")
@@ -156,4 +167,4 @@ def select(validation: MetaValidation | None, asked: str, tasks_seen: int, steps
             validation.learner.load_state_dict(validation.best_state)
             chosen = validation.best
     mode = "last" if asked == "last" or note else "best-val"
-    return Selection(mode, chosen.tasks_seen, chosen.best_step, float(chosen.means[chosen.best_step]), note)
+    return Selection(mode, chosen.tasks_seen, chosen.best_step, float(chosen.means[chosen.best_index]), note)

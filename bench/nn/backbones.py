@@ -5,13 +5,27 @@ import torch
 from torch import nn
 
 
-def mlp(sizes: list[int]) -> nn.Sequential:
-    """Fully connected ReLU network, e.g. ``mlp([1, 40, 40, 1])`` for sinusoid regression (MAML)."""
+MAML_MLP_STD = 0.01
+"""cbfinn/maml maml.py ``construct_fc_weights``: every weight ``tf.truncated_normal(stddev=0.01)``, every bias zero."""
+
+
+def mlp(sizes: list[int], init: str = "torch") -> nn.Sequential:
+    """Fully connected ReLU network, e.g. ``mlp([1, 40, 40, 1], init="maml")`` for sinusoid regression (MAML).
+
+    ``init``: ``"torch"``, PyTorch's default ``nn.Linear`` initialisation; ``"maml"``, MAML's reference code's:
+    weights from a normal of std 0.01 truncated at two standard deviations (as ``tf.truncated_normal``), biases zero.
+    """
+    if init not in ("torch", "maml"):
+        raise ValueError(f"init must be 'torch' or 'maml', got {init!r}")
     layers: list[nn.Module] = []
     for index, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:])):
         if index:
             layers.append(nn.ReLU())
-        layers.append(nn.Linear(fan_in, fan_out))
+        linear = nn.Linear(fan_in, fan_out)
+        if init == "maml":
+            nn.init.trunc_normal_(linear.weight, std=MAML_MLP_STD, a=-2 * MAML_MLP_STD, b=2 * MAML_MLP_STD)
+            nn.init.zeros_(linear.bias)
+        layers.append(linear)
     return nn.Sequential(*layers)
 
 
@@ -50,20 +64,3 @@ def conv4(in_channels: int, filters: int, ways: int, image_size: int) -> nn.Sequ
         channels, size = filters, size // 2
     layers += [nn.Flatten(), nn.Linear(filters * size * size, ways)]
     return nn.Sequential(*layers)
-
-
-class CosineClassifier(nn.Module):
-    """Logits ``scale * cos(w_c, features)``: the head of Baseline++ (Chen et al. 2019)."""
-
-    def __init__(self, features: int, classes: int, scale: float) -> None:
-        super().__init__()
-        self.scale = scale
-        self.weight = nn.Parameter(nn.functional.normalize(torch.randn(classes, features), dim=-1))
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return cosine_logits(self.weight, features, self.scale)
-
-
-def cosine_logits(weight: torch.Tensor, features: torch.Tensor, scale: float) -> torch.Tensor:
-    normalize = nn.functional.normalize
-    return scale * normalize(features, dim=-1) @ normalize(weight, dim=-1).T

@@ -42,18 +42,21 @@ class InnerLoop:
     """Plain SGD on the support loss: ``fast <- fast - lr * grad_fast L(fast, slow, support)``.
 
     ``lr=None``: per-weight meta-learned rates, ``fast[name] <- fast[name] - slow[LR_PREFIX + name] * grad``.
+    ``support_scale``: the inner loss is ``support_scale`` x ``loss`` (e.g. the number of classes, for MAML's
+    reference loss, the sum over classes of each class's mean); the query loss of the outer loop is ``loss`` as is.
     """
 
     forward: Forward
     loss: Loss
     lr: float | None
+    support_scale: float = 1.0
 
     def rate(self, slow: Params, name: str) -> float | torch.Tensor:
         """The learning rate of fast weight ``name``: ``lr``, or the learned one in ``slow`` when ``lr`` is None."""
         return slow[LR_PREFIX + name] if self.lr is None else self.lr
 
     def support_loss(self, fast: Params, slow: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.loss(self.forward(fast, slow, x), y)
+        return self.support_scale * self.loss(self.forward(fast, slow, x), y)
 
     def step(self, fast: Params, slow: Params, x: torch.Tensor, y: torch.Tensor, first_order: bool) -> Params:
         """One SGD step; differentiable through the gradient itself unless ``first_order``."""
@@ -86,7 +89,8 @@ class InnerLoop:
             forward, task_losses = vmap(forward, in_dims=(0, 0, 0)), vmap(task_losses)
         adapted = {name: _per_task(tensor, lead) for name, tensor in fast.items()}
         for _ in range(steps):
-            support_loss = task_losses(forward(adapted, slow, batch.support_x), batch.support_y).sum()
+            support_losses = task_losses(forward(adapted, slow, batch.support_x), batch.support_y)
+            support_loss = self.support_scale * support_losses.sum()
             grads = torch.autograd.grad(support_loss, list(adapted.values()), create_graph=not first_order)
             adapted = {name: tensor - self._task_rate(slow, name, seeds) * gradient
                        for (name, tensor), gradient in zip(adapted.items(), grads)}

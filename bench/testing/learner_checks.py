@@ -125,9 +125,9 @@ def _predictions(learner: Learner, suite: TaskSuite, setting: Setting,
     """The learner's predictions on the kit's test episodes after each adaptation step: [episode][step]."""
     import torch
 
-    from bench.protocol import ProtocolError, learner_steps
+    from bench.protocol import ProtocolError
 
-    steps = learner_steps(learner, check.steps)
+    steps = learner.adaptation_steps(setting, check.steps)
     predictions = []
     for episode in _test_episodes(suite, setting, check):
         curve = []
@@ -218,10 +218,9 @@ def _check_batched(learner: Learner, suite: TaskSuite, setting: Setting, check: 
     import numpy as np
     import torch
 
-    from bench.protocol import evaluate, learner_steps
+    from bench.protocol import evaluate
 
-    steps = learner_steps(learner, check.steps)
-    arguments = (learner, suite, setting, check.seed, check.episodes, steps, torch.device("cpu"))
+    arguments = (learner, suite, setting, check.seed, check.episodes, check.steps, torch.device("cpu"))
     single, _ = evaluate(*arguments, batched=False)
     batched, _ = evaluate(*arguments, batched=True)
     if np.allclose(single, batched, rtol=check.batched_tolerance, atol=check.batched_tolerance, equal_nan=True):
@@ -272,9 +271,9 @@ class _PausingContext(MetaTrainContext):
         self.suite, self.setting, self.device = inner.suite, inner.setting, inner.device
         self.generator, self.task_budget = inner.generator, inner.task_budget
 
-    def batches(self, meta_batch: int) -> Iterator[Episode]:
+    def batches(self, meta_batch: int, *, setting: Setting | None = None) -> Iterator[Episode]:
         seen = 0
-        for batch in self.inner.batches(meta_batch):
+        for batch in self.inner.batches(meta_batch, setting=setting):
             yield batch
             seen += batch.support_x.shape[0]
             if self._pause is not None and seen >= self.after:

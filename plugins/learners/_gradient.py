@@ -2,7 +2,12 @@
 
 Subclasses build their model in ``build`` and say which parameters the inner loop adapts (*fast*)
 and which stay fixed within a task (*slow*); the outer loop here is the same for all of them:
-Adam on the mean query loss of a vectorised meta-batch, differentiating through the inner loop.
+Adam on the mean query loss of a vectorised meta-batch, differentiating through the inner loop (optionally with
+the meta-gradient clamped and the learning rate decayed in steps, as some reference implementations do).
+
+The outer loss is always the mean query loss: Adam's step is invariant to a constant factor on the loss (up to its
+epsilon, 1e-8), so a reference's other scaling of it changes nothing but where a gradient clamp bites, which
+``clip_grad`` states in units of the mean.
 """
 from __future__ import annotations
 
@@ -13,10 +18,10 @@ import time
 import warnings
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from bench.api import (Episode, FloatRange, Learner, MetaGradient, MetaTrainContext, Predictor, SeedGroup,
-                       SeedsApart, Support)
+                       SeedsApart, Support, TaskKind)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -45,6 +50,24 @@ class OuterLoopConfig:
     seconds; needs a C++ compiler on a CPU), then much less per-step overhead; same gradient. ``auto`` (default):
     time the first steps eagerly, then compile when the rest of the budget would take at least
     ``COMPILE_PAYS_AFTER_S`` eagerly and a compiler is found; the cell's notes say which and why."""
+    inner_loss: Literal["mean", "class_sum"] = "mean"
+    """The inner loop's loss on a classification support set: ``mean``, the suite's loss (the mean over the support
+    examples); ``class_sum``, the sum over the N classes of each class's mean loss, N x the mean on the balanced
+    support sets of N-way K-shot episodes (cbfinn/maml utils.xent: softmax cross-entropy / K per example, which
+    ``tf.gradients`` sums). A reference's inner step size means what it meant only with the reference's loss.
+    Regression: the suite's loss either way."""
+    clip_grad: float = 0.0
+    """Clamp every entry of the meta-gradient (of the mean query loss over the meta-batch) to
+    [-clip_grad, clip_grad] before each Adam step; 0: no clamp."""
+    outer_lr_decay: float = 1.0
+    outer_lr_decay_every: int = 0
+    """Multiply the outer learning rate by ``outer_lr_decay`` after every ``outer_lr_decay_every`` Adam steps
+    (``torch.optim.lr_scheduler.StepLR``); 0: a constant rate."""
+
+    def __post_init__(self) -> None:
+        if self.clip_grad < 0 or self.outer_lr_decay_every < 0 or not 0 < self.outer_lr_decay <= 1:
+            raise ValueError(f"need clip_grad >= 0, outer_lr_decay_every >= 0 and 0 < outer_lr_decay <= 1, got "
+                             f"{self.clip_grad}, {self.outer_lr_decay_every} and {self.outer_lr_decay}")
 
 
 @dataclasses.dataclass
@@ -84,22 +107,60 @@ def compiler_found(device: "torch.device") -> str | None:
     return None
 
 
-def adam_outer_loop(ctx: MetaTrainContext, parameters: list["torch.Tensor"], outer_lr: float, meta_batch: int,
-                    accumulate: Callable[[Episode], "torch.Tensor"]) -> None:
-    """Fused Adam at ``outer_lr`` on ``parameters``, one step per batch of ``meta_batch`` episodes;
-    ``accumulate`` fills their ``.grad`` with the batch's meta-gradient and returns its meta-loss."""
-    import torch
+def inner_loss_scale(config: OuterLoopConfig, ctx: MetaTrainContext) -> float:
+    """What the inner loop multiplies the suite's (mean) support loss by, for ``config.inner_loss``: the number of
+    classes for ``class_sum`` on a classification suite, else 1."""
+    if config.inner_loss == "class_sum" and ctx.suite.kind is TaskKind.CLASSIFICATION:
+        return float(ctx.setting.ways)
+    return 1.0
 
-    optimizer = torch.optim.Adam(parameters, lr=outer_lr, fused=True)
+
+class OuterOptimizer:
+    """Fused Adam at ``config.outer_lr`` on ``parameters``, with ``config``'s clamp of the meta-gradient
+    (``clip_grad``) and step decay of the learning rate (``outer_lr_decay`` every ``outer_lr_decay_every`` steps)."""
+
+    def __init__(self, parameters: list["torch.Tensor"], config: OuterLoopConfig) -> None:
+        import torch
+
+        self.parameters, self.clip = parameters, config.clip_grad
+        self.adam = torch.optim.Adam(parameters, lr=config.outer_lr, fused=True)
+        every = config.outer_lr_decay_every
+        self.schedule = torch.optim.lr_scheduler.StepLR(self.adam, step_size=every or 1,
+                                                        gamma=config.outer_lr_decay if every else 1.0)
+
+    def zero_grad(self) -> None:
+        self.adam.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        if self.clip:
+            for parameter in self.parameters:
+                if parameter.grad is not None:
+                    parameter.grad.clamp_(-self.clip, self.clip)
+        self.adam.step()
+        self.schedule.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"adam": self.adam.state_dict(), "schedule": self.schedule.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.adam.load_state_dict(state["adam"])
+        self.schedule.load_state_dict(state["schedule"])
+
+
+def adam_outer_loop(ctx: MetaTrainContext, parameters: list["torch.Tensor"], config: OuterLoopConfig,
+                    accumulate: Callable[[Episode], "torch.Tensor"]) -> None:
+    """``OuterOptimizer`` on ``parameters``, one step per batch of ``config.meta_batch`` episodes;
+    ``accumulate`` fills their ``.grad`` with the batch's meta-gradient and returns its meta-loss."""
+    optimizer = OuterOptimizer(parameters, config)
     _restore(ctx, parameters, optimizer)
-    for batch in ctx.batches(meta_batch):
-        optimizer.zero_grad(set_to_none=True)
+    for batch in ctx.batches(config.meta_batch):
+        optimizer.zero_grad()
         loss = accumulate(batch)
         optimizer.step()
         _log_and_checkpoint(ctx, loss, parameters, optimizer)
 
 
-def _restore(ctx: MetaTrainContext, parameters: list["torch.Tensor"], optimizer: "torch.optim.Optimizer") -> None:
+def _restore(ctx: MetaTrainContext, parameters: list["torch.Tensor"], optimizer: OuterOptimizer) -> None:
     """Load the context's checkpoint, if it has one, into ``parameters`` and ``optimizer``: training goes on from
     there, as if never interrupted."""
     import torch
@@ -113,28 +174,27 @@ def _restore(ctx: MetaTrainContext, parameters: list["torch.Tensor"], optimizer:
 
 
 def _log_and_checkpoint(ctx: MetaTrainContext, loss: "torch.Tensor", parameters: list["torch.Tensor"],
-                        optimizer: "torch.optim.Optimizer") -> None:
+                        optimizer: OuterOptimizer) -> None:
     ctx.log(loss)
     ctx.checkpoint(lambda: {"parameters": [parameter.detach() for parameter in parameters],
                             "optimizer": optimizer.state_dict()})
 
 
 def adam_outer_loop_seeds(contexts: Sequence[MetaTrainContext], parameters: Sequence[list["torch.Tensor"]],
-                          outer_lrs: Sequence[float], meta_batch: int, step: "MetaGradientStep") -> None:
+                          configs: Sequence[OuterLoopConfig], step: "MetaGradientStep") -> None:
     """``adam_outer_loop`` for several members at once (seeds, or tuning trials): member i has its own context,
-    weights ``parameters[i]`` and fused Adam at ``outer_lrs[i]``; each step takes the next batch of every member's
-    own stream, in lockstep, and ``step`` computes all their meta-gradients as one vectorised batch. A member whose
-    stream ends (its budget spent, or stopped at a validation point) leaves the group, and so does one whose context
-    refuses its non-finite loss (the others are independent of it); each member logs its own loss
-    and checkpoints and restores exactly as ``adam_outer_loop`` does. Raises ``SeedsApart`` when the members' batches
-    differ in shape."""
+    weights ``parameters[i]`` and ``OuterOptimizer`` of ``configs[i]`` (their ``meta_batch`` equal); each step takes
+    the next batch of every member's own stream, in lockstep, and ``step`` computes all their meta-gradients as one
+    vectorised batch. A member whose stream ends (its budget spent, or stopped at a validation point) leaves the
+    group, and so does one whose context refuses its non-finite loss (the others are independent of it); each member
+    logs its own loss and checkpoints and restores exactly as ``adam_outer_loop`` does. Raises ``SeedsApart`` when the
+    members' batches differ in shape."""
     import torch
 
-    optimizers = [torch.optim.Adam(weights, lr=lr, fused=True)
-                  for weights, lr in zip(parameters, outer_lrs, strict=True)]
+    optimizers = [OuterOptimizer(weights, config) for weights, config in zip(parameters, configs, strict=True)]
     for ctx, weights, optimizer in zip(contexts, parameters, optimizers, strict=True):
         _restore(ctx, weights, optimizer)  # members may be at different points
-    streams = [ctx.batches(meta_batch) for ctx in contexts]
+    streams = [ctx.batches(configs[0].meta_batch) for ctx in contexts]
     active = list(range(len(contexts)))
     while True:
         batches = {member: next(streams[member], None) for member in active}
@@ -145,7 +205,7 @@ def adam_outer_loop_seeds(contexts: Sequence[MetaTrainContext], parameters: Sequ
             raise SeedsApart("the members' batches differ in shape")
         step.keep(active)
         for member in active:
-            optimizers[member].zero_grad(set_to_none=True)
+            optimizers[member].zero_grad()
         losses = step(Episode(*(torch.stack(field) for field in zip(*(batches[member] for member in active)))))
         for row, member in enumerate(active):
             optimizers[member].step()
@@ -244,8 +304,9 @@ class MetaGradientStep:
 
         forward, loss = self.loop.forward, self.loop.loss
         signature = repr((forward.__module__, forward.__qualname__, loss.__module__, loss.__qualname__,
-                          self.loop.lr is None, self.config.inner_steps, self.config.chunk_tasks, self.first_order,
-                          self.grouped, torch.__version__, str(batch.support_x.device),
+                          self.loop.lr is None, self.loop.support_scale, self.config.inner_steps,
+                          self.config.chunk_tasks, self.first_order, self.grouped, torch.__version__,
+                          str(batch.support_x.device),
                           [(name, tuple(t.shape), str(t.dtype)) for part in self._weights()
                            for name, t in sorted(part.items())],
                           [(tuple(field.shape), str(field.dtype)) for field in batch]))
@@ -324,7 +385,8 @@ class GradientMetaLearner(Learner, MetaGradient, SeedGroup):
 
     @abstractmethod
     def build(self, ctx: MetaTrainContext) -> None:
-        """Create the model and set ``loop``, ``fast`` (initial adapted weights) and ``slow``."""
+        """Create the model and set ``loop`` (its ``support_scale``: ``inner_loss_scale``), ``fast`` (initial adapted
+        weights) and ``slow``."""
 
     def meta_parameters(self) -> list["torch.Tensor"]:
         return [tensor for tensor in (*self.fast.values(), *self.slow.values()) if tensor.requires_grad]
@@ -343,8 +405,7 @@ class GradientMetaLearner(Learner, MetaGradient, SeedGroup):
         self.build(ctx)
         self._meta_gradient = MetaGradientStep(self.loop, self.config, self.first_order, self.fast, self.slow,
                                                steps=-(-ctx.task_budget // self.config.meta_batch), note=ctx.note)
-        adam_outer_loop(ctx, self.meta_parameters(), self.config.outer_lr, self.config.meta_batch,
-                        self.accumulate_meta_gradient)
+        adam_outer_loop(ctx, self.meta_parameters(), self.config, self.accumulate_meta_gradient)
 
     together_fields: ClassVar[tuple[str, ...]] = ("inner_lr", "outer_lr")
     """Config fields in which learners meta-trained together may differ (tuning trials as one population): the outer
@@ -380,7 +441,7 @@ class GradientMetaLearner(Learner, MetaGradient, SeedGroup):
                                 steps=-(-contexts[0].task_budget // first.config.meta_batch),
                                 note=lambda message: [ctx.note(message) for ctx in contexts])
         adam_outer_loop_seeds(contexts, [learner.meta_parameters() for learner in members],
-                              [learner.config.outer_lr for learner in members], first.config.meta_batch, step)
+                              [learner.config for learner in members], step)
 
     def state_dict(self) -> dict[str, "Params"]:
         """The initial adapted weights and the fixed ones, by reference (Adam updates them in place)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from bench_plugins.learners._gradient import OUTER_LR_RANGE, GradientConfig, GradientMetaLearner
+from bench_plugins.learners._gradient import OUTER_LR_RANGE, GradientConfig, GradientMetaLearner, inner_loss_scale
 
 from bench.api import FloatRange, IntRange, MetaTrainContext, SearchRange, Setting, TaskKind, TaskSuite
 
@@ -15,28 +15,34 @@ class AdaptationLayerConfig(GradientConfig):
 
     Regression (regression/arguments.py): context_dim 5 (--num_context_params), the context on the first layer
     (``layer`` 0: regression/cavia_model.py concatenates it to the input), inner_lr 1.0 (--lr_inner), inner_steps
-    1 (--num_inner_updates), meta_batch 25 (--tasks_per_metaupdate), outer_lr 1e-3 with Adam (--lr_meta).
+    1 (--num_inner_updates), meta_batch 25 (--tasks_per_metaupdate), outer_lr 1e-3 with Adam (--lr_meta). Not
+    followed: regression/cavia.py clamps each task's meta-gradient to +-10 before the mean over the meta-batch
+    (this learner computes only the batch's gradient: ``clip_grad`` clamps the mean).
 
     Classification (classification/arguments.py, CAVIA's mini-ImageNet experiment; ``IMAGE_DEFAULTS``,
-    ``CLASSIFICATION_DEFAULTS``): context_dim 100 (--num_context_params), FiLM scale and shift (``scale``;
-    classification/models.py) after the third conv block's batch norm (--context_in), inner_lr 1.0 (--lr_inner),
-    inner_steps 2 (--num_grad_steps_inner), meta_batch 16 (--tasks_per_metaupdate), outer_lr 1e-3 (--lr_meta;
-    CAVIA also decays it by 0.9 every 5,000 steps, which this learner does not). CAVIA has no Omniglot experiment:
-    Omniglot takes the mini-ImageNet values (the same Conv-4 design). Not tuned.
+    ``CLASSIFICATION_DEFAULTS``): context_dim 100 (--num_context_params), FiLM (``film``; classification/models.py,
+    ``ContextModulated`` says how) after the third conv block's batch norm and max-pool (--context_in),
+    inner_lr 1.0 (--lr_inner), inner_steps 2 (--num_grad_steps_inner), meta_batch 16 (--tasks_per_metaupdate),
+    outer_lr 1e-3 (--lr_meta) decayed by 0.9 (--lr_meta_decay) every 5,000 steps (main.py's StepLR, which it steps
+    before each update, so its first decay comes one update earlier), and the mean meta-gradient clamped to +-10
+    (main.py: ``param.grad.data.clamp_(-10, 10)`` on the network's weights, not on the context).
+    inner_loss ``mean``: main.py's ``F.cross_entropy`` (as regression's ``F.mse_loss``). CAVIA has no Omniglot
+    experiment: Omniglot takes the mini-ImageNet values (the same Conv-4 design). Not tuned.
     """
 
     inner_lr: float = 1.0
     context_dim: int = 5
     layer: int = 0
-    scale: bool = False
+    film: bool = False
 
 
 IMAGE_SUITES = ("omniglot", "miniimagenet")
-CAVIA_CLASSIFICATION = {"context_dim": 100, "scale": True, "inner_lr": 1.0, "inner_steps": 2, "meta_batch": 16}
-"""CAVIA's classification settings (classification/arguments.py), but for where the context acts."""
+CAVIA_CLASSIFICATION = {"context_dim": 100, "film": True, "inner_lr": 1.0, "inner_steps": 2, "meta_batch": 16,
+                        "outer_lr_decay": 0.9, "outer_lr_decay_every": 5000, "clip_grad": 10.0}
+"""CAVIA's classification settings (classification/arguments.py, main.py), but for where the context acts."""
 IMAGE_DEFAULTS = {
     # CAVIA's FiLM after the third conv block's batch norm: module 9 of the standard Conv-4 (conv, norm, relu, pool
-    # per block). CAVIA applies it after the block's max-pool, here before: the same for a positive scale.
+    # per block); ContextModulated runs the block's max-pool before its ReLU, so that FiLM acts after the pool.
     **CAVIA_CLASSIFICATION, "layer": 9,
 }
 CLASSIFICATION_DEFAULTS = {
@@ -50,12 +56,12 @@ class AdaptationLayer(GradientMetaLearner):
     """Adaptation layer (CAVIA): a meta-learned network; each task adapts only a small context vector.
 
     Design: a context vector phi (``context_dim`` numbers) is reset to zero for every task and
-    modulates the output of backbone module ``layer``: a shift ``W_shift @ phi`` (sinusoid default:
-    the first layer, exactly CAVIA's concatenation of phi to the input), with ``scale`` also a FiLM
-    scale ``1 + W_scale @ phi`` (image default: 100 context numbers after the third conv block's batch
-    norm, as CAVIA). Inner loop: phi <- phi - beta * grad_phi L(theta, phi; support). Outer loop: Adam on
-    theta (backbone and W) through the inner loop, second order. The initial phi stays zero, as in
-    CAVIA (a learned one would duplicate the layer's bias).
+    modulates the output of backbone module ``layer``: a shift ``W @ phi`` (sinusoid default: the first
+    layer, exactly CAVIA's concatenation of phi to the input), or with ``film`` CAVIA's FiLM, a scale and a
+    shift per channel from one linear map with bias, ``(gamma, beta) = W @ phi + b`` (image default: 100
+    context numbers after the third conv block's batch norm and max-pool, as CAVIA). Inner loop:
+    phi <- phi - lr * grad_phi L(theta, phi; support). Outer loop: Adam on theta (backbone, W and b) through
+    the inner loop, second order. The initial phi stays zero, as in CAVIA.
     """
 
     Config = AdaptationLayerConfig
@@ -67,6 +73,12 @@ class AdaptationLayer(GradientMetaLearner):
         if suite.kind is not TaskKind.CLASSIFICATION:
             return {}
         return dict(IMAGE_DEFAULTS if suite.name in IMAGE_SUITES else CLASSIFICATION_DEFAULTS)
+
+    @classmethod
+    def paper_budget(cls, suite: type[TaskSuite], setting: Setting) -> dict[str, int]:
+        """CAVIA's regression/arguments.py: --n_iter 50,000 x --tasks_per_metaupdate 25 on sinusoid (MAML: 70,000
+        x 25). Other suites: the suite's budget."""
+        return {"meta_train_tasks": 50_000 * 25} if suite.name == "sinusoid" else {}
 
     @classmethod
     def search_space(cls, kind: TaskKind) -> dict[str, SearchRange]:
@@ -81,12 +93,13 @@ class AdaptationLayer(GradientMetaLearner):
         from bench.nn.modulation import ContextModulated
 
         config = self.config
-        network = ContextModulated(ctx.backbone(), config.context_dim, config.layer, config.scale, ctx.generator)
+        network = ContextModulated(ctx.backbone(), config.context_dim, config.layer, config.film, ctx.generator)
         network.to(ctx.device)
         self.loop = InnerLoop(
             forward=lambda fast, slow, x: functional_call(network, slow, (x, fast["context"])),
             loss=ctx.suite.loss,
             lr=self.config.inner_lr,
+            support_scale=inner_loss_scale(self.config, ctx),
         )
         self.fast = {"context": network.initial_context()}
         self.slow = dict(network.named_parameters())

@@ -1,6 +1,7 @@
 """ANIL (Raghu et al. 2019, "Rapid learning or feature reuse?", ICLR 2020): MAML whose inner loop adapts only the head."""
 from __future__ import annotations
 
+from bench_plugins.learners._gradient import inner_loss_scale
 from bench_plugins.learners.maml import MAML
 
 from bench.api import MetaTrainContext
@@ -14,7 +15,11 @@ class ANIL(MAML):
 
     Defaults, per suite kind, and search space: maml's (``MAMLConfig`` says where each comes from), because
     Raghu et al. train ANIL with MAML's hyper-parameters (from memory of the paper, not re-checked; it reports no
-    sinusoid experiment, so the regression values are MAML's sinusoid ones, not ANIL's).
+    sinusoid experiment, so the regression values are MAML's sinusoid ones, not ANIL's). That includes MAML's
+    inner loss (``inner_loss=class_sum``, the sum over classes of each class's mean cross-entropy), the one MAML's
+    step sizes were chosen for; the authors' code (github.com/aniruddhraghu/rapid-learning-or-feature-reuse)
+    could not be read here. learn2learn's ANIL example (examples/vision/anil_fc100.py) takes a mean cross-entropy
+    with its own step, 0.1, on FC100: ``--set anil.inner_loss=mean`` with that ``inner_lr``.
     """
 
     @classmethod
@@ -34,6 +39,7 @@ class ANIL(MAML):
             forward=lambda fast, slow, x: functional_call(model, {**slow, **fast}, (x,)),
             loss=ctx.suite.loss,
             lr=self.config.inner_lr,
+            support_scale=inner_loss_scale(self.config, ctx),
         )
         self.fast = {name: weight for name, weight in weights.items() if name.startswith(head)}
         self.slow = {name: weight for name, weight in weights.items() if not name.startswith(head)}

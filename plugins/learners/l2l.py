@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from bench_plugins.learners._gradient import adam_outer_loop
+from bench_plugins.learners._gradient import adam_outer_loop, inner_loss_scale
 from bench_plugins.learners.maml import MAML, FirstOrderMAML
 from bench_plugins.learners.metasgd import MetaSGD
 
@@ -105,6 +105,7 @@ class LearnToLearnLearner(Learner, MetaGradient):
     def build(self, ctx: MetaTrainContext) -> None:
         self.model = self.wrap(ctx.backbone(), ctx)
         self.loss = ctx.suite.loss
+        self.support_scale = inner_loss_scale(self.config, ctx)  # the built-in's inner loss (``inner_loss``)
 
     def meta_parameters(self) -> list["torch.Tensor"]:
         return list(self.model.parameters())
@@ -117,7 +118,7 @@ class LearnToLearnLearner(Learner, MetaGradient):
         for task in range(batch.support_x.shape[0]):
             learner = self.model.clone()
             for _ in range(self.config.inner_steps):
-                learner.adapt(self.loss(learner(batch.support_x[task]), batch.support_y[task]))
+                learner.adapt(self.support_scale * self.loss(learner(batch.support_x[task]), batch.support_y[task]))
             losses.append(self.loss(learner(batch.query_x[task]), batch.query_y[task]))
         return torch.stack(losses).mean()
 
@@ -130,8 +131,7 @@ class LearnToLearnLearner(Learner, MetaGradient):
     def meta_train(self, ctx: MetaTrainContext) -> None:
         self.build(ctx)
         # The built-ins' outer loop (fused Adam): the same update rule, so only the meta-gradients differ.
-        adam_outer_loop(ctx, self.meta_parameters(), self.config.outer_lr, self.config.meta_batch,
-                        self.accumulate_meta_gradient)
+        adam_outer_loop(ctx, self.meta_parameters(), self.config, self.accumulate_meta_gradient)
 
     def state_dict(self) -> dict[str, Any]:
         """The wrapper's module (the meta-learned weights; Meta-SGD's rates too), by reference."""
@@ -145,7 +145,7 @@ class LearnToLearnLearner(Learner, MetaGradient):
         learner = self.model.clone()
         yield _snapshot(learner)
         for _ in range(steps):
-            learner.adapt(self.loss(learner(support.x), support.y), first_order=True)
+            learner.adapt(self.support_scale * self.loss(learner(support.x), support.y), first_order=True)
             yield _snapshot(learner)
 
 

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
-from bench_plugins.learners._gradient import OUTER_LR_RANGE, GradientConfig, GradientMetaLearner
+from bench_plugins.learners._gradient import OUTER_LR_RANGE, GradientConfig, GradientMetaLearner, inner_loss_scale
 
 from bench.api import FloatRange, IntRange, MetaTrainContext, SearchRange, Setting, TaskKind, TaskSuite
 
@@ -24,16 +24,34 @@ class MAMLConfig(GradientConfig):
     2 for mini-ImageNet 5-shot (the paper's appendix A.1; the usage line shows 4); outer_lr 1e-3 (--meta_lr).
     A classification suite the paper did not run gets the Omniglot 5-way values: its nearest setting (N-way
     few-shot images, a small network); not tuned.
+
+    inner_loss ``class_sum``: the reference's classification loss (utils.xent divides each example's softmax
+    cross-entropy by --update_batch_size K, and tf.gradients sums over the N x K support examples), for which its
+    step sizes were chosen: alpha = 0.4 on 5-way Omniglot is a step of 2.0 on the mean cross-entropy. Regression is
+    unchanged (utils.mse is a mean). clip_grad on mini-ImageNet: maml.py clamps the meta-gradient to +-10
+    (``tf.clip_by_value``, datasource miniimagenet only) of its outer loss, the sum over tasks and query examples of
+    cross-entropy / K over the meta-batch: N x 15 / K times our mean query loss (15 queries per class,
+    main.py's update_batch_size+15), so the same clamp on ours is 10 K / (15 N) (``reference_clip``).
     """
+
+    inner_loss: Literal["mean", "class_sum"] = "class_sum"
+
+
+def reference_clip(ways: int, shots: int) -> float:
+    """cbfinn/maml's mini-ImageNet clamp of the meta-gradient, 10, in units of our mean query loss (its loss is
+    ways x 15 / shots times ours: 15 queries per class, cross-entropy / shots per example)."""
+    return 10.0 * shots / (15 * ways)
 
 
 PAPER_DEFAULTS = {
     # cbfinn/maml main.py's usage lines and the paper's appendix A.1: (suite, ways[, shots]) -> inner lr, inner
-    # steps, meta-batch.
+    # steps, meta-batch; maml.py's mini-ImageNet clamp of the meta-gradient.
     ("omniglot", 5): {"inner_lr": 0.4, "inner_steps": 1, "meta_batch": 32},
     ("omniglot", 20): {"inner_lr": 0.1, "inner_steps": 5, "meta_batch": 16},
-    ("miniimagenet", 5, 1): {"inner_lr": 0.01, "inner_steps": 5, "meta_batch": 4},
-    ("miniimagenet", 5, 5): {"inner_lr": 0.01, "inner_steps": 5, "meta_batch": 2},
+    ("miniimagenet", 5, 1): {"inner_lr": 0.01, "inner_steps": 5, "meta_batch": 4,
+                             "clip_grad": reference_clip(5, 1)},
+    ("miniimagenet", 5, 5): {"inner_lr": 0.01, "inner_steps": 5, "meta_batch": 2,
+                             "clip_grad": reference_clip(5, 5)},
 }
 
 
@@ -80,6 +98,7 @@ class MAML(GradientMetaLearner):
             forward=lambda fast, slow, x: functional_call(model, fast, (x,)),
             loss=ctx.suite.loss,
             lr=self.config.inner_lr,
+            support_scale=inner_loss_scale(self.config, ctx),
         )
         self.fast = dict(model.named_parameters())
         self.slow = {}

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
-from bench_plugins.learners._gradient import OUTER_LR_RANGE, GradientMetaLearner, OuterLoopConfig
+from bench_plugins.learners._gradient import OUTER_LR_RANGE, GradientMetaLearner, OuterLoopConfig, inner_loss_scale
 from bench_plugins.learners.maml import MAML
 
 from bench.api import FloatRange, MetaTrainContext, SearchRange, Setting, TaskKind, TaskSuite
@@ -23,12 +23,20 @@ class MetaSGDConfig(OuterLoopConfig):
     inner_steps 1; meta_batch MAML's for the setting (main.py usage lines / appendix A.1: 32 Omniglot 5-way,
     16 20-way, 4 / 2 mini-ImageNet 1- / 5-shot; other suites: Omniglot 5-way's 32); outer_lr 1e-3.
 
+    inner_loss ``class_sum`` and, on mini-ImageNet, MAML's clamp of the meta-gradient (``MAMLConfig``): Meta-SGD
+    has no official code; its experiments follow MAML's protocol, and the public re-implementations read here
+    (github.com/foolyc/Meta-SGD and csyanbin/Meta-SGD: cbfinn/maml's maml.py with learned rates) keep MAML's loss
+    (they import its utils.xent, cross-entropy / K per example, summed) and its mini-ImageNet clamp. So alpha's
+    initial range means a 5x larger step on the mean cross-entropy of a 5-way task.
+
     ``inner_steps`` is for meta-training; the test takes ``--steps`` steps, each with the learned rates."""
 
     alpha_low: float = 0.005
     alpha_high: float = 0.1
+    inner_loss: Literal["mean", "class_sum"] = "class_sum"
 
     def __post_init__(self) -> None:
+        OuterLoopConfig.__post_init__(self)  # by name: learn2learn's reference config reuses this method
         if not 0 <= self.alpha_low <= self.alpha_high:
             raise ValueError(f"need 0 <= alpha_low <= alpha_high, got {self.alpha_low} and {self.alpha_high}")
 
@@ -48,9 +56,10 @@ class MetaSGD(GradientMetaLearner):
 
     @classmethod
     def suite_defaults(cls, suite: TaskSuite, setting: Setting) -> dict[str, Any]:
-        """MAML's paper meta-batch on the image suites; always one inner step (Meta-SGD)."""
+        """MAML's paper meta-batch and meta-gradient clamp on the image suites; always one inner step (Meta-SGD)."""
         maml = MAML.suite_defaults(suite, setting)
-        return {"meta_batch": maml["meta_batch"], "inner_steps": 1} if maml else {}
+        shared = {key: value for key, value in maml.items() if key in ("meta_batch", "clip_grad")}
+        return {**shared, "inner_steps": 1} if maml else {}
 
     @classmethod
     def search_space(cls, kind: TaskKind) -> dict[str, SearchRange]:
@@ -75,7 +84,7 @@ class MetaSGD(GradientMetaLearner):
 
         model = ctx.backbone()
         self.loop = InnerLoop(forward=lambda fast, slow, x: functional_call(model, fast, (x,)),
-                              loss=ctx.suite.loss, lr=None)
+                              loss=ctx.suite.loss, lr=None, support_scale=inner_loss_scale(self.config, ctx))
         self.fast = dict(model.named_parameters())
         self.slow = {
             LR_PREFIX + name: torch.empty(weight.shape, dtype=weight.dtype)

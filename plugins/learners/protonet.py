@@ -5,7 +5,8 @@ import dataclasses
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from bench.api import FloatRange, IntRange, Learner, MetaTrainContext, Predictor, SearchRange, Support, TaskKind, TaskSuite
+from bench.api import (FloatRange, IntRange, Learner, MetaTrainContext, Predictor, SearchRange, Setting, Support,
+                       TaskKind, TaskSuite)
 
 if TYPE_CHECKING:
     import torch
@@ -15,18 +16,54 @@ if TYPE_CHECKING:
 class ProtoNetConfig:
     """Where each default comes from (classification only: protonet declines regression suites): Snell et al. 2017
     and its reference code, github.com/jakesnell/prototypical-networks scripts/train/few_shot/run_train.py: Adam at
-    --train.learning_rate 1e-3 (``lr``), halved (train.py's StepLR, gamma 0.5) every --train.decay_every 20 epochs
-    of 100 episodes (``lr_halve_every`` 2,000), one episode a step (``meta_batch`` 1). The same on every
-    classification suite; not tuned."""
+    --train.learning_rate 1e-3 (``lr``), halved (train.py's StepLR, gamma 0.5, stepped as each epoch starts) every
+    --train.decay_every 20 epochs of --data.train_episodes 100 (``lr_halve_every`` 2,000 episodes; the paper: "cut
+    the learning rate in half every 2000 episodes"), one episode a step (``meta_batch`` 1); the same on every
+    classification suite. It leaves the rate negligible long before a long budget ends (1e-3 / 2^25 after 50,000
+    episodes): the reference stops earlier, when the meta-validation loss has not improved for --train.patience
+    200 epochs (20,000 episodes). Training episodes (``PAPER_EPISODES``): the paper matches the training shot to the
+    test's and trains with more ways: Omniglot (section 3.1 and run_train.py's --data.way 60, --data.query 5) 60
+    ways and 5 queries per class for every test setting; mini-ImageNet (section 3.2) 30 ways for 1-shot and 20 for
+    5-shot, 15 queries per class. Other suites: the setting's ways and the suite's meta-training queries. Not
+    tuned."""
 
     lr: float = 1e-3
     lr_halve_every: int = 2000
     """Halve the learning rate every this many meta-training episodes (tasks seen); 0 keeps it constant."""
     meta_batch: int = 1
+    train_ways: int = 0
+    """Classes per meta-training episode; 0: the setting's. More classes than the meta-training split holds is an
+    error (the suite's, at the first episode); nothing caps it."""
+    train_query: int = 0
+    """Query examples per class of a meta-training episode; 0: the suite's for the setting."""
+
+    def __post_init__(self) -> None:
+        if self.train_ways < 0 or self.train_query < 0:
+            raise ValueError(f"train_ways and train_query must be 0 (the setting's) or positive, "
+                             f"got {self.train_ways} and {self.train_query}")
 
     def learning_rate(self, episodes: int) -> float:
         """The learning rate after ``episodes`` meta-training episodes."""
         return self.lr * 0.5 ** (episodes // self.lr_halve_every) if self.lr_halve_every else self.lr
+
+    def training_setting(self, setting: Setting) -> Setting:
+        """The setting of the meta-training episodes for a test ``setting``: ``setting`` itself when ``train_ways``
+        and ``train_query`` are its own (then its episode stream is the one every learner of the cell trains on)."""
+        ways, query = self.train_ways or setting.ways, self.train_query or setting.query_for("train")
+        if (ways, query) == (setting.ways, setting.query_for("train")):
+            return setting
+        return dataclasses.replace(setting, name=f"{ways}-way {setting.shots}-shot, {query} queries", ways=ways,
+                                   train_query=query)
+
+
+PAPER_EPISODES = {
+    # Snell et al. 2017, per (suite, shots): training ways and queries per class (section 3.1, Omniglot, as
+    # run_train.py's defaults; section 3.2, mini-ImageNet).
+    ("omniglot", 1): {"train_ways": 60, "train_query": 5},
+    ("omniglot", 5): {"train_ways": 60, "train_query": 5},
+    ("miniimagenet", 1): {"train_ways": 30, "train_query": 15},
+    ("miniimagenet", 5): {"train_ways": 20, "train_query": 15},
+}
 
 
 def class_prototypes(embeddings: "torch.Tensor", labels: "torch.Tensor", ways: int) -> "torch.Tensor":
@@ -50,17 +87,23 @@ class ProtoNet(Learner):
     (Snell et al. 2017): per episode, prototypes are the mean support embedding of each class, the
     logits minus the squared Euclidean distance of each query to each prototype, and the loss the
     suite's (cross-entropy) on the query; Adam, ``lr`` halved every ``lr_halve_every`` episodes, one
-    episode a step. Episodes have the setting's ways and the suite's meta-training queries (the paper
-    trains with more ways, 60 on Omniglot and 20 on mini-ImageNet, and also reports training with the
-    test ways). Batch norm normalises support and query separately, each with its own batch
-    statistics, in meta-training and at test time alike (as the other learners: support statistics
-    when adapting, the query set's when predicting). At test time the prototypes are computed once:
+    episode a step. Meta-training episodes have the setting's shots and ``train_ways`` classes with
+    ``train_query`` queries each (the paper's on Omniglot and mini-ImageNet: 60 ways and 5 queries; 30
+    or 20 ways and 15 queries), drawn from the host's seeded stream of that setting (``ctx.batches(...,
+    setting=...)``); each counts one task of the budget, however many classes it has. Meta-validation
+    and the test use the setting's ways. Batch norm normalises support and query separately, each with
+    its own batch statistics, in meta-training and at test time alike (as the other learners: support
+    statistics when adapting, the query set's when predicting). At test time the prototypes are computed once:
     the curve is the single point at step 0.
     """
 
     Config = ProtoNetConfig
     max_adaptation_steps: ClassVar[int | None] = 0
     batched = True
+
+    @classmethod
+    def suite_defaults(cls, suite: TaskSuite, setting: Setting) -> dict[str, Any]:
+        return dict(PAPER_EPISODES.get((suite.name, setting.shots), {}))
 
     @classmethod
     def search_space(cls, kind: TaskKind) -> dict[str, SearchRange]:
@@ -85,10 +128,14 @@ class ProtoNet(Learner):
             raise TypeError(f"protonet needs a backbone that is an nn.Sequential ending in a linear head; "
                             f"suite '{ctx.suite.name}' gives {type(model).__name__}")
         self.embedding, self.ways = model[:-1], ctx.setting.ways
+        training = self.config.training_setting(ctx.setting)
+        if training is not ctx.setting:
+            ctx.note(f"protonet meta-trains on {training.ways}-way episodes with {training.train_query} queries per "
+                     f"class (tests at {ctx.setting.ways}-way)")
         optimizer = torch.optim.Adam(self.embedding.parameters(), lr=self.config.lr, fused=True)
         episodes = 0
-        for batch in ctx.batches(self.config.meta_batch):
-            (predict,) = self.adapt(batch.support, 0, batched=True)
+        for batch in ctx.batches(self.config.meta_batch, setting=training):
+            predict = self._predictor(batch.support, training.ways, batched=True)
             loss = ctx.suite.loss(predict(batch.query_x).flatten(0, 1), batch.query_y.flatten())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -108,8 +155,12 @@ class ProtoNet(Learner):
 
     def adapt(self, support: Support, steps: int, *, batched: bool = False) -> Iterator[Predictor]:
         """One predictor (``max_adaptation_steps = 0``): nearest prototype of the support set (batch norm per task)."""
+        yield self._predictor(support, self.ways, batched)
+
+    def _predictor(self, support: Support, ways: int, batched: bool) -> Predictor:
+        """Logits of the nearest of the ``ways`` class prototypes of ``support``."""
         from torch.func import vmap
 
         embed = vmap(self.embedding) if batched else self.embedding
-        prototypes = class_prototypes(embed(support.x), support.y, self.ways)
-        yield lambda x: prototype_logits(embed(x), prototypes)
+        prototypes = class_prototypes(embed(support.x), support.y, ways)
+        return lambda x: prototype_logits(embed(x), prototypes)

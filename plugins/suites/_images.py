@@ -80,8 +80,20 @@ class ClassPool:
     rotations: int = 1
 
     @property
+    def base_classes(self) -> int:
+        return self.images.shape[0]
+
+    @property
     def num_classes(self) -> int:
-        return self.images.shape[0] * self.rotations
+        return self.base_classes * self.rotations
+
+    def sample_classes(self, rng: "np.random.Generator", count: int) -> "np.ndarray":
+        """``count`` classes of distinct base classes, each at a uniformly drawn rotation: no episode holds two
+        rotations of one base class (MAML's data_generator.py: distinct characters, a random rotation each)."""
+        bases = rng.choice(self.base_classes, size=count, replace=False)
+        if self.rotations == 1:
+            return bases
+        return bases * self.rotations + rng.integers(self.rotations, size=count)
 
     def draw(self, class_index: int, examples: "np.ndarray") -> "np.ndarray":
         """Examples of one class as float32 (N, C, H, W) in [0, 1]."""
@@ -105,6 +117,8 @@ class FewShotImageSuite(TaskSuite):
     metric_name = "accuracy"
     lower_is_better = False
     TEST_QUERY: ClassVar[int] = 15
+    TRAIN_QUERY: ClassVar[int | None] = None
+    """Query images per class of a meta-train or meta-validation episode; None: K, the setting's shots."""
     WAYS_SHOTS: ClassVar[tuple[tuple[int, int], ...]]
     IMAGE_SIZE: ClassVar[int]
     CHANNELS: ClassVar[int]
@@ -115,7 +129,8 @@ class FewShotImageSuite(TaskSuite):
     _pools: ClassVar[dict[tuple[str, str], ClassPool]] = {}
 
     def settings(self) -> list[Setting]:
-        return [Setting(f"{ways}-way {shots}-shot", shots=shots, query=self.TEST_QUERY, ways=ways)
+        return [Setting(f"{ways}-way {shots}-shot", shots=shots, query=self.TEST_QUERY, ways=ways,
+                        train_query=shots if self.TRAIN_QUERY is None else self.TRAIN_QUERY)
                 for ways, shots in self.WAYS_SHOTS]
 
     def data_root(self, folder: str) -> Path:
@@ -159,17 +174,18 @@ class FewShotImageSuite(TaskSuite):
         import torch
 
         pool = self.pool(split)
-        if pool.num_classes < setting.ways:
-            raise DataError(f"suite '{self.name}': split '{split}' has {pool.num_classes} classes, "
-                            f"fewer than the {setting.ways} that {setting.name} needs")
+        if pool.base_classes < setting.ways:
+            distinct = " (an episode's classes are distinct, not rotations of one)" if pool.rotations > 1 else ""
+            raise DataError(f"suite '{self.name}': split '{split}' has {pool.base_classes} classes, "
+                            f"fewer than the {setting.ways} that {setting.name} needs{distinct}")
         rng = episode_rng(self.name, split, setting.name, seed, index)
-        query = setting.query if split == "test" else setting.shots
+        query = setting.query_for(split)
         per_class = setting.shots + query
         available = pool.images.shape[1]
         if available < per_class:
             raise DataError(f"suite '{self.name}': split '{split}' has {available} images per class, "
                             f"fewer than the {per_class} that {setting.name} with {query} queries needs")
-        classes = rng.choice(pool.num_classes, size=setting.ways, replace=False)
+        classes = pool.sample_classes(rng, setting.ways)
         drawn = np.stack([pool.draw(int(c), rng.choice(available, size=per_class, replace=False)) for c in classes])
         support = torch.from_numpy(drawn[:, : setting.shots].reshape(-1, *drawn.shape[2:]))
         query_x = torch.from_numpy(drawn[:, setting.shots :].reshape(-1, *drawn.shape[2:]))

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from bench_plugins.suites._images import ClassPool, FewShotImageSuite, cached_images
 
+from bench.api import Setting
 from bench.errors import DataError
 
 if TYPE_CHECKING:
@@ -69,11 +70,15 @@ class Omniglot(FewShotImageSuite):
 
     Reads the standard tree ``ROOT/images_background/<Alphabet>/characterNN/*.png`` (and
     ``images_evaluation``), from ``--data-dir`` (``DIR/omniglot`` or ``DIR``) or $METABENCH_DATA_DIR.
-    Split (MAML, matching networks): all characters, sorted by path, shuffled with seed 1; the first
-    1,100 for meta-training, the next 100 for meta-validation (together the standard 1,200), the
-    remaining 423 for meta-testing; each character rotated by 0/90/180/270 degrees gives four classes.
-    With fewer characters on disk (a partial copy) the same fractions apply. Meta-train tasks carry K
-    query images per class (as MAML's code), test tasks 15. The decoded 28x28 images are cached in
+    Split sizes of MAML and matching networks: all characters, sorted by path, shuffled with numpy seed 1;
+    the first 1,100 for meta-training, the next 100 for meta-validation (together the standard 1,200),
+    the remaining 423 for meta-testing (MAML's code shuffles ``os.listdir`` order with Python's
+    ``random.seed(1)``, so its exact characters cannot be reproduced). Each character rotated by
+    0/90/180/270 degrees gives four classes (``num_classes``, what ``Episode.classes`` indexes); an
+    episode holds distinct characters, each at a uniformly drawn rotation, as MAML's data_generator.py
+    samples them. With fewer characters on disk (a partial copy) the same fractions apply. Meta-train
+    and meta-val tasks carry K query images per class (MAML's main.py: ``DataGenerator(update_batch_size*2)``),
+    test tasks 15 (MAML's code tests with K too). The decoded 28x28 images are cached in
     $METABENCH_CACHE_DIR (default ~/.cache/metabench), keyed by every PNG's path, size and mtime,
     verified by a checksum on load and rebuilt when missing, stale or corrupt.
     """
@@ -91,8 +96,15 @@ class Omniglot(FewShotImageSuite):
         "smoke": {"meta_train_tasks": 64, "test_episodes": 5},
         # 100 MAML iterations of 32 tasks: about 3 minutes for maml 5-way 1-shot on a 2-core CPU
         "quick": {"meta_train_tasks": 3_200, "test_episodes": 200},
-        "paper": {"meta_train_tasks": 60_000 * 32},  # MAML: 60,000 iterations x 32 tasks
     }
+
+    @classmethod
+    def budget(cls, profile: str, setting: Setting) -> dict[str, int]:
+        """``paper``: MAML's 60,000 iterations (cbfinn/maml main.py's usage lines) at its meta-batch of the setting,
+        32 tasks for 5-way and 16 for 20-way."""
+        if profile == "paper":
+            return {"meta_train_tasks": 60_000 * (32 if setting.ways == 5 else 16)}
+        return super().budget(profile, setting)
 
     LAYOUT = "images_background/<Alphabet>/characterNN/*.png (and images_evaluation/...)"
 

@@ -14,8 +14,11 @@ if TYPE_CHECKING:
 class Sinusoid(TaskSuite):
     """Sine regression: amplitude U[0.1, 5], phase U[0, pi], x U[-5, 5]; K-shot, MLP 1-40-40-1, MSE.
 
-    Meta-train and meta-val tasks carry K query points (as MAML's code); test tasks carry
-    ``TEST_QUERY`` points for a low-variance score. Split streams use disjoint seeds.
+    The MLP is initialised as in MAML's reference code (``mlp(init="maml")``: weights truncated normal, std 0.01,
+    biases zero), for every learner: one backbone, initialisation included, per suite.
+
+    Meta-train and meta-val tasks carry K query points (MAML's main.py: ``DataGenerator(update_batch_size*2)``);
+    test tasks carry ``TEST_QUERY`` points for a low-variance score. Split streams use disjoint seeds.
     """
 
     name = "sinusoid"
@@ -29,7 +32,8 @@ class Sinusoid(TaskSuite):
     INPUT = (-5.0, 5.0)
 
     def settings(self) -> list[Setting]:
-        return [Setting(name=f"K={shots}", shots=shots, query=self.TEST_QUERY) for shots in self.SHOTS]
+        return [Setting(name=f"K={shots}", shots=shots, query=self.TEST_QUERY, train_query=shots)
+                for shots in self.SHOTS]
 
     def sample_episode(self, split: str, setting: Setting, seed: int, index: int) -> Episode:
         return Episode(*(field[0] for field in self.sample_batch(split, setting, seed, range(index, index + 1))))
@@ -40,7 +44,7 @@ class Sinusoid(TaskSuite):
         import numpy as np
         import torch
 
-        query = setting.query if split == "test" else setting.shots
+        query = setting.query_for(split)
         x = np.empty((len(indices), setting.shots + query, 1))
         amplitude, phase = np.empty((len(indices), 1, 1)), np.empty((len(indices), 1, 1))
         for row, rng in enumerate(episode_rngs(self.name, split, setting.name, seed, indices)):
@@ -54,7 +58,7 @@ class Sinusoid(TaskSuite):
     def backbone(self, setting: Setting) -> "nn.Module":
         from bench.nn.backbones import mlp
 
-        return mlp([1, 40, 40, 1])
+        return mlp([1, 40, 40, 1], init="maml")
 
     def loss(self, prediction: "torch.Tensor", target: "torch.Tensor") -> "torch.Tensor":
         return (prediction - target).pow(2).mean()

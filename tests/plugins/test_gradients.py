@@ -152,7 +152,7 @@ def test_conv4_batch_norm_second_order_meta_gradient_under_vmap_matches_unbatche
 
     torch.manual_seed(0)
     network = conv4(in_channels=1, filters=8, ways=3, image_size=16).double()
-    learner = MAML(MAML.Config(inner_lr=0.4, inner_steps=2))
+    learner = MAML(MAML.Config(inner_lr=0.4, inner_steps=2, inner_loss="mean"))
     context = types.SimpleNamespace(backbone=lambda: network, suite=types.SimpleNamespace(loss=F.cross_entropy),
                                     device=torch.device("cpu"), generator=torch.Generator().manual_seed(1))
     learner.build(context)
@@ -221,3 +221,75 @@ def test_compiled_meta_gradient_equals_eager(learner_class):
     assert not compiled.requires_grad
     assert torch.allclose(eager_loss, compiled_loss, atol=1e-10)
     assert torch.allclose(eager, compiled, atol=1e-10, rtol=1e-8), (eager - compiled).abs().max()
+
+
+# --- the inner loss on classification (cbfinn/maml utils.xent) ----------------------------------------------------
+
+
+def reference_inner_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """cbfinn/maml's classification loss as its inner step sees it: the sum over the classes of each class's mean
+    cross-entropy (utils.xent divides each example's by K; tf.gradients sums them)."""
+    per_example = F.cross_entropy(logits, labels, reduction="none")
+    return sum(per_example[labels == label].mean() for label in labels.unique())
+
+
+def three_way(**overrides) -> tuple[MAML, torch.nn.Module, Episode]:
+    """MAML on a float64 4-8-3 MLP for a 3-way 2-shot setting, and 2 tasks of random inputs (balanced support)."""
+    from bench.api import Setting, TaskKind
+
+    torch.manual_seed(0)
+    network = mlp([4, 8, 3]).double()
+    learner = MAML(MAML.Config(**overrides))
+    suite = types.SimpleNamespace(kind=TaskKind.CLASSIFICATION, loss=F.cross_entropy)
+    learner.build(types.SimpleNamespace(backbone=lambda: network, suite=suite, setting=Setting("3-way 2-shot", 2, 2, 3),
+                                        device=torch.device("cpu"), generator=torch.Generator().manual_seed(1)))
+    generator = torch.Generator().manual_seed(2)
+    labels = torch.arange(3).repeat_interleave(2).expand(2, 6)
+    batch = Episode(torch.randn(2, 6, 4, generator=generator, dtype=torch.float64), labels,
+                    torch.randn(2, 6, 4, generator=generator, dtype=torch.float64), labels,
+                    torch.zeros(2, 0, dtype=torch.long))
+    return learner, network, batch
+
+
+def test_maml_inner_step_on_classification_is_the_references():
+    """One test-time step at alpha 0.4 equals a hand-computed step on the sum over classes of per-class mean
+    cross-entropies: 3x the step on the mean (which the default would take without ``inner_loss=class_sum``)."""
+    from torch.func import functional_call
+
+    from bench.api import Support
+
+    learner, network, batch = three_way(inner_lr=0.4)
+    support = Support(batch.support_x[0], batch.support_y[0])
+    names, weights = zip(*network.named_parameters())
+    *_, adapted = learner.adapt(support, steps=1)
+
+    def stepped(loss) -> torch.Tensor:
+        grads = torch.autograd.grad(loss(functional_call(network, dict(zip(names, weights)), (support.x,)), support.y),
+                                    weights)
+        fast = {name: weight - 0.4 * grad for name, weight, grad in zip(names, weights, grads)}
+        return functional_call(network, fast, (batch.query_x[0],))
+
+    ours = adapted(batch.query_x[0])
+    assert torch.allclose(ours, stepped(reference_inner_loss), atol=1e-12, rtol=0)
+    assert (ours - stepped(F.cross_entropy)).abs().max() > 1e-3
+
+
+def test_maml_meta_gradient_on_classification_takes_the_references_inner_loss():
+    """Second order, two inner steps on the reference's inner loss; the outer loss stays the mean query loss."""
+    learner, network, batch = three_way(inner_lr=0.4, inner_steps=2)
+    weights = list(network.parameters())
+    losses = []
+    for task in range(2):
+        fast = list(weights)
+        for _ in range(2):
+            logits = torch.func.functional_call(network, dict(zip(dict(network.named_parameters()), fast)),
+                                                (batch.support_x[task],))
+            grads = torch.autograd.grad(reference_inner_loss(logits, batch.support_y[task]), fast, create_graph=True)
+            fast = [w - 0.4 * g for w, g in zip(fast, grads)]
+        query = torch.func.functional_call(network, dict(zip(dict(network.named_parameters()), fast)),
+                                           (batch.query_x[task],))
+        losses.append(F.cross_entropy(query, batch.query_y[task]))
+    reference = flat_grad(torch.stack(losses).mean(), weights)
+    assert torch.allclose(flat_grad(learner.meta_loss(batch), weights), reference, atol=TOLERANCE, rtol=0)
+    with_mean, same_weights, _ = three_way(inner_lr=0.4, inner_steps=2, inner_loss="mean")
+    assert (flat_grad(with_mean.meta_loss(batch), list(same_weights.parameters())) - reference).abs().max() > 1e-4

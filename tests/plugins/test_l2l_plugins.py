@@ -23,7 +23,7 @@ from bench_plugins.suites.sinusoid import Sinusoid
 from test_learning import K10
 from torch.nn import functional as F
 
-from bench.api import Episode
+from bench.api import Episode, Setting, TaskKind
 from bench.cli import main
 from bench.nn.backbones import conv4
 from bench.perf import _Float64Context
@@ -51,12 +51,14 @@ def sinusoid_case() -> tuple[Callable[[], Any], Episode]:
 
 
 def conv4_case() -> tuple[Callable[[], Any], Episode]:
-    """A small seeded Conv-4 (8 filters, batch norm, 3-way, 16x16) and 4 random 3-way tasks, float64."""
+    """A small seeded Conv-4 (8 filters, batch norm, 3-way, 16x16) and 4 random 3-way tasks, float64; a
+    classification suite, so both sides take the built-ins' default inner loss (``inner_loss=class_sum``)."""
     def context() -> types.SimpleNamespace:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             network = conv4(in_channels=1, filters=8, ways=3, image_size=16).double()
-        return types.SimpleNamespace(backbone=lambda: network, suite=types.SimpleNamespace(loss=F.cross_entropy),
+        suite = types.SimpleNamespace(loss=F.cross_entropy, kind=TaskKind.CLASSIFICATION)
+        return types.SimpleNamespace(backbone=lambda: network, suite=suite, setting=Setting("3-way", 2, 3, ways=3),
                                      device=torch.device("cpu"), generator=torch.Generator().manual_seed(1))
 
     generator = torch.Generator().manual_seed(2)

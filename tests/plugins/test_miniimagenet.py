@@ -122,7 +122,8 @@ def test_both_layouts_load(roots, layout):
     assert episode.query_y.tolist() == [c for c in range(5) for _ in range(15)]
     assert sorted(episode.classes.tolist()) == sorted(set(episode.classes.tolist())) and episode.classes.max() < 5
     train = suite.sample_episode("train", setting(suite, "5-way 5-shot"), seed=0, index=0)
-    assert train.support_x.shape == (25, 3, 84, 84) and train.query_x.shape == (25, 3, 84, 84)
+    assert train.support_x.shape == (25, 3, 84, 84) and train.query_x.shape == (75, 3, 84, 84)  # 15 per class
+    assert suite.sample_episode("val", setting(suite, "5-way 1-shot"), seed=0, index=0).query_x.shape == (75, 3, 84, 84)
     assert train.classes.shape == (5,) and train.classes.max() < 6
     # the label-k images really are class classes[k]'s images (channel-first, scaled to [0, 1])
     pool = suite.pool("train").images

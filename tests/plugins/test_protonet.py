@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 from bench_plugins.learners.protonet import ProtoNet, ProtoNetConfig
+from bench_plugins.suites.miniimagenet import MiniImageNet
 from bench_plugins.suites.omniglot import Omniglot
 from bench_plugins.suites.sinusoid import Sinusoid
 from matplotlib.axes import Axes
@@ -19,11 +20,13 @@ from bench.api import Learner, Support
 from bench.cells import CellStatus
 from bench.compare import Run, compare
 from bench.config import RunConfig
+from bench.errors import DataError
 from bench.grid import plan
 from bench.protocol import ProtocolError, evaluate
 from bench.report import Report
 from bench.runner import HostContext, run_cells
 from bench.store import RunStore
+from bench.testing import TinyBlobs
 from helpers import finished_cell
 
 FIVE_WAY_ONE_SHOT = Omniglot().settings()[0]
@@ -92,6 +95,66 @@ def test_learning_rate_halves_every_2000_episodes_unless_switched_off():
     config = ProtoNetConfig()
     assert [config.learning_rate(n) for n in (0, 1999, 2000, 4000)] == [1e-3, 1e-3, 5e-4, 2.5e-4]
     assert ProtoNetConfig(lr_halve_every=0).learning_rate(10**6) == 1e-3
+
+
+def test_meta_training_steps_at_the_halved_rate(staged, one_thread, monkeypatch):
+    """The reference's StepLR (stepped as each epoch starts): episodes 0..n-1 at lr, n..2n-1 at lr / 2, ..."""
+    rates = []
+    step = torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self: rates.append(self.param_groups[0]["lr"]) or step(self))
+    meta_trained(Omniglot(data_dir=staged), 5, lr_halve_every=2)
+    assert rates == [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4]
+
+
+def test_paper_training_ways_and_queries_per_suite_and_shots():
+    """Snell et al. 2017: Omniglot 60-way, 5 queries (run_train.py's defaults); mini-ImageNet 30-way (1-shot) or
+    20-way (5-shot), 15 queries. Other suites: the setting's."""
+    for setting in Omniglot().settings():
+        assert ProtoNet.suite_defaults(Omniglot(), setting) == {"train_ways": 60, "train_query": 5}
+    one_shot, five_shot = MiniImageNet().settings()
+    assert ProtoNet.suite_defaults(MiniImageNet(), one_shot) == {"train_ways": 30, "train_query": 15}
+    assert ProtoNet.suite_defaults(MiniImageNet(), five_shot) == {"train_ways": 20, "train_query": 15}
+    assert ProtoNet.suite_defaults(TinyBlobs(), TinyBlobs().settings()[0]) == {}
+
+
+def test_training_setting_is_the_cells_own_unless_ways_or_queries_differ():
+    own = ProtoNetConfig(train_ways=5, train_query=FIVE_WAY_ONE_SHOT.query_for("train"))
+    assert ProtoNetConfig().training_setting(FIVE_WAY_ONE_SHOT) is FIVE_WAY_ONE_SHOT
+    assert own.training_setting(FIVE_WAY_ONE_SHOT) is FIVE_WAY_ONE_SHOT
+    wider = ProtoNetConfig(train_ways=60, train_query=5).training_setting(FIVE_WAY_ONE_SHOT)
+    assert (wider.ways, wider.shots, wider.query_for("train"), wider.query) == (60, 1, 5, FIVE_WAY_ONE_SHOT.query)
+    assert wider.name == "60-way 1-shot, 5 queries"
+
+
+class RecordingContext(HostContext):
+    """The host context, keeping every meta-training batch it hands out."""
+
+    def batches(self, meta_batch, *, setting=None):
+        self.seen = []
+        for batch in super().batches(meta_batch, setting=setting):
+            self.seen.append(batch)
+            yield batch
+
+
+def test_meta_trains_on_the_papers_wider_episodes_and_tests_at_the_settings_ways(staged, one_thread):
+    suite = Omniglot(data_dir=staged)
+    learner = ProtoNet(ProtoNetConfig(**ProtoNet.suite_defaults(suite, FIVE_WAY_ONE_SHOT)))
+    context = RecordingContext(suite, FIVE_WAY_ONE_SHOT, 0, 2, CPU, lambda tasks, loss: None)
+    learner.meta_train(context)
+    training = dataclasses.replace(FIVE_WAY_ONE_SHOT, name="60-way 1-shot, 5 queries", ways=60, train_query=5)
+    expected = suite.sample_batch("train", training, 0, range(2))  # the host's seeded stream of that setting
+    for index, batch in enumerate(context.seen):
+        assert batch.support_x.shape[1] == 60 and batch.query_x.shape[1] == 60 * 5
+        assert torch.equal(batch.query_y[0], torch.arange(60).repeat_interleave(5))
+        assert all(torch.equal(got[0], want[index]) for got, want in zip(batch, expected))
+    assert context.notes == ["protonet meta-trains on 60-way episodes with 5 queries per class (tests at 5-way)"]
+    (predict,) = learner.adapt(suite.sample_episode("test", FIVE_WAY_ONE_SHOT, 0, 0).support, 0)
+    assert predict(suite.sample_episode("test", FIVE_WAY_ONE_SHOT, 0, 0).query_x).shape == (75, 5)
+
+
+def test_more_training_ways_than_the_split_has_classes_is_an_error(staged):
+    with pytest.raises(DataError, match="split 'train' has 110 classes, fewer than the 111 that 111-way"):
+        meta_trained(Omniglot(data_dir=staged), 1, train_ways=111)
 
 
 # -- the protocol: learners that declare fewer adaptation steps ----------------------------------------

@@ -156,7 +156,9 @@ def test_config_file_and_overrides(tmp_path):
     assert main(["run", "--config", str(config), "--set", "maml.inner_steps=2", "--out", str(out), "--no-progress"]) == 0
     hyperparameters = json.loads((out / "run.json").read_text())["config"]["hyperparameters"]
     assert hyperparameters == {"maml @ sinusoid K=5": {"inner_lr": 0.02, "inner_steps": 2, "meta_batch": 25,
-                                                       "outer_lr": 0.001, "chunk_tasks": 0, "compile": "auto"}}
+                                                       "outer_lr": 0.001, "chunk_tasks": 0, "compile": "auto",
+                                                       "inner_loss": "class_sum", "clip_grad": 0.0,
+                                                       "outer_lr_decay": 1.0, "outer_lr_decay_every": 0}}
     yaml_config = tmp_path / "bench.yaml"
     yaml_config.write_text("learners: maml\nprofile: smoke\ntasks: 50\nepisodes: 2\nsteps: 1\nshots: 5\n")
     assert main(["run", "--config", str(yaml_config), "--out", str(tmp_path / "yaml"), "--no-progress"]) == 0
@@ -167,7 +169,7 @@ def test_config_file_and_overrides(tmp_path):
     [
         (["--learners", "mamll"], f"unknown learner 'mamll'; valid learners: all, {BUILTIN_LEARNERS}"),
         (["--suites", "omniglotx"], "unknown suite 'omniglotx'; valid suites: all, miniimagenet, omniglot, sinusoid"),
-        (["--set", "maml.innr_lr=0.1"], "--set maml.innr_lr: learner 'maml' has no hyper-parameter 'innr_lr'; valid: inner_steps, meta_batch, outer_lr, chunk_tasks, compile, inner_lr"),
+        (["--set", "maml.innr_lr=0.1"], "--set maml.innr_lr: learner 'maml' has no hyper-parameter 'innr_lr'; valid: inner_steps, meta_batch, outer_lr, chunk_tasks, compile, inner_loss, clip_grad, outer_lr_decay, outer_lr_decay_every, inner_lr"),
         (["--set", "maml.inner_lr=fast"], "--set maml.inner_lr: expected float, got 'fast'"),
         (["--set", "maml.inner_steps=1.5"], "--set maml.inner_steps: expected int, got '1.5'"),
         (["--set", "inner_lr=0.1"], "expected LEARNER.KEY=VALUE"),

@@ -116,13 +116,21 @@ def test_without_meta_validation_the_last_state_is_read_at_the_last_step(tmp_pat
 
 
 def test_a_point_scores_its_best_step_and_a_non_finite_mean_is_the_worst():
-    point = ValidationPoint(100, np.array([2.0, math.inf, 0.5, 0.5, math.nan]), 1.0, lower_is_better=True)
+    point = ValidationPoint(100, np.array([2.0, math.inf, 0.5, 0.5, math.nan]), 1.0, lower_is_better=True,
+                            steps=(0, 1, 2, 3, 4))
     assert point.best_step == 2 and point.score == 0.5  # the fewest steps on ties
-    accuracy = ValidationPoint(100, np.array([0.2, math.nan, 0.9]), 1.0, lower_is_better=False)
+    accuracy = ValidationPoint(100, np.array([0.2, math.nan, 0.9]), 1.0, lower_is_better=False, steps=(0, 1, 2))
     assert accuracy.best_step == 2 and accuracy.score == 0.9
-    diverged = ValidationPoint(200, np.array([math.nan, math.inf]), 1.0, lower_is_better=True)
+    diverged = ValidationPoint(200, np.array([math.nan, math.inf]), 1.0, lower_is_better=True, steps=(0, 1))
     assert diverged.score == math.inf and point.beats(diverged) and not diverged.beats(point)
     assert not point.beats(point)  # the first of equal points stays selected
+
+
+def test_a_curve_scored_at_a_subset_of_its_steps_chooses_among_those_steps():
+    """A learner that takes its own 200 steps is scored at 0..2, 5, 10, ..., 200: the best is read by its step."""
+    point = ValidationPoint(100, np.array([0.2, 0.4, 0.5, 0.9, 0.8]), 1.0, lower_is_better=False,
+                            steps=(0, 1, 2, 100, 200))
+    assert (point.best_index, point.best_step, point.score) == (3, 100, 0.9)
 
 
 def test_validation_points_do_not_change_meta_training(tmp_path):
