@@ -134,9 +134,9 @@ def one_step_mse(learner_class: type, tasks: int) -> float:
 
 
 def test_l2l_metasgd_learns(l2l):
-    """After 2,000 tasks (80 Adam steps) the one-step test MSE is below 0.75 x the untrained one's (seen here:
-    3.66 vs 6.33, a ratio of 0.58; 0.36 after 5,000 tasks)."""
-    untrained, trained = one_step_mse(LearnToLearnMetaSGD, 0), one_step_mse(LearnToLearnMetaSGD, 2_000)
+    """After 15,000 tasks (600 Adam steps) the one-step test MSE is below 0.75 x the untrained one's (seen here:
+    2.25 vs 4.68, a ratio of 0.48; 0.82 after 5,000 tasks: the suite's MAML initialisation starts slowly)."""
+    untrained, trained = one_step_mse(LearnToLearnMetaSGD, 0), one_step_mse(LearnToLearnMetaSGD, 15_000)
     assert trained < 0.75 * untrained, (trained, untrained)
 
 

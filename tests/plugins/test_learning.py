@@ -22,14 +22,17 @@ def mean_curve(registry, learner_name: str, tasks: int, episodes: int, seed: int
 
 
 @pytest.mark.parametrize(
-    ("learner_name", "margin"),
-    # Seen here (20,000 tasks, 100 episodes): ratios 0.33, 0.45, 0.09 and 0.63.
-    [("maml", 0.5), ("fomaml", 0.6), ("adaptation-layer", 0.25), ("finetune", 0.8)],
+    ("learner_name", "tasks", "margin"),
+    # Seen here (100 episodes; one-step MSE trained / untrained): maml 1.12 / 4.69 = 0.24 after 60,000 tasks (0.43
+    # after 40,000), fomaml 1.57 / 4.69 = 0.34 after 60,000 (0.65 after 40,000), the adaptation layer 0.64 / 4.69 =
+    # 0.14 after 40,000, finetune 0.63 after 20,000. The suite's MAML initialisation (std 0.01) leaves the learners
+    # near the untrained MSE for the first 20,000 tasks (maml 0.74, fomaml 0.74 there).
+    [("maml", 60_000, 0.5), ("fomaml", 60_000, 0.6), ("adaptation-layer", 40_000, 0.25), ("finetune", 20_000, 0.8)],
 )
-def test_meta_training_beats_untrained(registry, learner_name, margin):
-    """After a short budget (20,000 tasks, seconds) the one-step test MSE is below ``margin`` x the untrained one's."""
+def test_meta_training_beats_untrained(registry, learner_name, tasks, margin):
+    """After a short budget (seconds) the one-step test MSE is below ``margin`` x the untrained one's."""
     untrained = mean_curve(registry, learner_name, tasks=0, episodes=100)
-    trained = mean_curve(registry, learner_name, tasks=20_000, episodes=100)
+    trained = mean_curve(registry, learner_name, tasks=tasks, episodes=100)
     assert trained[1] < margin * untrained[1], (trained[1], untrained[1])
 
 

@@ -56,11 +56,11 @@ def mean_curve(learner_class, tasks: int, episodes: int) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("learner_class", "tasks", "margin"),
-    # Seen here (100 episodes; one-step MSE trained / best of untrained steps 0-1): Meta-SGD 2.28 / 4.62 = 0.49
-    # after 5,000 tasks, ANIL 2.56 / 4.45 = 0.57 after 20,000 (1-7 s each), Reptile 2.03 / 4.68 = 0.43 after 10,000
+    # Seen here (100 episodes; one-step MSE trained / best of untrained steps 0-1): Meta-SGD 1.70 / 4.68 = 0.36
+    # after 20,000 tasks (0.62 after 10,000), ANIL 2.56 / 4.45 = 0.57 after 20,000 (1-7 s each), Reptile 2.03 / 4.68 = 0.43 after 10,000
     # from the sinusoid suite's MAML initialisation (0.98 after 3,000, 0.77 after 6,000, 0.51 after 8,000: its small
     # weights take SGD 0.02 thousands of tasks to leave; the sine script's one task per outer step: about 40 s idle).
-    [(MetaSGD, 5_000, 0.7), (ANIL, 20_000, 0.75), (Reptile, 10_000, 0.6)],
+    [(MetaSGD, 20_000, 0.7), (ANIL, 20_000, 0.75), (Reptile, 10_000, 0.6)],
 )
 def test_meta_training_beats_untrained(learner_class, tasks, margin):
     """After a short budget the one-step test MSE is below ``margin`` x the untrained learner's (at step 0
@@ -184,7 +184,11 @@ def test_metasgd_rates_are_seeded_in_range_and_meta_trained():
     learner = trained(MetaSGD, 50)  # two meta-steps of 25 tasks
     assert {id(rate) for rate in learner.slow.values()} <= {id(tensor) for tensor in learner.meta_parameters()}
     moved = torch.cat([(learner.slow[k] - rates[0][k]).flatten() for k in rates[0]]).abs()
-    assert (moved > 1e-3).float().mean() > 0.5  # Adam moves each by about 2 x outer_lr; dead ReLU units' stay
+    # Adam moves a rate by at most about outer_lr a step (2 x outer_lr here). Under the suite's MAML initialisation
+    # (std 0.01) the first layers' rate gradients are products of tiny weights, often below Adam's epsilon, so many
+    # move far less (seen: 73% moved at all, the largest by 2.0e-3).
+    outer_lr = learner.config.outer_lr
+    assert (moved > 0).float().mean() > 0.5 and 1.5 * outer_lr < moved.max() <= 2.1 * outer_lr, moved.max()
 
 
 # --- ANIL -----------------------------------------------------------------------------------------------------
