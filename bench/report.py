@@ -28,6 +28,7 @@ from bench.cells import CellMetadata, CellStatus
 from bench.stats import (
     EPISODE_KEY,
     Comparison,
+    diverged_as_worst,
     holm,
     paired_comparison,
     seed_interval,
@@ -191,6 +192,11 @@ class Report:
                  validation: pd.DataFrame | None = None) -> None:
         """``validation``: the meta-validation rows (``RunStore.validation()``), None or empty for a run without."""
         self.cells = sorted(cells, key=lambda cell: (cell.suite, cell.setting_index, cell.learner, cell.seed))
+        self._orientations: dict[str, tuple[str, bool]] = {}
+        for cell in self.cells:
+            if cell.status is CellStatus.OK:
+                self._orientations.setdefault(cell.suite, (str(cell.metric_name), bool(cell.lower_is_better)))
+        records = self._diverged_as_worst(records)
         self.records = records
         self.summary = summarize(records, GROUP) if len(records) else pd.DataFrame(columns=[*GROUP, "step"])
         self.run_info = run_info or {}
@@ -210,10 +216,13 @@ class Report:
         """Every (suite, setting) with cells, in the report's order, with its groups (learners by name)."""
         for group in self.groups.values():
             self.settings.setdefault((group.suite, group.setting), []).append(group)
-        self._orientations: dict[str, tuple[str, bool]] = {}
-        for cell in self.cells:
-            if cell.status is CellStatus.OK:
-                self._orientations.setdefault(cell.suite, (str(cell.metric_name), bool(cell.lower_is_better)))
+
+    def _diverged_as_worst(self, records: pd.DataFrame) -> pd.DataFrame:
+        """``records`` with each suite's NaN metrics made its worst infinity (``diverged_as_worst``)."""
+        if not len(records) or not records["metric"].isna().any():
+            return records
+        lower_is_better = records["suite"].map(lambda suite: self.orientation(suite)[1])
+        return records.assign(metric=diverged_as_worst(records["metric"], lower_is_better))
 
     # -- ranking and tests, per setting ------------------------------------------------------------
 

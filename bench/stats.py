@@ -27,6 +27,15 @@ SIGNIFICANCE_LEVEL = 0.05
 EPISODE_KEY = ["seed", "episode"]
 
 
+def diverged_as_worst(metric: pd.Series, lower_is_better: pd.Series | bool) -> pd.Series:
+    """``metric`` with every NaN (an episode whose inner loop overflowed: ``inf`` at one step, NaN at the next) made
+    the worst infinity, ``inf`` where lower is better, else ``-inf`` (``lower_is_better``: one for all, or one per
+    row): a diverged episode stays diverged at every later step, in means, medians, curves and tests alike, instead
+    of being skipped as missing."""
+    worst = pd.Series(np.where(lower_is_better, math.inf, -math.inf), index=metric.index)
+    return metric.where(metric.notna(), worst)
+
+
 def _finite_mean(values: pd.Series) -> float:
     finite = values[np.isfinite(values)]
     return float(finite.mean()) if len(finite) else math.nan
@@ -38,7 +47,7 @@ def summarize(records: pd.DataFrame, group: list[str]) -> pd.DataFrame:
     with np.errstate(invalid="ignore"):
         summary = grouped.agg(
             n="size",
-            mean=lambda values: values.mean(skipna=False),  # a NaN episode (diverged) leaves no mean, as inf does
+            mean=lambda values: values.mean(skipna=False),  # a NaN left in (see diverged_as_worst) leaves no mean
             std=lambda values: values.std(ddof=1, skipna=False),
             median="median",
             nonfinite=lambda values: int((~np.isfinite(values)).sum()),

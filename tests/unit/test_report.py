@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from bench.stats import (
+    diverged_as_worst,
     holm,
     paired_comparison,
     seed_interval,
@@ -38,6 +39,14 @@ def test_non_finite_episodes_are_counted_not_dropped():
     row = summarize(records({0: [1.0, math.inf, 3.0, math.nan]}), GROUP).iloc[0]
     assert row["nonfinite"] == 2 and row["finite_mean"] == 2.0
     assert math.isnan(row["mean"]) or math.isinf(row["mean"])
+
+
+def test_a_nan_becomes_the_worst_infinity_of_the_metric():
+    values = pd.Series([0.5, math.nan, math.inf, -math.inf])
+    assert list(diverged_as_worst(values, lower_is_better=True)) == [0.5, math.inf, math.inf, -math.inf]
+    assert list(diverged_as_worst(values, lower_is_better=False)) == [0.5, -math.inf, math.inf, -math.inf]
+    per_row = diverged_as_worst(pd.Series([math.nan, math.nan]), pd.Series([True, False]))
+    assert list(per_row) == [math.inf, -math.inf]
 
 
 @pytest.mark.parametrize(

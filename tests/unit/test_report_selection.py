@@ -192,3 +192,29 @@ def test_provenance_says_whether_and_how_the_hyperparameters_were_tuned():
     items = dict(report_of([cell("early", EARLY)]).provenance())
     assert items["tuning"] == "none (defaults: see each learner's docstring)"
     assert items["meta-validation"] == "none (results at the last state and step)"
+
+
+def test_an_episode_that_diverges_to_inf_then_nan_stays_diverged_in_every_table_figure_and_compare(tmp_path):
+    """An inner loop that overflows writes ``inf`` at one step and NaN (an empty CSV field) at the next: the NaN
+    counts as the worst value exactly as the inf does (issue 18), instead of vanishing from the mean and median."""
+    diverging = {step: list(values) for step, values in LATE.items()}
+    diverging[1][0], diverging[2][0] = math.inf, math.nan
+    path = write_run(tmp_path / "run", diverging)
+    written = pd.read_csv(path / "cells" / "maml-toy-K=5-0.csv")["metric"]
+    assert written.isna().sum() == 1 and np.isinf(written).sum() == 1
+    write_report(RunStore(path))
+    summary = pd.read_csv(path / "summary.csv")
+    by_step = summary[summary["learner"] == "maml"].set_index("step")
+    finite = diverging[2][1:]
+    for step in (1, 2):
+        assert math.isinf(by_step.loc[step, "mean"]) and by_step.loc[step, "nonfinite"] == 1
+        assert by_step.loc[step, "finite_mean"] == pytest.approx(np.mean(diverging[step][1:]))
+    # the median counts the diverged episode as the largest value (skipping it would take the mean of the middle two)
+    assert by_step.loc[2, "median"] == pytest.approx(np.median([*finite, math.inf]))
+    report = Report(RunStore(path).records(), RunStore(path).cells())
+    assert math.isinf(report.groups[("toy", "K=5", "maml")].final.iloc[0])
+    assert list(report.groups[("toy", "K=5", "maml")].curve["nonfinite"]) == [0, 1, 1]
+    accuracy = rows_of(report.accuracy_table)["maml"]
+    assert "1/12" in " ".join(accuracy.values())
+    (row,) = compare([Run.load(path), Run.load(write_run(tmp_path / "other", LATE))]).rows
+    assert row[3] == "inf ± – (step 2)" and row[4].endswith("(step 2)") and row[4] != row[3]
