@@ -180,6 +180,13 @@ class TaskSuite(PluginClass, ABC):
         (e.g. the ``paper`` profile with each published setting's own budget). Default: ``budgets[profile]``."""
         return dict(cls.budgets.get(profile, {}))
 
+    def learner_defaults(self, learner: str, setting: Setting) -> dict[str, Any]:
+        """Hyper-parameters this suite suggests to the learner registered as ``learner`` (any plugin's, by name) on
+        one setting, e.g. a smaller step size for targets of a larger scale: applied after the learner's own
+        ``suite_defaults`` and before ``bench tune``'s values and ``--set``; a key the learner's ``Config`` does not
+        have is refused, naming the suite. Default: {}."""
+        return {}
+
     def __init__(self, data_dir: "Path | None" = None) -> None:
         self.data_dir = data_dir
 

@@ -44,8 +44,8 @@ def plan(config: RunConfig, registry: Registry) -> list[Cell]:
     """Every cell of the run, in the order they run (suite, setting, seed, learner), with its hyper-parameters.
 
     A learner's hyper-parameters for a cell are its defaults, then its defaults for that suite
-    setting (``Learner.suite_defaults``), then the values ``bench tune`` found for that suite setting (the
-    ``tuned`` table), then the run's ``--set`` overrides.
+    setting (``Learner.suite_defaults``), then what the suite suggests to it (``TaskSuite.learner_defaults``), then
+    the values ``bench tune`` found for that suite setting (the ``tuned`` table), then the run's ``--set`` overrides.
     """
     learners = registry.select("learner", config.learners)
     tuned = config.tuned.get("hyperparameters", {})
@@ -78,9 +78,13 @@ def plan(config: RunConfig, registry: Registry) -> list[Cell]:
             for learner in learners:
                 found = tuned.get(learner.name, {}).get(key, {})
                 learner_config(learner.name, learner.cls.Config, found, origin=f"tuned ({key})")
+                suggested = instance.learner_defaults(learner.name, setting)
+                learner_config(learner.name, learner.cls.Config, suggested,
+                               origin=f"suite '{suite.name}' learner_defaults ({setting.name})")
                 hyperparameters[learner.name] = learner_config(
                     learner.name, learner.cls.Config,
-                    {**learner.cls.suite_defaults(instance, setting), **found, **config.set.get(learner.name, {})},
+                    {**learner.cls.suite_defaults(instance, setting), **suggested, **found,
+                     **config.set.get(learner.name, {})},
                 )
             budgets = {learner.name: config.budget_for(suite.cls, setting, learner.cls) for learner in learners}
             for seed in range(config.seeds):

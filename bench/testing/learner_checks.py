@@ -205,11 +205,11 @@ def _check_learns(suite: TaskSuite, trained: _Outcome, untrained: _Outcome, chec
 
     final_trained, final_untrained = trained.metric[:, -1].mean(), untrained.metric[:, -1].mean()
     if not np.isfinite(final_trained):
-        return f"the meta-trained learner's final {suite.metric_name} on '{suite.name}' is not finite"
+        return f"the meta-trained learner's final {suite.metric_name} is not finite"
     target = check.ratio * final_untrained if suite.lower_is_better else final_untrained + check.gain
     if (final_trained <= target) if suite.lower_is_better else (final_trained >= target):
         return None
-    return (f"did not learn on '{suite.name}': final {suite.metric_name} {final_trained:.4g} after {check.tasks} tasks, "
+    return (f"did not learn: final {suite.metric_name} {final_trained:.4g} after {check.tasks} tasks, "
             f"{final_untrained:.4g} untrained (needed {'<=' if suite.lower_is_better else '>='} {target:.4g})")
 
 
@@ -225,7 +225,7 @@ def _check_batched(learner: Learner, suite: TaskSuite, setting: Setting, check: 
     batched, _ = evaluate(*arguments, batched=True)
     if np.allclose(single, batched, rtol=check.batched_tolerance, atol=check.batched_tolerance, equal_nan=True):
         return None
-    return (f"adapt(batched=True) and adapt() disagree on '{suite.name}': largest metric difference "
+    return (f"adapt(batched=True) and adapt() disagree: largest metric difference "
             f"{np.nanmax(np.abs(single - batched)):.3g} (tolerance {check.batched_tolerance})")
 
 
@@ -245,7 +245,7 @@ def _check_seed_group(learner_class: type[Learner], suite: TaskSuite, setting: S
         largest = max(float((x - y).abs().max()) for a, b in zip(together, single.predictions)
                       for x, y in zip(a, b, strict=True))
         if not largest <= check.seed_group_tolerance * scale:
-            return (f"meta_train_seeds and meta_train disagree on '{suite.name}' for seed {seed}: largest prediction "
+            return (f"meta_train_seeds and meta_train disagree for seed {seed}: largest prediction "
                     f"difference {largest:.3g} (tolerance {check.seed_group_tolerance} x {scale:.3g})")
     return None
 

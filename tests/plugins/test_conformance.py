@@ -8,7 +8,7 @@ from bench_plugins.learners.maml import MAML
 from bench_plugins.learners.metasgd import MetaSGD
 from bench_plugins.suites.sinusoid import Sinusoid
 
-from bench.api import Choice, Episode, FloatRange, IntRange
+from bench.api import Choice, Episode, FloatRange, IntRange, Setting
 from bench.plugins import load_plugins
 from bench.testing import (
     ConformanceError,
@@ -178,15 +178,15 @@ class GroupsOnTheFirstSeed(MAML):
     (ReadsValidationSplit, "meta_train() sampled a 'val' episode (only the training split is allowed)"),
     (YieldsTooFewPredictors, "yielded 3 predictors, not steps + 1 = 4"),
     (UnseededNoise, "two runs with seed 0 differ"),
-    (NeverMetaTrains, "did not learn on 'tiny-waves'"),
-    (BatchedDisagrees, "adapt(batched=True) and adapt() disagree on 'tiny-waves'"),
+    (NeverMetaTrains, "on 'tiny-waves': did not learn: final"),
+    (BatchedDisagrees, "on 'tiny-waves': adapt(batched=True) and adapt() disagree: "),
     (DropsTheBatchedKeyword, "sets batched = True, but its adapt() takes no batched keyword: accept "
                              "adapt(support, steps, *, batched=False), or set batched = False"),
     (DefinesAdaptBatch, "defines adapt_batch(), which metabench no longer calls: implement "
                         "adapt(support, steps, *, batched=False) with its batched path and drop adapt_batch"),
     (WrongShape, "returned shape (1,) for 20 query inputs; expected (20, 1)"),
     (NoConfig, "needs a Config dataclass"),
-    (GroupsOnTheFirstSeed, "meta_train_seeds and meta_train disagree on 'tiny-waves' for seed 1: largest prediction "
+    (GroupsOnTheFirstSeed, "on 'tiny-waves': meta_train_seeds and meta_train disagree for seed 1: largest prediction "
                            "difference"),
     (ForgetsTheBody, "after load_state_dict() of a copy of state_dict() taken after 25 tasks, adapt() predicts "
                      "otherwise than it did then (test episode 0, step 0"),
@@ -275,10 +275,23 @@ class UpsideDownMetric(TinyBlobs):
     (IgnoresTheSplit(), "appear in both the train and the val split"),
     (UnseededEpisodes(), "differs between two calls"),
     (TooFewSupportExamples(), "support_x has 24 examples; 5 shots x 5 ways = 25"),
-    (FastBatchDiffers(), "sample_batch() of 'K=10' (train) differs from stacking sample_episode()"),
+    (FastBatchDiffers(), "sample_batch() differs from stacking sample_episode() (3 times: train episodes of 'K=10', "),
     (UpsideDownMetric(), "check lower_is_better"),
 ], ids=lambda value: value.name if hasattr(value, "name") else "")
 def test_each_suite_breach_is_named(suite, message):
     problems = suite_problems(suite)
     assert any(message in problem for problem in problems), problems
 
+
+class UnseededInTwoSettings(UnseededEpisodes):
+    def settings(self):
+        return [Setting(name="K=5", shots=5, query=20), Setting(name="K=10", shots=10, query=20)]
+
+
+def test_a_problem_seen_in_every_setting_and_split_is_one_line_with_its_count():
+    """An impure suite breaks purity in each of its settings' splits: one line with the count, not one per place."""
+    problems = suite_problems(UnseededInTwoSettings())
+    impure = [problem for problem in problems if "differs between two calls" in problem]
+    assert impure == ["episode 0 differs between two calls: episodes must be a pure function of (split, setting, seed, "
+                      "index); use bench.api.episode_rng (6 times: train episodes of 'K=5', val episodes of 'K=5', "
+                      "test episodes of 'K=5', ...)"], problems

@@ -71,7 +71,7 @@ def test_each_learner_is_ranked_and_tested_at_its_val_chosen_step_not_the_last()
     assert rows["late"][VERSUS] == "p=0.00049"  # 0.5 worse than early's step 1 on 12 of 12 episodes: 2 / 2**12
     assert rows["early"]["mean ± 95% CI"].startswith(f"MSE ↓ {np.mean(BASE):.3g} ± ")
     assert rows["early"]["val-chosen step"] == "1" and rows["late"]["val-chosen step"] == "2"
-    assert rows["early"]["at step S"] == "– (S=2; 1/12 non-finite)"  # a NaN episode leaves no mean
+    assert rows["early"]["at step S"] == "inf (S=2; 1/12 non-finite)"  # a NaN episode is diverged: the mean is inf
     assert rows["early"]["non-finite"] == "0/12"
     assert "chosen on meta-validation" in table.note and "Neither step nor state is chosen on test episodes" in table.note
     final = report.summary_frame.query("final_step").set_index("learner")
