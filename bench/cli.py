@@ -119,11 +119,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-every", type=positive_int, metavar="TASKS", help="save a cell's meta-training state every TASKS tasks, so that a killed cell resumes near where it stopped (learners that support it)")
     run.add_argument("--seeds-together", type=non_negative_int, default=0, metavar="N", help="meta-train up to N seeds of a learner and suite setting at once, as one vectorised model, for learners that can (bench plugins marks them); same numbers to float rounding (default 0: all the run's seeds; 1: one at a time)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars: a line per running cell every minute instead")
+    run.add_argument("--dry-run", action="store_true", help="print the resolved plan (cells, budgets, hyper-parameters) and run nothing")
     _add_plugin_flags(run)
 
     plugins = sub.add_parser("plugins", help="list installed learners and suites", description="List every registered learner and suite and any plugin that failed to load.")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     _add_plugin_flags(plugins)
+
+    describe = sub.add_parser("describe", help="what a learner takes or a suite offers, without running",
+                              description="A learner: its hyper-parameters with their defaults, the values it gets on "
+                                          "each installed suite setting, and what bench tune searches. A suite: its "
+                                          "settings and the budget of each profile.")
+    describe.add_argument("name", help="a registered learner or suite (bench plugins lists them)")
+    describe.add_argument("--profile", default="quick", help="the profile whose budgets a learner's table shows (default: quick)")
+    _add_plugin_flags(describe)
 
     report = sub.add_parser("report", help="rewrite a run folder's report; print it or write it in one format",
                             description="Re-aggregate a run folder (also a partial one): rewrite its report.md, "
@@ -157,10 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
     _add_plugin_flags(perf)
 
-    scaffold = sub.add_parser("new-plugin", help="create a learner plugin package to start from",
+    scaffold = sub.add_parser("new-plugin", help="create a learner or suite plugin package to start from",
                               description="Write metabench-NAME/: pyproject.toml with the entry point, a working template "
-                                          "learner, its hook, and a conformance test (see docs/writing-a-plugin.md).")
-    scaffold.add_argument("name", help="the learner's name, e.g. my-learner")
+                                          "learner (or suite, --kind suite), its hook, and a conformance test (see "
+                                          "docs/writing-a-plugin.md).")
+    scaffold.add_argument("name", help="the plugin's name, e.g. my-learner")
+    scaffold.add_argument("--kind", choices=("learner", "suite"), default="learner",
+                          help="learner: first-order MAML in a plain loop; suite: random quadratics (default: learner)")
     scaffold.add_argument("--dir", type=Path, default=Path("."), help="where to create the package folder (default: .)")
 
     tune = sub.add_parser("tune", help="tune every learner on meta-validation, with the same budget for each",
@@ -252,6 +264,8 @@ def _say(message: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     config = _run_config(args)
     registry = _load_registry(args.strict)
+    if args.dry_run:
+        return _print_plan(config, registry)
 
     from bench import render
     from bench.session import INTERRUPTED, Execution, run_benchmark
@@ -264,6 +278,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(render.text(outcome.report), end="")
     print(f"Results: {outcome.run_dir} (report.md, report.html)")
     return EXIT_CELLS_FAILED if outcome.failed_cells else EXIT_OK
+
+
+def _print_plan(config, registry) -> int:
+    """``bench run --dry-run``: the resolved plan, one row per suite setting and learner; nothing runs."""
+    from tabulate import tabulate
+
+    from bench.grid import describe_plan, plan
+
+    cells = plan(config, registry)
+    suites = {suite.name: config.make_suite(suite.cls) for suite in registry.select("suite", config.suites)}
+    print(tabulate(describe_plan(cells, suites), headers="keys", tablefmt="simple"))
+    print(f"{len(cells)} cells, profile {config.profile}; nothing was run (--dry-run)")
+    return EXIT_OK
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    from bench.config import PROFILES
+    from bench.describe import describe
+
+    if args.profile not in PROFILES:
+        raise BenchError(f"--profile: unknown profile {args.profile!r}; valid: {', '.join(PROFILES)}")
+    registry = _load_registry(args.strict)
+    found = [registration for kind in ("learner", "suite") for registration in registry.of_kind(kind).values()
+             if registration.name == args.name]
+    if not found:
+        known = sorted({*registry.of_kind("learner"), *registry.of_kind("suite")})
+        raise BenchError(f"no learner or suite named {args.name!r}; installed: {', '.join(known)}")
+    print("\n".join(describe(registration, registry, args.profile) for registration in found), end="")
+    return EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -332,7 +375,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_new_plugin(args: argparse.Namespace) -> int:
     from bench.scaffold import new_plugin
 
-    root = new_plugin(args.name, args.dir)
+    root = new_plugin(args.name, args.dir, args.kind)
     print(f"created {root}\nnext: cd {root} && pip install -e . && bench plugins && python -m pytest")
     return EXIT_OK
 
@@ -410,7 +453,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"tune": cmd_tune, "run": cmd_run, "plugins": cmd_plugins, "report": cmd_report, "data": cmd_data, "perf": cmd_perf,
-            "compare": cmd_compare, "runs": cmd_runs, "new-plugin": cmd_new_plugin}
+            "compare": cmd_compare, "runs": cmd_runs, "new-plugin": cmd_new_plugin, "describe": cmd_describe}
 
 
 @contextlib.contextmanager

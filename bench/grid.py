@@ -9,7 +9,7 @@ import dataclasses
 import re
 from typing import Any
 
-from bench.api import Setting
+from bench.api import Setting, TaskSuite
 from bench.config import ConfigError, Profile, RunConfig, learner_config
 from bench.plugins import Registration, Registry
 
@@ -91,3 +91,25 @@ def plan(config: RunConfig, registry: Registry) -> list[Cell]:
                 cells.extend(Cell(suite, setting, index, learner, seed, hyperparameters[learner.name], budgets[learner.name])
                              for learner in learners)
     return cells
+
+
+def describe_plan(cells: list[Cell], suites: dict[str, TaskSuite]) -> list[dict[str, Any]]:
+    """One row per (suite, setting, learner) of a plan, what ``bench run --dry-run`` prints: its seeds, budget and
+    resolved hyper-parameters, or why the learner declines the suite (``suites``: the run's suite instances)."""
+    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for cell in cells:
+        key = (cell.suite.name, cell.setting.name, cell.learner.name)
+        if key in rows:
+            rows[key]["seeds"] += f",{cell.seed}"
+            continue
+        declined = cell.learner.cls.unsupported_reason(suites[cell.suite.name])
+        budget = cell.budget
+        rows[key] = {
+            "suite": cell.suite.name, "setting": cell.setting.name, "learner": cell.learner.name,
+            "seeds": str(cell.seed),
+            "tasks": f"{budget.meta_train_tasks:,}", "test": f"{budget.test_episodes} x {budget.test_steps} steps",
+            "meta-val": f"{budget.val_episodes} every {budget.val_every:,}" if budget.val_episodes else "none",
+            "hyper-parameters": f"n/a: {declined}" if declined else " ".join(
+                f"{name}={value}" for name, value in dataclasses.asdict(cell.hyperparameters).items()),
+        }
+    return list(rows.values())

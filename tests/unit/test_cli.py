@@ -310,3 +310,37 @@ def test_no_progress_prints_a_heartbeat_per_running_cell(tmp_path, capsys, monke
     beats = [line for line in capsys.readouterr().err.splitlines() if line.startswith("  ...    meta-train maml")]
     assert beats and all(" / 50 tasks, " in line and " tasks/s" in line for line in beats)
     assert beats[-1].startswith("  ...    meta-train maml | sinusoid K=5 | seed 0: 50 / 50 tasks")
+
+
+def test_dry_run_prints_the_resolved_plan_and_runs_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--learners", "maml,protonet", "--suites", "sinusoid", "--shots", "10", "--seeds", "2",
+                 "--profile", "smoke", "--set", "maml.inner_steps=3", "--out", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    rows = {line.split()[2]: line for line in printed.splitlines() if line.startswith("sinusoid")}
+    assert set(rows) == {"maml", "protonet"} and " 0,1 " in rows["maml"] and " 500 " in rows["maml"]
+    assert "inner_steps=3" in rows["maml"] and "inner_lr=0.01" in rows["maml"]  # --set over the suite's defaults
+    assert "n/a: protonet classifies by nearest class prototype" in rows["protonet"]
+    assert "4 cells, profile smoke; nothing was run (--dry-run)" in printed and not out.exists()
+
+
+def test_describe_shows_a_learners_hyperparameters_per_suite_setting_and_a_suites_budgets(capsys):
+    assert main(["describe", "maml"]) == 0
+    printed = capsys.readouterr().out
+    assert "inner_loss            one of mean, class_sum    class_sum" in printed
+    rows = {tuple(line.split()[:3]): line for line in printed.splitlines() if line.startswith(("omniglot", "sinusoid"))}
+    assert rows[("omniglot", "5-way", "1-shot")].endswith("meta_batch=32 inner_lr=0.4")  # MAML's Omniglot settings
+    assert rows[("sinusoid", "K=10", "100,000")].endswith("–")  # the defaults are sinusoid's
+    assert "regression      inner_lr=FloatRange(low=0.005, high=0.02, log=True)" in printed
+    assert main(["describe", "omniglot"]) == 0
+    printed = capsys.readouterr().out
+    assert "kind classification, metric accuracy (higher is better)" in printed
+    assert any(line.split()[:2] == ["20-way", "1-shot"] and line.rstrip().endswith("960,000 / 600")
+               for line in printed.splitlines())  # MAML's 20-way paper budget: 60,000 x 16
+
+
+def test_describe_refuses_an_unknown_name_or_profile_in_one_line(capsys):
+    assert main(["describe", "mamll"]) == 2
+    assert "bench describe: error: no learner or suite named 'mamll'; installed: adaptation-layer" in capsys.readouterr().err
+    assert main(["describe", "maml", "--profile", "fast"]) == 2
+    assert "unknown profile 'fast'; valid: smoke, quick, paper" in capsys.readouterr().err
