@@ -170,6 +170,9 @@ class TaskSuite(PluginClass, ABC):
 
     name: ClassVar[str]
     kind: ClassVar[TaskKind]
+    test_only: ClassVar[bool] = False
+    """Whether the suite has only a test split (e.g. a cross-domain target): it runs as ``bench run --test-suites
+    NAME``, never as a meta-training suite. Set ``in_all = False`` too, to keep it out of ``--suites all``."""
     budgets: ClassVar[dict[str, dict[str, int]]] = {}
     """Per profile name, budget fields (``meta_train_tasks``, ``test_episodes``) where the suite differs from the defaults
     (``budget`` reads it; override ``budget`` where a setting needs its own)."""
@@ -198,9 +201,21 @@ class TaskSuite(PluginClass, ABC):
     def sample_episode(self, split: str, setting: Setting, seed: int, index: int) -> Episode:
         """Episode ``index`` of ``split`` (one of SPLITS), on the CPU."""
 
+    backbone_names: ClassVar[tuple[str, ...]] = ()
+    """The networks ``backbone`` can build, by name, the default first (``bench run --backbone NAME`` chooses one);
+    empty: the suite offers one standard network and no choice."""
+    backbone_name: str | None = None
+    """The network this instance's ``backbone`` builds: one of ``backbone_names``, None for the default. The host
+    sets it from ``--backbone`` after checking it is offered."""
+
+    def chosen_backbone(self) -> str | None:
+        """The name of the network ``backbone`` builds: ``backbone_name``, else the first of ``backbone_names``
+        (None when the suite offers no choice)."""
+        return self.backbone_name or (self.backbone_names[0] if self.backbone_names else None)
+
     @abstractmethod
     def backbone(self, setting: Setting) -> "nn.Module":
-        """A freshly initialised standard network of the field for this setting."""
+        """A freshly initialised network of the field for this setting: the one ``chosen_backbone`` names."""
 
     @abstractmethod
     def loss(self, prediction: "torch.Tensor", target: "torch.Tensor") -> "torch.Tensor":
@@ -224,6 +239,13 @@ class TaskSuite(PluginClass, ABC):
     def download(cls, target: "Path") -> None:
         """Fetch and stage the suite's data under ``target`` (``bench data NAME --download DIR``)."""
         raise NotImplementedError(f"suite '{cls.name}' has no downloader")
+
+    @classmethod
+    def data_instructions(cls) -> str | None:
+        """Where the suite's data set comes from and how to stage it for ``--data-dir``: text (lines allowed) that
+        ``bench data NAME`` prints, and ``--download`` prints where the suite has no downloader. Default: None (the
+        suite says nothing, e.g. it generates its tasks)."""
+        return None
 
     def sample_batch(self, split: str, setting: Setting, seed: int, indices: range) -> Episode:
         """Episodes ``indices`` stacked along a new first dimension.
@@ -347,6 +369,11 @@ class Learner(PluginClass, ABC):
     """The most adaptation steps this learner takes at test time: None follows the protocol's steps;
     0 for a learner with nothing to adapt at test time (e.g. a metric learner such as protonet), whose
     curve is the single point at step 0. The default ``adaptation_steps`` is min(protocol's steps, this)."""
+
+    def adapted_parameter_count(self) -> int | None:
+        """How many numbers adapt to each test task, once meta-trained: every weight (MAML), a context vector (CAVIA),
+        the head (ANIL), none (ProtoNet: 0). The cost table reports it. Default: None (not stated)."""
+        return None
 
     def adaptation_steps(self, setting: Setting, steps: int) -> int:
         """How many steps ``adapt`` takes on a test task of ``setting`` when the protocol's are ``steps`` (``--steps``):

@@ -47,6 +47,12 @@ class CellMetadata:
     test_episodes: int
     test_steps: int
     status: CellStatus
+    test_suite: str | None = None
+    """Cross-domain: the suite whose test episodes the cell scored with a model meta-trained on another (``suite``
+    then reads ``<meta-training suite>→<test suite>``); None: the meta-training suite's own."""
+    backbone: str | None = None
+    """The network the suite built (``bench run --backbone``; its default where it offers a choice); None: the suite
+    offers no choice (or the file predates the field)."""
     cell_fingerprint: str | None = None
     """A hash of everything that determines the cell's numbers (None in files written before it was recorded)."""
     error: str | None = None
@@ -56,6 +62,8 @@ class CellMetadata:
     """Tasks already seen at the mid-cell checkpoint the cell resumed from (0 when it started afresh)."""
     meta_train_seconds: float | None = None
     adapt_ms_per_episode: float | None = None
+    adapted_parameters: int | None = None
+    """How many numbers adapt to each test task (``Learner.adapted_parameter_count``); None: not stated."""
     metric_name: str | None = None
     lower_is_better: bool | None = None
     peak_rss_mib: float | None = None

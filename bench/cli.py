@@ -72,6 +72,8 @@ SELECTION_FLAGS = (  # flag, type, metavar, help, the default of bench run (from
     ("--ways", positive_ints, "N,...", "only the settings with these ways (classification suites)", "all settings"),
     ("--device", str, None, "auto (CUDA when present), cpu or cuda", "auto"),
     ("--data-dir", str, "DIR", "where suites find their data sets", "$METABENCH_DATA_DIR"),
+    ("--backbone", str, "NAME", "the network every suite builds, one each suite offers (bench describe SUITE lists "
+     "them), e.g. resnet12", "each suite's standard"),
 )
 
 
@@ -101,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="meta-train and evaluate learners on suites", description="Meta-train and evaluate every learner on every suite setting, then print the summary tables.")
     add_selection_flags(run)
+    run.add_argument("--test-suites", type=str, metavar="SUITE,...", help="cross-domain: also test each model on these suites' test episodes (same kind, ways and shots; e.g. --suites omniglot --test-suites digits); tables name the pair, omniglot→digits")
     run.add_argument("--profile", help="budget profile: smoke, quick (default) or paper")
     run.add_argument("--seeds", type=positive_int, metavar="N", help="number of seeds, 0..N-1 (default: the profile's: smoke 1, quick 3, paper 5)")
     run.add_argument("--steps", type=non_negative_int, metavar="S", help="adaptation steps at test time (default: the profile's, 10)")
@@ -196,9 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--no-progress", action="store_true", help="no progress bars: a line per running trial every minute instead")
     _add_plugin_flags(tune)
 
-    data = sub.add_parser("data", help="fetch a suite's data set", description="Download and stage a suite's data set (where the suite has a downloader).")
+    data = sub.add_parser("data", help="where a suite's data set comes from; fetch it",
+                          description="Say where a suite's data set comes from and how to stage it for --data-dir; with "
+                                      "--download, download and stage it (where the suite has a downloader).")
     data.add_argument("suite", help="suite name, e.g. omniglot")
-    data.add_argument("--download", type=Path, required=True, metavar="DIR", help="data folder to stage into; then run with --data-dir DIR")
+    data.add_argument("--download", type=Path, metavar="DIR", help="data folder to stage into; then run with --data-dir DIR")
     _add_plugin_flags(data)
     return parser
 
@@ -381,12 +386,27 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    from bench.api import TaskSuite
+
     registry = _load_registry(args.strict)
     (suite,) = registry.select("suite", [args.suite])
+    instructions = suite.cls.data_instructions()
+    has_downloader = suite.cls.download.__func__ is not TaskSuite.download.__func__
+    if args.download is None:
+        fetch = f"bench data {suite.name} --download DIR" if has_downloader else None
+        if instructions is None:
+            print(f"Fetch it: {fetch}" if fetch else
+                  f"{suite.name}: the suite gives no data instructions and has no downloader")
+        else:
+            print(instructions if fetch is None else f"{instructions}\nOr fetch it: {fetch}")
+        return EXIT_OK
     try:
         suite.cls.download(args.download)
     except NotImplementedError as error:
-        raise BenchError(str(error)) from None
+        if instructions is None:
+            raise BenchError(str(error)) from None
+        print(instructions)
+        raise BenchError(f"{error}; stage its data by hand as printed above") from None
     print(f"{suite.name}: data staged in {args.download}; use --data-dir {args.download}")
     return EXIT_OK
 

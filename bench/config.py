@@ -78,6 +78,12 @@ class RunConfig:
     device: str = "auto"
     out: str | None = None
     data_dir: str | None = None
+    backbone: str | None = None
+    """The network every suite of the run builds (one of each suite's ``backbone_names``); None: each suite's
+    default."""
+    test_suites: list[str] | None = None
+    """Suites to test on besides each meta-training suite's own test split (cross-domain: meta-train on a ``suites``
+    suite, test on one of these with the same kind, ways and shots); None: none."""
     set: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     tuned: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Hyper-parameters found by ``bench tune`` (its tuned.toml): ``study``, ``trials``, ``trial_tasks`` and
@@ -100,8 +106,12 @@ class RunConfig:
                 raise ConfigError(f"{key}: must be {'>= 0' if least == 0 else 'positive'}, got {value}")
 
     def make_suite(self, suite: type) -> Any:
-        """An instance of a suite class that reads its data from this run's data folder."""
-        return suite(data_dir=Path(self.data_dir) if self.data_dir else None)
+        """An instance of a suite class that reads its data from this run's data folder and builds this run's
+        ``backbone`` (unchecked here: ``grid.plan`` refuses a backbone a meta-training suite does not offer)."""
+        instance = suite(data_dir=Path(self.data_dir) if self.data_dir else None)
+        if self.backbone and self.backbone in suite.backbone_names:
+            instance.backbone_name = self.backbone
+        return instance
 
     def budget_for(self, suite: type[TaskSuite], setting: Setting, learner: type[Learner]) -> Profile:
         """The budget of one suite setting and learner: the profile's, where the suite names its own the suite's

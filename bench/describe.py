@@ -59,7 +59,11 @@ def _value_text(value: object) -> str:
 def _suite_sections(suite: Registration) -> list[str]:
     instance = RunConfig().make_suite(suite.cls)
     sections = [f"kind {instance.kind.value}, metric {instance.metric_name} "
-                f"({'lower' if instance.lower_is_better else 'higher'} is better)"]
+                f"({'lower' if instance.lower_is_better else 'higher'} is better)"
+                + ("; test-only: run it with --test-suites" if instance.test_only else "")]
+    if instance.backbone_names:
+        sections.append(f"backbones (--backbone NAME): {', '.join(instance.backbone_names)} "
+                        f"(default {instance.backbone_names[0]})")
     rows = []
     for setting in instance.settings():
         row = {"setting": setting.name, "shots": setting.shots, "ways": setting.ways or "–",

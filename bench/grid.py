@@ -24,15 +24,31 @@ class Cell:
     hyperparameters: Any
     budget: Profile
     """The cell's budget, resolved by ``RunConfig.budget_for``."""
+    test_suite: Registration | None = None
+    """Cross-domain: the suite whose test episodes this cell scores (``test_setting`` of it) with the model
+    meta-trained on ``suite`` (its home cell's: the same cell without ``test_suite``); None: ``suite``'s own."""
+    test_setting: Setting | None = None
+
+    @property
+    def suite_label(self) -> str:
+        """How tables name the cell's suite: ``omniglot``, or ``omniglot→digits`` for a cross-domain cell."""
+        return f"{self.suite.name}→{self.test_suite.name}" if self.test_suite else self.suite.name
 
     @property
     def cell_id(self) -> str:
-        raw = f"{self.suite.name}__{self.setting.name}__{self.learner.name}__seed{self.seed}"
+        suite = f"{self.suite.name}-to-{self.test_suite.name}" if self.test_suite else self.suite.name
+        raw = f"{suite}__{self.setting.name}__{self.learner.name}__seed{self.seed}"
         return re.sub(r"[^A-Za-z0-9_.=-]", "-", raw)
 
     @property
+    def home(self) -> Cell:
+        """The cell whose meta-trained model this one tests: itself, or for a cross-domain cell the same cell on
+        its meta-training suite."""
+        return dataclasses.replace(self, test_suite=None, test_setting=None) if self.test_suite else self
+
+    @property
     def label(self) -> str:
-        return f"{self.learner.name} | {self.suite.name} {self.setting.name} | seed {self.seed}"
+        return f"{self.learner.name} | {self.suite_label} {self.setting.name} | seed {self.seed}"
 
 
 def tuned_key(suite: str, setting: Setting) -> str:
@@ -48,6 +64,9 @@ def plan(config: RunConfig, registry: Registry) -> list[Cell]:
     the values ``bench tune`` found for that suite setting (the ``tuned`` table), then the run's ``--set`` overrides.
     """
     learners = registry.select("learner", config.learners)
+    suites = registry.select("suite", config.suites)
+    instances = {suite.name: config.make_suite(suite.cls) for suite in suites}
+    _check_suites(config, registry, instances)
     tuned = config.tuned.get("hyperparameters", {})
     for origin, names in (("--set", config.set), ("tuned", tuned)):
         for name in names:
@@ -56,8 +75,6 @@ def plan(config: RunConfig, registry: Registry) -> list[Cell]:
     for learner in learners:  # validate every override once, before any suite defaults are mixed in
         learner_config(learner.name, learner.cls.Config, config.set.get(learner.name, {}))
     cells = []
-    suites = registry.select("suite", config.suites)
-    instances = {suite.name: config.make_suite(suite.cls) for suite in suites}
     if config.ways and all(setting.ways is None for instance in instances.values() for setting in instance.settings()):
         raise ConfigError(f"--ways selects nothing: {', '.join(instances)} {'has' if len(instances) == 1 else 'have'} "
                           "no settings with ways (regression suites); drop --ways or add a classification suite")
@@ -87,10 +104,54 @@ def plan(config: RunConfig, registry: Registry) -> list[Cell]:
                      **config.set.get(learner.name, {})},
                 )
             budgets = {learner.name: config.budget_for(suite.cls, setting, learner.cls) for learner in learners}
+            targets = cross_domain_targets(config, registry, instance, setting)
             for seed in range(config.seeds):
-                cells.extend(Cell(suite, setting, index, learner, seed, hyperparameters[learner.name], budgets[learner.name])
-                             for learner in learners)
+                for learner in learners:
+                    home = Cell(suite, setting, index, learner, seed, hyperparameters[learner.name], budgets[learner.name])
+                    cells.append(home)
+                    cells.extend(dataclasses.replace(home, test_suite=target, test_setting=target_setting)
+                                 for target, target_setting in targets)
     return cells
+
+
+def _check_suites(config: RunConfig, registry: Registry, instances: dict[str, TaskSuite]) -> None:
+    """Refuse a test-only suite among the meta-training suites, a ``--backbone`` one of them does not offer, and a
+    ``--test-suites`` suite that matches no setting of any of them."""
+    for name, instance in instances.items():
+        if instance.test_only:
+            raise ConfigError(f"suite '{name}' is test-only (it has no meta-training split): test on it with "
+                              f"--test-suites {name} beside --suites SUITE")
+        if config.backbone and config.backbone not in instance.backbone_names:
+            offered = ", ".join(instance.backbone_names) or "only its standard network, no choice"
+            raise ConfigError(f"--backbone {config.backbone}: suite '{name}' does not offer it; it offers: {offered}")
+    for target in registry.select("suite", config.test_suites or []) if config.test_suites else []:
+        if target.name in instances:
+            raise ConfigError(f"--test-suites {target.name}: it is also meta-trained on (--suites): its own test "
+                              "split is scored anyway")
+        if not any(cross_domain_targets(config, registry, instance, setting, only=target.name)
+                   for instance in instances.values() for setting in instance.settings()):
+            trained = ", ".join(f"{name} ({', '.join(s.name for s in instance.settings())})"
+                                for name, instance in instances.items())
+            offered = ", ".join(setting.name for setting in config.make_suite(target.cls).settings())
+            raise ConfigError(f"--test-suites {target.name}: none of its settings ({offered}) has the kind, ways and "
+                              f"shots of a meta-training suite's: {trained}")
+
+
+def cross_domain_targets(config: RunConfig, registry: Registry, instance: TaskSuite, setting: Setting,
+                         only: str | None = None) -> list[tuple[Registration, Setting]]:
+    """The ``--test-suites`` suites (or the one named ``only``) that can test a model meta-trained on ``instance``'s
+    ``setting``, each with its setting of the same kind, ways and shots."""
+    targets = []
+    for target in registry.select("suite", config.test_suites) if config.test_suites else []:
+        if only is not None and target.name != only:
+            continue
+        test_suite = config.make_suite(target.cls)
+        if test_suite.kind is not instance.kind:
+            continue
+        matching = [s for s in test_suite.settings() if (s.ways, s.shots) == (setting.ways, setting.shots)]
+        if matching:
+            targets.append((target, matching[0]))
+    return targets
 
 
 def describe_plan(cells: list[Cell], suites: dict[str, TaskSuite]) -> list[dict[str, Any]]:
@@ -98,14 +159,14 @@ def describe_plan(cells: list[Cell], suites: dict[str, TaskSuite]) -> list[dict[
     resolved hyper-parameters, or why the learner declines the suite (``suites``: the run's suite instances)."""
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
     for cell in cells:
-        key = (cell.suite.name, cell.setting.name, cell.learner.name)
+        key = (cell.suite_label, cell.setting.name, cell.learner.name)
         if key in rows:
             rows[key]["seeds"] += f",{cell.seed}"
             continue
         declined = cell.learner.cls.unsupported_reason(suites[cell.suite.name])
         budget = cell.budget
         rows[key] = {
-            "suite": cell.suite.name, "setting": cell.setting.name, "learner": cell.learner.name,
+            "suite": cell.suite_label, "setting": cell.setting.name, "learner": cell.learner.name,
             "seeds": str(cell.seed),
             "tasks": f"{budget.meta_train_tasks:,}", "test": f"{budget.test_episodes} x {budget.test_steps} steps",
             "meta-val": f"{budget.val_episodes} every {budget.val_every:,}" if budget.val_episodes else "none",

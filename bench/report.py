@@ -164,6 +164,12 @@ class Group:
         """Milliseconds to adapt one test episode through all steps (mean over the finished cells)."""
         return _mean(cell.adapt_ms_per_episode for cell in self.ok)
 
+    @property
+    def adapted_parameters(self) -> str:
+        """How many numbers adapt per test task (the seeds' counts, which agree), or "–" where not stated."""
+        counts = sorted({cell.adapted_parameters for cell in self.ok if cell.adapted_parameters is not None})
+        return " / ".join(f"{count:,}" for count in counts) or "–"
+
 
 def _selected_metric(records: pd.DataFrame, cells: list[CellMetadata]) -> pd.Series:
     """Per (seed, episode), the metric at the step its cell's result is read at (``selected_step``; the group's last
@@ -395,12 +401,14 @@ class Report:
     def speed_table(self) -> Table:
         steps = self._speed_steps
         columns = ["suite", "setting", "learner", *(f"step {step}" for step in steps), "steps to 90%", "last step S",
-                   "adapt ms/episode"]
+                   "adapt ms/episode", "adapted params"]
         table = Table("Adaptation speed", columns, [], note=(
             "Mean metric after each number of adaptation steps; steps to 90% of the final gain over step 0, "
             "read off the median curve (0 for a single-point curve; for a curve scored at a subset of its steps, the "
             "first scored step that reaches it); the curve's last step S; wall-clock milliseconds to adapt one test "
-            "episode through all its S steps (the scoring included)." + self._curve_lengths_note))
+            "episode through all its S steps (the scoring included); how many numbers adapt to each task (every "
+            "weight, a context vector, a head, or 0 where nothing adapts; – where the learner does not say)."
+            + self._curve_lengths_note))
         for group in self.groups.values():
             row = [group.suite, group.setting, group.learner]
             if group.status_note:
@@ -413,7 +421,7 @@ class Report:
                                                 steps=group.curve["step"].tolist())
             table.rows.append(row + [format_number(by_step.get(step, math.nan)) for step in steps] + [
                 "–" if reached is None else str(reached), str(group.last_step),
-                format_number(group.adapt_ms_per_episode)])
+                format_number(group.adapt_ms_per_episode), group.adapted_parameters])
         return table
 
     @functools.cached_property

@@ -194,6 +194,10 @@ def cell_fingerprint(cell: Cell, config: RunConfig) -> str:
         "hyperparameters": dataclasses.asdict(cell.hyperparameters), "data_dir": config.data_dir,
         "learner_plugin": [cell.learner.source.distribution, cell.learner.source.version],
         "suite_plugin": [cell.suite.source.distribution, cell.suite.source.version],
+        # only where set, so that cells of runs from before these options keep their fingerprints
+        **({"backbone": config.backbone} if config.backbone else {}),
+        **({"test_suite_plugin": [cell.test_suite.source.distribution, cell.test_suite.source.version],
+            "test_setting": dataclasses.asdict(cell.test_setting)} if cell.test_suite and cell.test_setting else {}),
     })
 
 
@@ -318,7 +322,9 @@ def _metadata(cell: Cell, config: RunConfig, device: torch.device) -> Callable[.
     """The cell's metadata, short of how it ended (the keyword arguments still to give)."""
     budget = cell.budget
     return functools.partial(
-        CellMetadata, cell_id=cell.cell_id, suite=cell.suite.name, setting=cell.setting.name,
+        CellMetadata, cell_id=cell.cell_id, suite=cell.suite_label, setting=cell.setting.name,
+        test_suite=cell.test_suite.name if cell.test_suite else None,
+        backbone=config.make_suite(cell.suite.cls).chosen_backbone(),
         setting_index=cell.setting_index, shots=cell.setting.shots, ways=cell.setting.ways, learner=cell.learner.name,
         seed=cell.seed, hyperparameters=dataclasses.asdict(cell.hyperparameters), device=str(device),
         learner_plugin=dataclasses.asdict(cell.learner.source), suite_plugin=dataclasses.asdict(cell.suite.source),
@@ -334,103 +340,161 @@ def _failed(cell: Cell, config: RunConfig, device: torch.device, error: Exceptio
         traceback="".join(traceback.format_exception(error)), tasks_seen=tasks_seen, **fields), None, None
 
 
-def _test(cell: Cell, config: RunConfig, suite: TaskSuite, trained: TrainedCell, device: torch.device,
-          show_progress: bool) -> tuple[Selection, np.ndarray, np.ndarray]:
-    """Select the state and step on meta-validation, then score the test episodes: the metric per episode and step,
-    and the adaptation seconds per episode."""
+def _test(cell: Cell, config: RunConfig, home_suite: TaskSuite, trained: TrainedCell, device: torch.device,
+          show_progress: bool) -> Tested:
+    """Select the state and step on meta-validation, then score the cell's test episodes (those of ``home_suite``,
+    the suite instance it meta-trained on, or for a cross-domain cell its test suite's): the metric per episode and
+    step, and the adaptation seconds per episode."""
     budget = cell.budget
+    suite, setting = _test_target(cell, config, home_suite)
     selection = select(trained.validation, config.select, trained.tasks_seen,
-                       trained.learner.adaptation_steps(cell.setting, budget.test_steps))
+                       trained.learner.adaptation_steps(setting, budget.test_steps))
     with progress_bar(budget.test_episodes, f"evaluate   {cell.label}", "episode", show_progress) as bar:
-        metric, seconds = evaluate(trained.learner, suite, cell.setting, cell.seed, budget.test_episodes,
+        metric, seconds = evaluate(trained.learner, suite, setting, cell.seed, budget.test_episodes,
                                    budget.test_steps, device, on_episodes=bar.update)
-    return selection, metric, seconds
+    return Tested(cell, suite, setting, selection, metric, seconds)
 
 
-def _finished(cell: Cell, config: RunConfig, suite: TaskSuite, device: torch.device, trained: TrainedCell,
-              tested: tuple[Selection, np.ndarray, np.ndarray], memory: PeakMemory, **fields: Any) -> CellOutcome:
-    """The outcome of a cell that meta-trained and was tested."""
-    selection, metric, seconds = tested
+def _test_target(cell: Cell, config: RunConfig, home_suite: TaskSuite) -> tuple[TaskSuite, Setting]:
+    """The suite and setting whose test episodes ``cell`` scores."""
+    if cell.test_suite is None:
+        return home_suite, cell.setting
+    assert cell.test_setting is not None
+    return config.make_suite(cell.test_suite.cls), cell.test_setting
+
+
+@dataclasses.dataclass(frozen=True)
+class Tested:
+    """A cell's test: where its episodes came from, the selection, the metric per episode and step, and the
+    adaptation seconds per episode."""
+
+    cell: Cell
+    suite: TaskSuite
+    setting: Setting
+    selection: Selection
+    metric: np.ndarray
+    seconds: np.ndarray
+
+
+def _finished(config: RunConfig, device: torch.device, trained: TrainedCell, tested: Tested, memory: PeakMemory,
+              **fields: Any) -> CellOutcome:
+    """The outcome of a cell that meta-trained and was tested; the meta-validation rows go with its home cell."""
+    cell, suite, metric = tested.cell, tested.suite, tested.metric
     budget = cell.budget
-    identity = {"suite": cell.suite.name, "setting": cell.setting.name, "learner": cell.learner.name, "seed": cell.seed}
-    episodes, steps = np.meshgrid(np.arange(metric.shape[0]), curve_steps(trained.learner, cell.setting,
+    identity = {"suite": cell.suite_label, "setting": cell.setting.name, "learner": cell.learner.name,
+                "seed": cell.seed}
+    episodes, steps = np.meshgrid(np.arange(metric.shape[0]), curve_steps(trained.learner, tested.setting,
                                                                           budget.test_steps), indexing="ij")
     records = pd.DataFrame({**identity, "episode": episodes.ravel(), "step": steps.ravel(), "metric": metric.ravel()})
-    validation = trained.validation.frame(identity) if trained.validation else None
+    validation = trained.validation.frame(identity) if trained.validation and cell.test_suite is None else None
     return _metadata(cell, config, device)(
         status=CellStatus.OK, tasks_seen=trained.tasks_seen, resumed_from_tasks=trained.resumed_from,
-        meta_train_seconds=trained.meta_train_seconds, **_selection_fields(selection, trained.validation),
-        adapt_ms_per_episode=float(seconds.mean() * 1000), metric_name=suite.metric_name,
+        meta_train_seconds=trained.meta_train_seconds, **_selection_fields(tested.selection, trained.validation),
+        adapt_ms_per_episode=float(tested.seconds.mean() * 1000),
+        adapted_parameters=trained.learner.adapted_parameter_count(), metric_name=suite.metric_name,
         lower_is_better=suite.lower_is_better, **memory.as_dict(), notes=trained.notes or None,
-        test_episodes_sha256=episodes_fingerprint(suite, cell.setting, cell.seed, budget.test_episodes), **fields,
+        test_episodes_sha256=episodes_fingerprint(suite, tested.setting, cell.seed, budget.test_episodes), **fields,
     ), records, validation
 
 
+def _test_each(cells: list[Cell], config: RunConfig, home_suite: TaskSuite, trained: TrainedCell, device: torch.device,
+               show_progress: bool, **fields: Any) -> list[Callable[[PeakMemory], CellOutcome]]:
+    """Test one meta-trained model on each of ``cells`` (a home cell and its cross-domain cells): how to finish each
+    once the peak memory is known. A test that fails fails its cell only; running past the deadline fails them all."""
+    finish: list[Callable[[PeakMemory], CellOutcome]] = []
+    for cell in cells:
+        try:
+            tested = _test(cell, config, home_suite, trained, device, show_progress)
+        except CellTimeoutError:
+            raise
+        except Exception as error:  # a test that fails fails its cell only
+            failed = _failed(cell, config, device, error, trained.tasks_seen, **fields)
+            finish.append(lambda memory, failed=failed: failed)
+            continue
+        finish.append(functools.partial(_finished, config, device, trained, tested, **fields))
+    return finish
+
+
+def _with_targets(home: Cell, cells: list[Cell]) -> list[Cell]:
+    """``home`` and the cross-domain cells among ``cells`` that test its model."""
+    return [home, *(cell for cell in cells if cell.test_suite is not None and cell.home == home)]
+
+
 def run_cell(cell: Cell, config: RunConfig, device: torch.device, show_progress: bool,
-             timeout: float | None = None, checkpoints: Checkpoints | None = None, **fields: Any) -> CellOutcome:
-    """Meta-train one cell with meta-validation, select its state and step on meta-val, then evaluate it on the
-    test episodes, within ``timeout`` seconds, from its checkpoint if there is one. Failures are returned in the
+             timeout: float | None = None, checkpoints: Checkpoints | None = None, cross: tuple[Cell, ...] = (),
+             **fields: Any) -> list[CellOutcome]:
+    """Meta-train one cell with meta-validation, select its state and step on meta-val, then evaluate it on its
+    test episodes and on those of each ``cross``-domain cell of it, within ``timeout`` seconds, from its checkpoint
+    if there is one: the outcome of the cell, then of each cross-domain cell. Failures are returned in the
     metadata, never raised; ``fields`` go into the metadata as they are."""
     budget = cell.budget
+    targets = [cell, *cross]
     suite: TaskSuite = config.make_suite(cell.suite.cls)
     reason = cell.learner.cls.unsupported_reason(suite)
     if reason:
-        return _metadata(cell, config, device)(status=CellStatus.NOT_APPLICABLE, error=reason, **fields), None, None
+        return [(_metadata(target, config, device)(status=CellStatus.NOT_APPLICABLE, error=reason, **fields), None,
+                 None) for target in targets]
     context: HostContext | None = None
     try:
         with deadline(timeout), PeakMemory(device) as memory:
             with progress_bar(budget.meta_train_tasks, f"meta-train {cell.label}", "task", show_progress) as bar:
                 learner, context = _start(cell, config, suite, device, loss_progress(bar), checkpoints, None)
                 trained = _train(learner, context)
-            tested = _test(cell, config, suite, trained, device, show_progress)
+            finish = _test_each(targets, config, suite, trained, device, show_progress, **fields)
     except Exception as error:  # a plugin's failure fails its cell, not the run
-        return _failed(cell, config, device, error, context.tasks_seen if context else 0, **fields)
-    return _finished(cell, config, suite, device, trained, tested, memory, **fields)
+        return [_failed(target, config, device, error, context.tasks_seen if context else 0, **fields)
+                for target in targets]
+    return [outcome(memory) for outcome in finish]
 
 
 def run_seed_group(cells: list[Cell], config: RunConfig, device: torch.device, show_progress: bool,
                    timeout: float | None = None, checkpoints: Callable[[Cell], Checkpoints | None] = lambda cell: None,
                    ) -> list[CellOutcome]:
     """Run the cells of one (suite, setting, learner) that differ only in their seed, meta-training them together
-    as one vectorised model (``SeedGroup``), then testing each; each cell's outcome as ``run_cell`` gives it. The
-    group has ``timeout`` seconds per cell. If the group cannot train together (``SeedsApart``) or fails in
-    meta-training, each cell runs again alone (from its own checkpoint) and its metadata says why."""
-    learner_class = cells[0].learner.cls
-    suite: TaskSuite = config.make_suite(cells[0].suite.cls)
-    if len(cells) == 1 or not trains_seeds_together(learner_class) or learner_class.unsupported_reason(suite):
-        return [run_cell(cell, config, device, show_progress, timeout, checkpoints(cell)) for cell in cells]
-    budget = cells[0].budget
-    seeds = [cell.seed for cell in cells]
-    label = f"{cells[0].learner.name} | {cells[0].suite.name} {cells[0].setting.name} | seeds {_seed_list(seeds)}"
+    as one vectorised model (``SeedGroup``), then testing each (and the cross-domain cells among ``cells`` with
+    each one's model); each cell's outcome as ``run_cell`` gives it, in the order of ``cells``. The group has
+    ``timeout`` seconds per seed. If the group cannot train together (``SeedsApart``) or fails in meta-training,
+    each seed runs again alone (from its own checkpoint) and its metadata says why."""
+    homes = [cell for cell in cells if cell.test_suite is None]
+    learner_class = homes[0].learner.cls
+    suite: TaskSuite = config.make_suite(homes[0].suite.cls)
+    if len(homes) == 1 or not trains_seeds_together(learner_class) or learner_class.unsupported_reason(suite):
+        return _in_order(cells, [outcome for home in homes for outcome in run_cell(
+            home, config, device, show_progress, timeout, checkpoints(home), tuple(_with_targets(home, cells)[1:]))])
+    budget = homes[0].budget
+    seeds = [cell.seed for cell in homes]
+    label = f"{homes[0].learner.name} | {homes[0].suite.name} {homes[0].setting.name} | seeds {_seed_list(seeds)}"
     finish: list[Callable[[PeakMemory], CellOutcome]] = []
     try:
-        with deadline(timeout and timeout * len(cells), f"the group of {len(cells)} seeds"), \
+        with deadline(timeout and timeout * len(homes), f"the group of {len(homes)} seeds"), \
                 PeakMemory(device) as memory:
-            with progress_bar(budget.meta_train_tasks * len(cells), f"meta-train {label}", "task",
+            with progress_bar(budget.meta_train_tasks * len(homes), f"meta-train {label}", "task",
                               show_progress) as bar:
-                trained = train_together(cells, config, device, progress=loss_progress(bar), checkpoints=checkpoints)
-            for cell, one in zip(cells, trained, strict=True):
-                failure = one if isinstance(one, MemberFailure) else None  # diverged alone: fails as it would alone
-                if failure is None:
-                    try:
-                        tested = _test(cell, config, suite, one, device, show_progress)
-                        finish.append(functools.partial(_finished, cell, config, suite, device, one, tested,
-                                                        seed_group=seeds))
-                        continue
-                    except CellTimeoutError:
-                        raise
-                    except Exception as error:  # a test that fails fails its cell only
-                        failure = MemberFailure(error, one.tasks_seen)
-                failed = _failed(cell, config, device, failure.error, failure.tasks_seen, seed_group=seeds)
-                finish.append(lambda memory, failed=failed: failed)
+                trained = train_together(homes, config, device, progress=loss_progress(bar), checkpoints=checkpoints)
+            for home, one in zip(homes, trained, strict=True):
+                targets = _with_targets(home, cells)
+                if not isinstance(one, MemberFailure):
+                    finish.extend(_test_each(targets, config, suite, one, device, show_progress, seed_group=seeds))
+                    continue
+                for target in targets:  # diverged alone: fails as it would alone
+                    failed = _failed(target, config, device, one.error, one.tasks_seen, seed_group=seeds)
+                    finish.append(lambda memory, failed=failed: failed)
     except CellTimeoutError as error:
-        return [_failed(cell, config, device, error, seed_group=seeds) for cell in cells]
+        return _in_order(cells, [_failed(target, config, device, error, seed_group=seeds)
+                                 for home in homes for target in _with_targets(home, cells)])
     except Exception as error:  # the group could not train together: each seed alone, as it would have run
         why = "cannot train together" if isinstance(error, SeedsApart) else "failed in meta-training together"
         note = f"meta-trained alone: the seed group {why} ({type(error).__name__}: {error})"
-        return [run_cell(cell, config, device, show_progress, timeout, checkpoints(cell), seed_group=[cell.seed],
-                         seed_group_note=note) for cell in cells]
-    return [outcome(memory) for outcome in finish]
+        return _in_order(cells, [outcome for home in homes for outcome in run_cell(
+            home, config, device, show_progress, timeout, checkpoints(home), tuple(_with_targets(home, cells)[1:]),
+            seed_group=[home.seed], seed_group_note=note)])
+    return _in_order(cells, [outcome(memory) for outcome in finish])
+
+
+def _in_order(cells: list[Cell], outcomes: list[CellOutcome]) -> list[CellOutcome]:
+    """``outcomes`` (one per cell, in any order) in the order of ``cells``."""
+    by_id = {outcome[0].cell_id: outcome for outcome in outcomes}
+    return [by_id[cell.cell_id] for cell in cells]
 
 
 def _seed_list(seeds: list[int]) -> str:
@@ -442,15 +506,20 @@ def _seed_list(seeds: list[int]) -> str:
 def seed_groups(cells: list[Cell], seeds_together: int) -> list[list[Cell]]:
     """The cells in groups that meta-train together: those of one (suite, setting, learner) whose learner trains
     seeds together (``trains_seeds_together``), at most ``seeds_together`` seeds each (0: no limit; 1: every cell
-    alone), in the cells' order."""
+    alone), in the cells' order; a cross-domain cell goes with its home cell (which must come first)."""
     groups: dict[tuple, list[list[Cell]]] = {}
+    chunk_of: dict[str, list[Cell]] = {}
     for index, cell in enumerate(cells):
+        if cell.test_suite is not None and cell.home.cell_id in chunk_of:  # cross-domain: with its home cell's model
+            chunk_of[cell.home.cell_id].append(cell)
+            continue
         together = seeds_together != 1 and trains_seeds_together(cell.learner.cls)
         key = (cell.suite.name, cell.setting_index, cell.learner.name) if together else ("alone", index)
         chunks = groups.setdefault(key, [[]])
-        if seeds_together and len(chunks[-1]) >= seeds_together:
+        if seeds_together and sum(member.test_suite is None for member in chunks[-1]) >= seeds_together:
             chunks.append([])
         chunks[-1].append(cell)
+        chunk_of[cell.home.cell_id] = chunks[-1]
     return [group for chunks in groups.values() for group in chunks]
 
 
@@ -496,12 +565,16 @@ def run_cells(cells: list[Cell], config: RunConfig, store: RunStore, device: tor
     on_start(len(cells) - len(todo))
     work = CellWork(config, str(device), show_progress and (executor is None or executor.shows_progress),
                     cell_timeout, str(store.cells_dir) if checkpoint_every else None, checkpoint_every)
-    groups = seed_groups([cell for cell in cells if cell.cell_id in todo], seeds_together)
+    # a cross-domain cell to run needs its home cell's model: the home meta-trains again even where it is finished
+    needed = todo | {cell.home.cell_id for cell in cells if cell.cell_id in todo}
+    groups = seed_groups([cell for cell in cells if cell.cell_id in needed], seeds_together)
     try:
         results = (executor.map(work, groups, gpus=int(device.type == "cuda")) if executor is not None
                    else map(work, groups))
         for group in results:
             for cell, metadata, records, validation in group:
+                if cell.cell_id not in todo:  # finished before: kept as it is
+                    continue
                 store.write_cell(cell.cell_id, metadata, records, validation)
                 on_cell(cell, metadata)
     finally:

@@ -15,6 +15,7 @@ from bench.api import Executor, ExecutorOptions
 from bench.cells import CellMetadata, CellStatus
 from bench.config import CONFIG_KEYS, RunConfig, build_run_config
 from bench.environment import environment
+from bench.errors import DataError
 from bench.grid import Cell, plan
 from bench.plugins import Registry
 from bench.report import Report
@@ -111,6 +112,31 @@ def _cell_line(cell: Cell, metadata: CellMetadata, said: set[str]) -> str:
     return f"  {str(metadata.status):6} {cell.label}{detail}"
 
 
+def _check_cross_domain(config: RunConfig, cells: list[Cell], say: Say) -> None:
+    """Refuse a ``--test-suites`` suite whose inputs differ in shape from those of the suite it tests models of;
+    say which meta-training settings a test suite has no counterpart of (they are tested on their own suite only)."""
+    crosses = [cell for cell in cells if cell.test_suite is not None]
+    checked: set[tuple[str, str]] = set()
+    for cell in crosses:
+        assert cell.test_suite is not None and cell.test_setting is not None
+        pair = (cell.suite.name, cell.test_suite.name)
+        if pair in checked:
+            continue
+        checked.add(pair)
+        trained = config.make_suite(cell.suite.cls).sample_episode("test", cell.setting, 0, 0).support_x.shape[1:]
+        tested = config.make_suite(cell.test_suite.cls).sample_episode("test", cell.test_setting, 0, 0).support_x
+        if tuple(tested.shape[1:]) != tuple(trained):
+            raise DataError(f"--test-suites {cell.test_suite.name}: its inputs have shape {tuple(tested.shape[1:])}, "
+                            f"the models meta-trained on '{cell.suite.name}' take {tuple(trained)}")
+    homes = dict.fromkeys((cell.suite.name, cell.setting.name) for cell in cells if cell.test_suite is None)
+    for name in config.test_suites or []:
+        tested = {(cell.suite.name, cell.setting.name) for cell in crosses if cell.test_suite.name == name}
+        untested = [f"{suite} {setting}" for suite, setting in homes if (suite, setting) not in tested]
+        if untested:
+            say(f"note: --test-suites {name} has no setting of the kind, ways and shots of {', '.join(untested)}: "
+                "tested on their own suite only")
+
+
 def run_benchmark(config: RunConfig, registry: Registry, execution: Execution, say: Say) -> RunOutcome:
     """Run every cell of ``config`` not yet finished in its run folder and write the report. Bad input (names,
     settings, data, the run folder) raises a ``BenchError`` before any cell runs; a failing cell is recorded and
@@ -118,8 +144,11 @@ def run_benchmark(config: RunConfig, registry: Registry, execution: Execution, s
     executor = make_executor(registry, execution)
     cells = plan(config, registry)
     _note_what_all_leaves_out(config, registry, say)
-    for suite in {cell.suite.name: cell.suite for cell in cells}.values():  # data problems: one line, before any work
+    suites = {cell.suite.name: cell.suite for cell in cells} | {cell.test_suite.name: cell.test_suite
+                                                                 for cell in cells if cell.test_suite}
+    for suite in suites.values():  # data problems: one line, before any work
         config.make_suite(suite.cls).prepare()
+    _check_cross_domain(config, cells, say)
     device = resolve_device(config.device)
     run_dir = Path(config.out) if config.out else default_run_dir(config)
     resolved = _resolved(config, run_dir, cells)

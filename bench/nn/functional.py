@@ -44,12 +44,17 @@ class InnerLoop:
     ``lr=None``: per-weight meta-learned rates, ``fast[name] <- fast[name] - slow[LR_PREFIX + name] * grad``.
     ``support_scale``: the inner loss is ``support_scale`` x ``loss`` (e.g. the number of classes, for MAML's
     reference loss, the sum over classes of each class's mean); the query loss of the outer loop is ``loss`` as is.
+    ``init``: each task's initial fast weights as a differentiable function of the shared ones and its support set,
+    ``init(fast, slow, support_x, support_y)`` for one task (ProtoMAML's head from the class prototypes); None: the
+    shared ``fast`` weights. First-order meta-gradients only: the inner gradient treats each task's initial weights as
+    variables of their own, and the meta-gradient reaches the shared weights through ``init`` and the adapted ones.
     """
 
     forward: Forward
     loss: Loss
     lr: float | None
     support_scale: float = 1.0
+    init: Callable[[Params, Params, torch.Tensor, torch.Tensor], Params] | None = None
 
     def rate(self, slow: Params, name: str) -> float | torch.Tensor:
         """The learning rate of fast weight ``name``: ``lr``, or the learned one in ``slow`` when ``lr`` is None."""
@@ -88,13 +93,28 @@ class InnerLoop:
         if seeds:  # each seed's own slow weights, shared by its tasks
             forward, task_losses = vmap(forward, in_dims=(0, 0, 0)), vmap(task_losses)
         adapted = {name: _per_task(tensor, lead) for name, tensor in fast.items()}
+        if self.init is not None:
+            self._check_first_order(first_order)
+            init = vmap(self.init, in_dims=(0, None, 0, 0))
+            if seeds:
+                init = vmap(init, in_dims=(0, 0, 0, 0))
+            adapted = init(adapted, slow, batch.support_x, batch.support_y)
         for _ in range(steps):
-            support_losses = task_losses(forward(adapted, slow, batch.support_x), batch.support_y)
+            # With init, the inner gradient is taken at detached copies: there the initial weights are variables of
+            # their own (as step's torch.func.grad treats them), and the graph through init is kept for the outer loop.
+            inner = adapted if self.init is None else {name: tensor.detach().requires_grad_()
+                                                       for name, tensor in adapted.items()}
+            support_losses = task_losses(forward(inner, slow, batch.support_x), batch.support_y)
             support_loss = self.support_scale * support_losses.sum()
-            grads = torch.autograd.grad(support_loss, list(adapted.values()), create_graph=not first_order)
+            grads = torch.autograd.grad(support_loss, list(inner.values()), create_graph=not first_order)
             adapted = {name: tensor - self._task_rate(slow, name, seeds) * gradient
                        for (name, tensor), gradient in zip(adapted.items(), grads)}
         return task_losses(forward(adapted, slow, batch.query_x), batch.query_y)
+
+    @staticmethod
+    def _check_first_order(first_order: bool) -> None:
+        if not first_order:
+            raise ValueError("an InnerLoop with init takes first-order meta-gradients only")
 
     def _task_rate(self, slow: Params, name: str, seeds: bool) -> float | torch.Tensor:
         """``rate`` shaped for weights with a task dimension (a learned rate of each seed, shared by its tasks)."""
@@ -105,7 +125,12 @@ class InnerLoop:
         """``meta_loss`` written with ``torch.func`` transforms only (``vmap`` of a per-task ``grad``), so
         that ``torch.func.grad`` of it is a single forward graph ``torch.compile`` can fuse. Same value."""
 
+        if self.init is not None:
+            self._check_first_order(first_order)
+
         def query_loss(fast: Params, slow: Params, episode) -> torch.Tensor:
+            if self.init is not None:
+                fast = self.init(fast, slow, episode.support_x, episode.support_y)
             for _ in range(steps):
                 fast = self.step(fast, slow, episode.support_x, episode.support_y, first_order)
             return self.loss(self.forward(fast, slow, episode.query_x), episode.query_y)
@@ -124,6 +149,9 @@ class InnerLoop:
         if batched:
             fast = {name: tensor.expand(support.x.shape[0], *tensor.shape) for name, tensor in fast.items()}
             step, forward = vmap(step, in_dims=(0, None, 0, 0)), vmap(forward, in_dims=(0, None, 0))
+        if self.init is not None:
+            init = vmap(self.init, in_dims=(0, None, 0, 0)) if batched else self.init
+            fast = detached(init(fast, slow, support.x, support.y))
         yield functools.partial(forward, fast, slow)
         for _ in range(steps):
             fast = detached(step(fast, slow, support.x, support.y))

@@ -140,9 +140,10 @@ def suite_problems(suite: TaskSuite, check: SuiteCheck = SuiteCheck()) -> list[s
     if not settings or len({setting.name for setting in settings}) != len(settings):
         return [*problems.lines(), f"settings() must return settings with distinct names, got {settings!r}"]
     seed = check.seed
+    splits = ("test",) if suite.test_only else SPLITS
     for setting in settings:
         seen: dict[str, set[bytes]] = {}
-        for split in SPLITS:
+        for split in splits:
             where = f"{split} episodes of '{setting.name}'"
             first = suite.sample_episode(split, setting, seed, 0)
             if not _same(first, suite.sample_episode(split, setting, seed, 0)):
@@ -157,8 +158,8 @@ def suite_problems(suite: TaskSuite, check: SuiteCheck = SuiteCheck()) -> list[s
             if not _same(batch, stacked):
                 problems.add("sample_batch() differs from stacking sample_episode()", where)
             seen[split] = set().union(*(_rows(suite.sample_episode(split, setting, seed, i)) for i in range(check.episodes)))
-        for index, split in enumerate(SPLITS):
-            for other in SPLITS[index + 1:]:
+        for index, split in enumerate(splits):
+            for other in splits[index + 1:]:
                 shared = len(seen[split] & seen[other])
                 if shared:
                     problems.add(f"input examples appear in both the {split} and the {other} split (among "

@@ -457,5 +457,9 @@ class GradientMetaLearner(Learner, MetaGradient, SeedGroup):
 
     batched = True
 
+    def adapted_parameter_count(self) -> int:
+        """The inner loop's weights (``fast``)."""
+        return sum(tensor.numel() for tensor in self.fast.values())
+
     def adapt(self, support: Support, steps: int, *, batched: bool = False) -> Iterator[Predictor]:
         return self.loop.trajectory(self.fast, self.slow, support, steps, batched=batched)

@@ -36,7 +36,10 @@ class AdaptationLayerConfig(GradientConfig):
     film: bool = False
 
 
-IMAGE_SUITES = ("omniglot", "miniimagenet")
+IMAGE_SUITES = ("omniglot", "miniimagenet", "tieredimagenet", "cifarfs", "fc100", "cub", "digits")
+"""The built-in suites whose standard backbone is the Conv-4 (module 9: the third block's batch norm)."""
+RESNET12_FILM_LAYER = 2
+"""FiLM on the output of ResNet-12's third residual block (modules: blocks 0-3, pooling, head)."""
 CAVIA_CLASSIFICATION = {"context_dim": 100, "film": True, "inner_lr": 1.0, "inner_steps": 2, "meta_batch": 16,
                         "outer_lr_decay": 0.9, "outer_lr_decay_every": 5000, "clip_grad": 10.0}
 """CAVIA's classification settings (classification/arguments.py, main.py), but for where the context acts."""
@@ -69,10 +72,15 @@ class AdaptationLayer(GradientMetaLearner):
     @classmethod
     def suite_defaults(cls, suite: TaskSuite, setting: Setting) -> dict[str, Any]:
         """Classification: CAVIA's image settings, with its FiLM placement on the Conv-4 image suites and its
-        generic form on other classification suites."""
+        generic form on other classification suites. On ResNet-12 (``--backbone resnet12``: four residual blocks,
+        the pooling, the head) FiLM modulates the third block's output, ``layer=2``: CAVIA's "third block" placement,
+        after the block's activation and pool (a block is one module), where the Conv-4's is before its ReLU."""
         if suite.kind is not TaskKind.CLASSIFICATION:
             return {}
-        return dict(IMAGE_DEFAULTS if suite.name in IMAGE_SUITES else CLASSIFICATION_DEFAULTS)
+        defaults = dict(IMAGE_DEFAULTS if suite.name in IMAGE_SUITES else CLASSIFICATION_DEFAULTS)
+        if suite.chosen_backbone() == "resnet12":
+            defaults["layer"] = RESNET12_FILM_LAYER
+        return defaults
 
     @classmethod
     def paper_budget(cls, suite: type[TaskSuite], setting: Setting) -> dict[str, int]:

@@ -157,7 +157,7 @@ class Finetune(Learner):
                 from bench_plugins.learners._running_norm import with_running_statistics
 
                 with_running_statistics(model)
-            width, classes = model[-1].in_features, ctx.suite.num_classes("train")
+            self.width, classes = width, classes = model[-1].in_features, ctx.suite.num_classes("train")
             generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=ctx.generator)))
             model[-1] = Head(self.config.head, width, classes, self._scale(classes), generator).to(ctx.device)
             self.ways = ctx.setting.ways
@@ -211,6 +211,13 @@ class Finetune(Learner):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.network.load_state_dict(state["network"])
+
+    def adapted_parameter_count(self) -> int:
+        """Classification: the fresh head's weights and biases (Baseline++: directions and norms), ways x (width + 1);
+        regression: every weight."""
+        if self.classification:
+            return self.ways * (self.width + 1)
+        return sum(weight.numel() for weight in self.weights.values())
 
     def adapt(self, support: Support, steps: int, *, batched: bool = False) -> Iterator[Predictor]:
         import itertools

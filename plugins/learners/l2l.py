@@ -140,6 +140,10 @@ class LearnToLearnLearner(Learner, MetaGradient):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
 
+    def adapted_parameter_count(self) -> int:
+        """Every weight of the wrapped network (Meta-SGD's rates stay fixed at test time)."""
+        return sum(weight.numel() for weight in self.model.module.parameters())
+
     def adapt(self, support: Support, steps: int) -> Iterator[Predictor]:
         """A clone adapted on the support set (first order: nothing back-propagates at test time)."""
         learner = self.model.clone()

@@ -2,18 +2,18 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
-from bench.api import (FloatRange, IntRange, Learner, MetaTrainContext, Predictor, SearchRange, Setting, Support,
-                       TaskKind, TaskSuite)
+from bench_plugins.learners._metric import Classifier, EpisodeSchedule, HeadLearner
+
+from bench.api import FloatRange, IntRange, SearchRange, Setting, TaskKind, TaskSuite
 
 if TYPE_CHECKING:
     import torch
 
 
 @dataclasses.dataclass
-class ProtoNetConfig:
+class ProtoNetConfig(EpisodeSchedule):
     """Where each default comes from (classification only: protonet declines regression suites): Snell et al. 2017
     and its reference code, github.com/jakesnell/prototypical-networks scripts/train/few_shot/run_train.py: Adam at
     --train.learning_rate 1e-3 (``lr``), halved (train.py's StepLR, gamma 0.5, stepped as each epoch starts) every
@@ -36,24 +36,6 @@ class ProtoNetConfig:
     error (the suite's, at the first episode); nothing caps it."""
     train_query: int = 0
     """Query examples per class of a meta-training episode; 0: the suite's for the setting."""
-
-    def __post_init__(self) -> None:
-        if self.train_ways < 0 or self.train_query < 0:
-            raise ValueError(f"train_ways and train_query must be 0 (the setting's) or positive, "
-                             f"got {self.train_ways} and {self.train_query}")
-
-    def learning_rate(self, episodes: int) -> float:
-        """The learning rate after ``episodes`` meta-training episodes."""
-        return self.lr * 0.5 ** (episodes // self.lr_halve_every) if self.lr_halve_every else self.lr
-
-    def training_setting(self, setting: Setting) -> Setting:
-        """The setting of the meta-training episodes for a test ``setting``: ``setting`` itself when ``train_ways``
-        and ``train_query`` are its own (then its episode stream is the one every learner of the cell trains on)."""
-        ways, query = self.train_ways or setting.ways, self.train_query or setting.query_for("train")
-        if (ways, query) == (setting.ways, setting.query_for("train")):
-            return setting
-        return dataclasses.replace(setting, name=f"{ways}-way {setting.shots}-shot, {query} queries", ways=ways,
-                                   train_query=query)
 
 
 PAPER_EPISODES = {
@@ -79,7 +61,7 @@ def prototype_logits(embeddings: "torch.Tensor", prototypes: "torch.Tensor") -> 
     return -(embeddings.unsqueeze(-2) - prototypes.unsqueeze(-3)).square().sum(dim=-1)
 
 
-class ProtoNet(Learner):
+class ProtoNet(HeadLearner):
     """Prototypical networks: classify by the nearest class-mean embedding; nothing adapts at test time.
 
     The embedding is the suite's standard backbone without its final linear head (the Conv-4's
@@ -98,8 +80,8 @@ class ProtoNet(Learner):
     """
 
     Config = ProtoNetConfig
-    max_adaptation_steps: ClassVar[int | None] = 0
-    batched = True
+    label = "protonet"
+    method = "classifies by nearest class prototype"
 
     @classmethod
     def suite_defaults(cls, suite: TaskSuite, setting: Setting) -> dict[str, Any]:
@@ -113,54 +95,7 @@ class ProtoNet(Learner):
             return {}
         return {"lr": FloatRange(1e-4, 1e-2, log=True), "lr_halve_every": IntRange(500, 8000, log=True)}
 
-    @classmethod
-    def unsupported_reason(cls, suite: TaskSuite) -> str | None:
-        if suite.kind is TaskKind.CLASSIFICATION:
-            return None
-        return f"protonet classifies by nearest class prototype; '{suite.name}' is a {suite.kind.value} suite"
-
-    def meta_train(self, ctx: MetaTrainContext) -> None:
-        import torch
-        from torch import nn
-
-        model = ctx.backbone()
-        if not (isinstance(model, nn.Sequential) and isinstance(model[-1], nn.Linear)):
-            raise TypeError(f"protonet needs a backbone that is an nn.Sequential ending in a linear head; "
-                            f"suite '{ctx.suite.name}' gives {type(model).__name__}")
-        self.embedding, self.ways = model[:-1], ctx.setting.ways
-        training = self.config.training_setting(ctx.setting)
-        if training is not ctx.setting:
-            ctx.note(f"protonet meta-trains on {training.ways}-way episodes with {training.train_query} queries per "
-                     f"class (tests at {ctx.setting.ways}-way)")
-        optimizer = torch.optim.Adam(self.embedding.parameters(), lr=self.config.lr, fused=True)
-        episodes = 0
-        for batch in ctx.batches(self.config.meta_batch, setting=training):
-            predict = self._predictor(batch.support, training.ways, batched=True)
-            loss = ctx.suite.loss(predict(batch.query_x).flatten(0, 1), batch.query_y.flatten())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            ctx.log(loss.detach())
-            episodes += batch.support_x.shape[0]
-            for group in optimizer.param_groups:
-                group["lr"] = self.config.learning_rate(episodes)
-        self.embedding.requires_grad_(False)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The embedding, by reference."""
-        return {"embedding": self.embedding.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.embedding.load_state_dict(state["embedding"])
-
-    def adapt(self, support: Support, steps: int, *, batched: bool = False) -> Iterator[Predictor]:
-        """One predictor (``max_adaptation_steps = 0``): nearest prototype of the support set (batch norm per task)."""
-        yield self._predictor(support, self.ways, batched)
-
-    def _predictor(self, support: Support, ways: int, batched: bool) -> Predictor:
-        """Logits of the nearest of the ``ways`` class prototypes of ``support``."""
-        from torch.func import vmap
-
-        embed = vmap(self.embedding) if batched else self.embedding
-        prototypes = class_prototypes(embed(support.x), support.y, ways)
-        return lambda x: prototype_logits(embed(x), prototypes)
+    def classifier(self, support: "torch.Tensor", labels: "torch.Tensor", ways: int, training: bool) -> Classifier:
+        """Logits of the nearest of the ``ways`` class prototypes."""
+        prototypes = class_prototypes(support, labels, ways)
+        return lambda query: prototype_logits(query, prototypes)

@@ -241,6 +241,10 @@ class Reptile(Learner):
 
     batched = True
 
+    def adapted_parameter_count(self) -> int:
+        """Every weight."""
+        return sum(weight.numel() for weight in self.weights.values())
+
     def adapt(self, support: Support, steps: int, *, batched: bool = False) -> Iterator[Predictor]:
         """Full-batch steps on the support set from the meta-learned weights (and Adam's state); a predictor after
         each of 0..steps."""

@@ -1,15 +1,20 @@
 """mini-ImageNet few-shot classification (Vinyals et al. 2016) in the split of Ravi & Larochelle (2017)."""
 from __future__ import annotations
 
-import codecs
 import csv
 import hashlib
-import pickle
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from bench_plugins.suites._images import ClassPool, FewShotImageSuite, cached_images
+from bench_plugins.suites._images import (
+    ClassPool,
+    FewShotImageSuite,
+    cached_images,
+    decode_rgb,
+    one_line,
+    unpickle_numpy,
+)
 
 from bench.api import Setting
 from bench.errors import DataError
@@ -25,58 +30,13 @@ IMAGES_FOLDER = "images"
 CACHE_FORMAT = "miniimagenet-84px-rgb-lanczos-v1"
 
 
-def _numpy_globals() -> dict[tuple[str, str], Any]:
-    """The only globals a pickled uint8 ndarray needs, under numpy 1.x and 2.x module names."""
-    import numpy as np
-
-    try:
-        from numpy._core import multiarray, numeric  # numpy >= 2
-    except ImportError:
-        from numpy.core import multiarray, numeric  # numpy 1.x
-    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-                                           # protocols 0-2 store raw bytes as _codecs.encode(str, "latin1")
-                                           ("_codecs", "encode"): codecs.encode}
-    for package in ("numpy.core", "numpy._core"):
-        allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
-        allowed[(f"{package}.multiarray", "scalar")] = multiarray.scalar
-        allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer  # protocol 5
-    return allowed
-
-
-class NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles plain containers and numpy arrays; refuses every other global (no code runs)."""
-
-    def __init__(self, stream: Any, path: Path) -> None:
-        super().__init__(stream, encoding="latin1")  # latin1: also reads Python 2 era caches
-        self.path = path
-        self.allowed = _numpy_globals()
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return self.allowed[(module, name)]
-        except KeyError:
-            raise DataError(f"miniimagenet: {self.path} refers to {module}.{name}, which is not a numpy array "
-                            f"part; refused to unpickle it (a mini-ImageNet cache holds only numpy arrays)") from None
-
-
 def read_pickle(path: Path) -> dict:
     """A ``{"image_data": ..., "class_dict": ...}`` cache, unpickled with numpy globals only."""
-    try:
-        with path.open("rb") as stream:
-            data = NumpyOnlyUnpickler(stream, path).load()
-    except DataError:
-        raise
-    except Exception as error:  # a corrupt pickle raises almost anything: EOFError, UnpicklingError, ValueError, ...
-        raise DataError(f"miniimagenet: cannot read {path}: {type(error).__name__}: {_one_line(error)}; "
-                        f"expected a pickled dict with image_data and class_dict") from None
+    expected = "a pickled dict with image_data and class_dict"
+    data = unpickle_numpy(path, "miniimagenet", expected)
     if not isinstance(data, dict) or not {"image_data", "class_dict"} <= data.keys():
-        raise DataError(f"miniimagenet: {path} is not a mini-ImageNet cache; expected a pickled dict with "
-                        f"image_data and class_dict")
+        raise DataError(f"miniimagenet: {path} is not a mini-ImageNet cache; expected {expected}")
     return data
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or "no details"
 
 
 def _same_count(counts: dict[str, int], source: Path, what: str) -> int:
@@ -136,6 +96,10 @@ class MiniImageNet(FewShotImageSuite):
 
     LAYOUT = ("mini-imagenet-cache-{train,validation,test}.pkl, or images/ with the split files "
               "train.csv, val.csv, test.csv")
+    SOURCE = ("mini-ImageNet (Vinyals et al. 2016) in Ravi & Larochelle's split, in either form: the pickle caches "
+              "mini-imagenet-cache-{train,validation,test}.pkl that learn2learn downloads "
+              "(https://zenodo.org/record/7978538), or the 60,000 images in images/ with Ravi & Larochelle's "
+              "train.csv, val.csv and test.csv (https://github.com/twitter/meta-learning-lstm, data/miniImagenet/).")
 
     def looks_like_root(self, path: Path) -> bool:
         return any((path / name).is_file() for name in (*PICKLE_NAMES.values(), *CSV_NAMES.values()))
@@ -199,7 +163,7 @@ class MiniImageNet(FewShotImageSuite):
             with path.open(newline="", encoding="utf-8") as stream:
                 rows = list(csv.reader(stream))
         except (OSError, UnicodeDecodeError, csv.Error) as error:
-            raise DataError(f"miniimagenet: cannot read {path}: {_one_line(error)}") from None
+            raise DataError(f"miniimagenet: cannot read {path}: {one_line(error)}") from None
         if not rows or [cell.strip() for cell in rows[0]] != CSV_HEADER:
             raise DataError(f"miniimagenet: {path} does not start with the header '{','.join(CSV_HEADER)}'")
         for line, row in enumerate(rows[1:], start=2):
@@ -218,18 +182,4 @@ class MiniImageNet(FewShotImageSuite):
 
     def decode(self, files: list[Path]) -> "np.ndarray":
         """The images as uint8 [N, 84, 84, 3]: RGB, Lanczos-resized where they are another size."""
-        import numpy as np
-        from PIL import Image, UnidentifiedImageError
-
-        size = (self.IMAGE_SIZE, self.IMAGE_SIZE)
-        decoded = np.empty((len(files), *size, self.CHANNELS), dtype=np.uint8)
-        for position, file in enumerate(files):
-            try:
-                with Image.open(file) as image:
-                    image = image.convert("RGB")
-                    if image.size != size:
-                        image = image.resize(size, Image.LANCZOS)
-                    decoded[position] = np.asarray(image)
-            except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
-                raise DataError(f"miniimagenet: cannot decode {file}: {_one_line(error)}") from None
-        return decoded
+        return decode_rgb(files, self.IMAGE_SIZE, self.name)

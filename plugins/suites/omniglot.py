@@ -107,6 +107,8 @@ class Omniglot(FewShotImageSuite):
         return super().budget(profile, setting)
 
     LAYOUT = "images_background/<Alphabet>/characterNN/*.png (and images_evaluation/...)"
+    SOURCE = (f"Omniglot (Lake et al. 2015): images_background.zip and images_evaluation.zip from {OFFICIAL_URL}/; "
+              "unzip both.")
 
     def looks_like_root(self, path: Path) -> bool:
         return any((path / part).is_dir() for part in PARTS)

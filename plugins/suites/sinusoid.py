@@ -5,6 +5,7 @@ import math
 from typing import TYPE_CHECKING, ClassVar
 
 from bench.api import Episode, Setting, TaskKind, TaskSuite, episode_rngs
+from bench.errors import DataError
 
 if TYPE_CHECKING:
     import torch
@@ -64,3 +65,23 @@ class Sinusoid(TaskSuite):
         return (prediction - target).pow(2).mean()
 
     metric = loss
+
+
+class SinusoidShift(Sinusoid):
+    """Sine tasks outside every sinusoid training range: amplitude U[5, 10], phase U[pi, 2 pi], x U[-10, 10]; test-only.
+
+    How a model meta-trained on ``sinusoid`` (amplitude up to 5, phase U[0, pi], x U[-5, 5]) extrapolates:
+    ``bench run --suites sinusoid --test-suites sinusoid-shift``. Test split only; the settings, query count and MLP
+    of ``sinusoid``."""
+
+    name = "sinusoid-shift"
+    test_only = True
+    in_all = False
+    AMPLITUDE = (5.0, 10.0)
+    PHASE = (math.pi, 2 * math.pi)
+    INPUT = (-10.0, 10.0)
+
+    def sample_batch(self, split: str, setting: Setting, seed: int, indices: range) -> Episode:
+        if split != "test":
+            raise DataError(f"suite '{self.name}' is test-only: it has no '{split}' split (use it with --test-suites)")
+        return super().sample_batch(split, setting, seed, indices)

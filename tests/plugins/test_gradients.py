@@ -12,7 +12,7 @@ from helpers import learn2learn_meta_loss
 from torch.nn import functional as F
 
 from bench.api import Episode
-from bench.nn.backbones import mlp
+from bench.nn.backbones import conv4, conv4_strided, mlp, resnet12
 
 TOLERANCE = 1e-8
 
@@ -144,14 +144,18 @@ def test_maml_meta_gradient_matches_learn2learn(first_order):
     assert torch.allclose(ours, reference, atol=TOLERANCE, rtol=0)
 
 
-def test_conv4_batch_norm_second_order_meta_gradient_under_vmap_matches_unbatched_reference():
-    """The torch.func + vmap batch-norm pitfall (ENVIRONMENT.md): vmapped vs per-task unrolled autograd, float64."""
+@pytest.mark.parametrize("make_network", [
+    lambda: conv4(in_channels=1, filters=8, ways=3, image_size=16),
+    lambda: conv4_strided(in_channels=1, filters=8, ways=3),
+    lambda: resnet12(in_channels=1, ways=3, image_size=16, channels=(4, 8, 8, 8)),
+], ids=["conv4", "conv4-strided", "resnet12"])
+def test_batch_norm_second_order_meta_gradient_under_vmap_matches_unbatched_reference(make_network):
+    """The torch.func + vmap batch-norm pitfall (ENVIRONMENT.md): vmapped vs per-task unrolled autograd, float64, on
+    each image backbone (ResNet-12: its batch norms inside residual blocks)."""
     from torch.func import functional_call
 
-    from bench.nn.backbones import conv4
-
     torch.manual_seed(0)
-    network = conv4(in_channels=1, filters=8, ways=3, image_size=16).double()
+    network = make_network().double()
     learner = MAML(MAML.Config(inner_lr=0.4, inner_steps=2, inner_loss="mean"))
     context = types.SimpleNamespace(backbone=lambda: network, suite=types.SimpleNamespace(loss=F.cross_entropy),
                                     device=torch.device("cpu"), generator=torch.Generator().manual_seed(1))

@@ -11,13 +11,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from bench_plugins.suites.sinusoid import Sinusoid
 
 from bench import plugins
 from bench.cli import build_parser, main
 from bench.config import CONFIG_KEYS, RunConfig, build_run_config, parse_set_options, resolve_run_config
 
 SMOKE = ("--profile", "smoke", "--tasks", "50", "--episodes", "3", "--steps", "2", "--shots", "5", "--no-progress")
-BUILTIN_LEARNERS = "adaptation-layer, anil, finetune, fomaml, l2l-maml, l2l-metasgd, maml, metasgd, protonet, reptile"
+BUILTIN_LEARNERS = ("adaptation-layer, anil, finetune, fomaml, l2l-maml, l2l-metasgd, maml, matchingnet, metaoptnet, "
+                    "metasgd, protomaml, protonet, r2d2, reptile")
+BUILTIN_SUITES = "cifarfs, cub, digits, fc100, miniimagenet, omniglot, sinusoid, sinusoid-shift, tieredimagenet"
 
 GOOD_LEARNER = '''
     import dataclasses
@@ -82,9 +85,9 @@ def test_plugins_lists_builtins_with_their_distribution(capsys):
     assert main(["plugins", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     names = {(entry["kind"], entry["name"]) for entry in listed["plugins"]}
-    assert names == {*(("learner", name) for name in BUILTIN_LEARNERS.split(", ")), ("suite", "miniimagenet"),
-                     ("suite", "omniglot"), ("suite", "sinusoid"), ("executor", "inline"), ("executor", "processes"),
-                     ("executor", "ray")}
+    assert names == {*(("learner", name) for name in BUILTIN_LEARNERS.split(", ")),
+                     *(("suite", name) for name in BUILTIN_SUITES.split(", ")), ("executor", "inline"),
+                     ("executor", "processes"), ("executor", "ray")}
     assert all(entry["distribution"] == "metabench" and entry["description"] for entry in listed["plugins"])
     assert listed["problems"] == []
     assert main(["plugins"]) == 0
@@ -134,7 +137,8 @@ def test_smoke_run_writes_results_and_resumes(tmp_path, third_party, registry, c
     assert run_info["config"]["hyperparameters"]["maml @ sinusoid K=5"]["inner_lr"] == 0.01
     assert run_info["environment"]["libraries"]["torch"] and run_info["environment"]["plugins"]["good"] == "fixture-plugins 1.2"
     records = pd.read_csv(out / "records.csv")
-    assert len(records) == len(available) * 3 * 3  # learners (protonet n/a, zero-shot in) x episodes x steps 0..2
+    regression = [name for name in available if not registry.learners[name].cls.unsupported_reason(Sinusoid())]
+    assert len(records) == (len(regression) + 1) * 3 * 3  # learners (+ zero-shot; the classifiers n/a) x episodes x steps 0..2
     assert set(records.columns) >= {"suite", "setting", "learner", "seed", "episode", "step", "metric"}
     assert "## Accuracy" in (out / "report.md").read_text() and "<img" in (out / "report.html").read_text()
     assert {path.name for path in (out / "figures").iterdir()} == {"sinusoid-K-5-curves.png", "sinusoid-K-5-time.png",
@@ -168,7 +172,7 @@ def test_config_file_and_overrides(tmp_path):
     ("args", "message"),
     [
         (["--learners", "mamll"], f"unknown learner 'mamll'; valid learners: all, {BUILTIN_LEARNERS}"),
-        (["--suites", "omniglotx"], "unknown suite 'omniglotx'; valid suites: all, miniimagenet, omniglot, sinusoid"),
+        (["--suites", "omniglotx"], f"unknown suite 'omniglotx'; valid suites: all, {BUILTIN_SUITES}"),
         (["--set", "maml.innr_lr=0.1"], "--set maml.innr_lr: learner 'maml' has no hyper-parameter 'innr_lr'; valid: inner_steps, meta_batch, outer_lr, chunk_tasks, compile, inner_loss, clip_grad, outer_lr_decay, outer_lr_decay_every, inner_lr"),
         (["--set", "maml.inner_lr=fast"], "--set maml.inner_lr: expected float, got 'fast'"),
         (["--set", "maml.inner_steps=1.5"], "--set maml.inner_steps: expected int, got '1.5'"),
