@@ -15,6 +15,8 @@ from bench.plugins import NO_AUTOLOAD_ENV
 if TYPE_CHECKING:
     import pandas as pd
 
+    from bench.api import Setting, TaskSuite
+
 BENCH = str(Path(sys.executable).with_name("bench"))
 
 TROUBLE = '''
@@ -233,3 +235,24 @@ def interrupt_once_saved(monkeypatch, checkpoint: Path) -> Callable[[], None]:
 
     monkeypatch.setattr(runner.HostContext, "checkpoint", save_then_interrupt)
     return lambda: monkeypatch.setattr(runner.HostContext, "checkpoint", save)
+
+
+def setting(suite: "TaskSuite", name: str) -> "Setting":
+    """The suite's setting called ``name``."""
+    return next(s for s in suite.settings() if s.name == name)
+
+
+def expect_error(suite: "TaskSuite", *fragments: str, split: str | None = None) -> str:
+    """The one-line ``DataError`` of loading ``split`` of ``suite`` (all of it when None), checked to contain each of
+    ``fragments``."""
+    import pytest
+
+    from bench.errors import DataError
+
+    with pytest.raises(DataError) as caught:
+        suite.pool(split) if split else suite.prepare()
+    message = str(caught.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message

@@ -129,6 +129,14 @@ class ImagePool(ABC):
         return np.ascontiguousarray(images, dtype=np.float32) / 255.0
 
 
+
+BUDGETS_84PX: dict[str, dict[str, int]] = {
+    "smoke": {"meta_train_tasks": 8, "test_episodes": 3},
+    "quick": {"meta_train_tasks": 800, "test_episodes": 100},
+}
+"""The smoke and quick budgets of the 84x84 RGB suites (mini-ImageNet's, tieredImageNet, CUB): a Conv-4 step on
+their images costs several times an Omniglot one."""
+
 @dataclasses.dataclass
 class ClassPool(ImagePool):
     """Every class with the same number of images: ``images[base_class, example]`` uint8 (H, W) or (H, W, C)."""

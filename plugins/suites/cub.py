@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from bench_plugins.suites._images import FewShotImageSuite, RaggedPool, class_folders
+from bench_plugins.suites._images import BUDGETS_84PX, FewShotImageSuite, RaggedPool, class_folders
 
 from bench.api import Setting
 from bench.errors import DataError
@@ -63,10 +63,7 @@ class CUB(FewShotImageSuite):
               "filelists/CUB/download_CUB.sh fetches http://www.vision.caltech.edu/visipedia-data/CUB-200-2011/"
               "CUB_200_2011.tgz; learn2learn's mirror: https://zenodo.org/record/8000562/files/CUB_200_2011.tgz); "
               "untar it.")
-    budgets: ClassVar[dict[str, dict[str, int]]] = {  # as mini-ImageNet's: the same image size
-        "smoke": {"meta_train_tasks": 8, "test_episodes": 3},
-        "quick": {"meta_train_tasks": 800, "test_episodes": 100},
-    }
+    budgets: ClassVar[dict[str, dict[str, int]]] = BUDGETS_84PX
 
     @classmethod
     def budget(cls, profile: str, setting: Setting) -> dict[str, int]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from bench_plugins.suites._images import (
+    BUDGETS_84PX,
     ClassPool,
     FewShotImageSuite,
     cached_images,
@@ -81,10 +82,7 @@ class MiniImageNet(FewShotImageSuite):
     CHANNELS = 3
     FILTERS = 32
     TRAIN_QUERY = 15
-    budgets: ClassVar[dict[str, dict[str, int]]] = {
-        "smoke": {"meta_train_tasks": 8, "test_episodes": 3},
-        "quick": {"meta_train_tasks": 800, "test_episodes": 100},
-    }
+    budgets: ClassVar[dict[str, dict[str, int]]] = BUDGETS_84PX
 
     @classmethod
     def budget(cls, profile: str, setting: Setting) -> dict[str, int]:

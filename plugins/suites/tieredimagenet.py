@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from bench_plugins.suites._images import (
+    BUDGETS_84PX,
     FewShotImageSuite,
     RaggedPool,
     cached_images,
@@ -69,10 +70,7 @@ class TieredImageNet(FewShotImageSuite):
               "https://zenodo.org/record/7978538, files tiered-imagenet-{train,val,test}_{images_png,labels}.pkl, "
               "renamed without the 'tiered-imagenet-' prefix); untar it. Or class folders {train,val,test}/<class>/ "
               "of the split's ImageNet images.")
-    budgets: ClassVar[dict[str, dict[str, int]]] = {  # as mini-ImageNet's: the same image size
-        "smoke": {"meta_train_tasks": 8, "test_episodes": 3},
-        "quick": {"meta_train_tasks": 800, "test_episodes": 100},
-    }
+    budgets: ClassVar[dict[str, dict[str, int]]] = BUDGETS_84PX
 
     @classmethod
     def budget(cls, profile: str, setting: Setting) -> dict[str, int]:

@@ -13,6 +13,7 @@ from PIL import Image
 
 from bench.errors import DataError
 from bench.testing import SuiteCheck, assert_suite_conforms
+from helpers import expect_error, setting
 
 SPLIT_LABELS = {"train": [42, 3, 17, 88, 5, 60], "val": [9, 71, 30, 14, 55], "test": [99, 0, 23, 47, 66]}
 """CIFAR-100 class indices of each split, in no order (the suite sorts them)."""
@@ -69,20 +70,6 @@ def roots(tmp_path_factory):
     base = tmp_path_factory.mktemp("cifarfs")
     return {"pickle": make_root(base / "pickle" / "CIFAR_FS", "pickle"),
             "folders": make_root(base / "folders" / "cifar100", "folders")}
-
-
-def setting(suite: CIFARFS, name: str):
-    return next(s for s in suite.settings() if s.name == name)
-
-
-def expect_error(suite: CIFARFS, *fragments: str, split: str | None = None) -> str:
-    with pytest.raises(DataError) as caught:
-        suite.pool(split) if split else suite.prepare()
-    message = str(caught.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message, message
-    return message
 
 
 @pytest.mark.parametrize("layout", ["pickle", "folders"])

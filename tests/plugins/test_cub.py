@@ -12,6 +12,7 @@ from PIL import Image
 
 from bench.errors import DataError
 from bench.testing import SuiteCheck, assert_suite_conforms
+from helpers import setting
 
 CLASSES = 20
 SPECIES = ("Albatross", "Auklet", "Blackbird", "Bunting", "Cardinal")
@@ -59,10 +60,6 @@ def private(private_cache):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return write_tree(tmp_path_factory.mktemp("cub"))
-
-
-def setting(suite: CUB, name: str):
-    return next(s for s in suite.settings() if s.name == name)
 
 
 def expect_error(suite: CUB, *fragments: str, split: str | None = None, episode: str | None = None) -> None:

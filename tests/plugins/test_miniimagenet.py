@@ -13,8 +13,8 @@ from bench_plugins.suites.miniimagenet import MiniImageNet
 from PIL import Image
 
 from bench.cli import main
-from bench.errors import DataError
 from bench.testing import SuiteCheck, assert_suite_conforms
+from helpers import expect_error, setting
 
 SPLIT_CLASSES = {"train": 6, "val": 5, "test": 5}
 PER_CLASS = 21
@@ -86,20 +86,6 @@ def make_root(root: Path, layout: str, data: dict[str, dict[str, np.ndarray]] = 
 def roots(tmp_path_factory):
     base = tmp_path_factory.mktemp("mini")
     return {layout: make_root(base / layout / "miniimagenet", layout) for layout in ("pickle", "csv")}
-
-
-def setting(suite: MiniImageNet, name: str):
-    return next(s for s in suite.settings() if s.name == name)
-
-
-def expect_error(suite: MiniImageNet, *fragments: str, split: str | None = None) -> str:
-    with pytest.raises(DataError) as caught:
-        suite.pool(split) if split else suite.prepare()
-    message = str(caught.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message, message
-    return message
 
 
 def test_suite_passes_the_conformance_kit(roots):

@@ -14,6 +14,7 @@ from PIL import Image
 
 from bench.errors import DataError
 from bench.testing import SuiteCheck, assert_suite_conforms
+from helpers import expect_error, setting
 
 SPLIT_CLASSES = {"train": 6, "val": 5, "test": 5}
 LABEL_BASE = {"train": 0, "val": 6, "test": 11}
@@ -82,20 +83,6 @@ def make_root(root: Path, layout: str, data=DATA) -> Path:
 def roots(tmp_path_factory):
     base = tmp_path_factory.mktemp("tiered")
     return {layout: make_root(base / layout / "tiered-imagenet", layout) for layout in ("pickle", "folders")}
-
-
-def setting(suite: TieredImageNet, name: str):
-    return next(s for s in suite.settings() if s.name == name)
-
-
-def expect_error(suite: TieredImageNet, *fragments: str, split: str | None = None) -> str:
-    with pytest.raises(DataError) as caught:
-        suite.pool(split) if split else suite.prepare()
-    message = str(caught.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message, message
-    return message
 
 
 @pytest.mark.parametrize("layout", ["pickle", "folders"])
