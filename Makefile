@@ -12,10 +12,10 @@ run: setup
 	$(VENV)/bin/bench run --learners all $(ARGS)
 
 test: setup
-	$(VENV)/bin/python -m pytest $(ARGS)
+	$(VENV)/bin/python -m pytest -n auto $(ARGS)
 
 test-e2e: setup
 	$(VENV)/bin/python -m pytest -m "e2e and not slow" $(ARGS)
 
 test-slow: setup
-	$(VENV)/bin/python -m pytest -m slow $(ARGS)
+	$(VENV)/bin/python -m pytest -n auto -m slow $(ARGS)

@@ -10,6 +10,7 @@ import dataclasses
 import enum
 import hashlib
 import importlib.util
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
@@ -89,11 +90,65 @@ SearchRange = FloatRange | IntRange | Choice
 """One dimension of a learner's search space (``Learner.search_space``)."""
 
 
+VARY = "vary"
+"""What ``--shots`` says to select the settings whose episodes vary in ways and shots (``Setting.variable``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class VariableEpisodes:
+    """Meta-Dataset's episode sampler (Triantafillou et al. 2020, section 3.2; google-research/meta-dataset
+    meta_dataset/data/sampling.py, defaults from learn/gin/setups/data_config_common.gin): every episode draws its own
+    ways, queries per class and class-imbalanced support shots.
+
+    ways N ~ Uniform{min_ways..min(max_ways, classes of the split)}; queries per class q = min(max_query,
+    floor(smallest chosen class / 2)); support size S = min(max_support, sum over the chosen classes of
+    floor(beta * min(max_contribution, |c| - q)) + 1), beta ~ U[0, 1); shares R_c ∝ exp(alpha_c) |c| with
+    alpha_c ~ U[min_log_weight, max_log_weight]; shots k_c = min(floor(R_c (S - N)) + 1, |c| - q).
+    """
+
+    min_ways: int = 5
+    """EpisodeDescriptionConfig.min_ways."""
+    max_ways: int = 50
+    """EpisodeDescriptionConfig.max_ways_upper_bound."""
+    max_query: int = 10
+    """EpisodeDescriptionConfig.max_num_query."""
+    max_support: int = 500
+    """EpisodeDescriptionConfig.max_support_set_size."""
+    max_contribution: int = 100
+    """EpisodeDescriptionConfig.max_support_size_contrib_per_class."""
+    min_log_weight: float = math.log(0.5)
+    """EpisodeDescriptionConfig.min_log_weight (the log-weights alpha_c scale each class's share of the support)."""
+    max_log_weight: float = math.log(2)
+    """EpisodeDescriptionConfig.max_log_weight."""
+
+    def ways(self, rng: "numpy.random.Generator", classes: int) -> int:
+        """sampling.py's ``sample_num_ways_uniformly``: an episode's ways among ``classes`` available classes."""
+        return int(rng.integers(self.min_ways, min(self.max_ways, classes) + 1))
+
+    def shots(self, rng: "numpy.random.Generator", sizes: "numpy.ndarray") -> "tuple[numpy.ndarray, int]":
+        """Support shots per class and queries per class for chosen classes of ``sizes`` images each
+        (sampling.py's ``compute_num_query``, ``sample_support_set_size``, ``sample_num_support_per_class``)."""
+        import numpy
+
+        query = min(self.max_query, int(sizes.min()) // 2)
+        remaining = sizes - query
+        beta = rng.uniform()
+        support = min(int(numpy.floor(beta * numpy.minimum(self.max_contribution, remaining) + 1).sum()),
+                      self.max_support)
+        weights = sizes * numpy.exp(rng.uniform(self.min_log_weight, self.max_log_weight, size=sizes.shape))
+        desired = numpy.floor(weights / weights.sum() * (support - len(sizes))).astype(numpy.int64) + 1
+        return numpy.minimum(desired, remaining), query
+
+
 @dataclasses.dataclass(frozen=True)
 class Setting:
     """One few-shot configuration of a suite, e.g. K=10 regression or 5-way 1-shot.
 
     ``shots``, ``query`` and ``train_query`` count examples per class for classification, per task for regression.
+    A setting with ``variable`` set (Meta-Dataset's sampler) draws each episode's ways, shots and queries: then
+    ``ways`` is the most classes an episode can have (labels are 0..n-1 < ways: a fixed head of ``ways`` outputs fits
+    every episode, the unused logits simply lose), ``shots`` the most support examples of one class and ``query`` the
+    most queries per class; its episodes differ in shape and cannot be stacked (``TaskSuite.sample_batch``).
     """
 
     name: str
@@ -103,10 +158,18 @@ class Setting:
     ways: int | None = None
     train_query: int | None = None
     """Query points of a meta-train or meta-validation episode; None: ``query``."""
+    variable: VariableEpisodes | None = None
+    """Meta-Dataset's variable ways and shots; None: every episode has ``ways`` x (``shots`` + queries) examples."""
 
     def query_for(self, split: str) -> int:
         """Query points of an episode of ``split`` (one of SPLITS): what ``sample_episode`` draws."""
         return self.query if split == "test" or self.train_query is None else self.train_query
+
+
+def episode_ways(labels: "torch.Tensor") -> int:
+    """The classes of an episode of a ``variable`` setting, from its support ``labels`` (0..n-1, any leading
+    dimensions): n (this reads the labels: a device sync)."""
+    return int(labels.max()) + 1
 
 
 class Support(NamedTuple):
@@ -250,10 +313,14 @@ class TaskSuite(PluginClass, ABC):
     def sample_batch(self, split: str, setting: Setting, seed: int, indices: range) -> Episode:
         """Episodes ``indices`` stacked along a new first dimension.
 
-        Override for speed; the result must equal stacking ``sample_episode`` calls.
+        Override for speed; the result must equal stacking ``sample_episode`` calls. A ``variable`` setting's
+        episodes differ in shape: a batch of more than one is a ValueError.
         """
         import torch
 
+        if setting.variable is not None and len(indices) > 1:
+            raise ValueError(f"setting '{setting.name}' of suite '{self.name}' draws episodes of varying ways and "
+                             f"shots, which cannot be stacked: sample them one at a time ({len(indices)} asked)")
         episodes = [self.sample_episode(split, setting, seed, index) for index in indices]
         return Episode(*(torch.stack(field) for field in zip(*episodes)))
 
@@ -272,7 +339,9 @@ class MetaTrainContext(ABC):
         """Meta-training episodes in batches, on ``device``, until the task budget is spent. ``setting``: episodes of
         another setting of the same suite (e.g. more ways, as prototypical networks train; it need not be one the
         suite lists) instead of the cell's; the stream is drawn as the cell's, episode i the suite's pure function of
-        (train split, that setting, the cell's seed, i), and each episode counts one task of the budget."""
+        (train split, that setting, the cell's seed, i), and each episode counts one task of the budget. Episodes of a
+        ``variable`` setting come one a batch whatever ``meta_batch`` (they cannot be stacked; Meta-Dataset trains on
+        one a step), and the host notes it."""
 
     @abstractmethod
     def backbone(self) -> "nn.Module":
@@ -396,6 +465,11 @@ class Learner(PluginClass, ABC):
     for a wrapper of that library); None: the distribution that registered the learner (a reference that
     declares none: its qualified class name)."""
 
+    variable_episodes: ClassVar[bool] = False
+    """Whether the learner handles a ``variable`` setting (Meta-Dataset's episodes: each its own ways, class-imbalanced
+    shots and queries; meta-training batches of one episode; labels 0..n-1 with n at most ``Setting.ways``). The
+    host declines the others on such a setting (``declined``), before any training."""
+
     in_all: ClassVar[bool] = True
     """Whether ``--learners all`` includes this learner. False for one that duplicates another, slower (e.g. a
     reference implementation such as ``l2l-maml``): it runs only when named."""
@@ -408,6 +482,16 @@ class Learner(PluginClass, ABC):
     there for regression only: per-episode convolution weights under ``vmap`` become grouped convolutions, slower on a
     CPU than one episode at a time. True for a learner whose batched path adapts no convolution weights (e.g. one that
     trains a head on features computed once)."""
+
+
+def declined(learner: type[Learner], suite: TaskSuite, setting: Setting) -> str | None:
+    """Why ``learner`` cannot run on ``suite``'s ``setting`` (its cells are reported "n/a"), or None: its
+    ``unsupported_reason``, or a ``variable`` setting it does not handle (``Learner.variable_episodes``)."""
+    reason = learner.unsupported_reason(suite)
+    if reason or setting.variable is None or learner.variable_episodes:
+        return reason
+    return (f"{learner.__name__} does not handle episodes of varying ways and shots (setting '{setting.name}': "
+            "Meta-Dataset's sampler); run it on a fixed setting")
 
 
 class MetaGradient(ABC):

@@ -68,6 +68,12 @@ class CellMetadata:
     lower_is_better: bool | None = None
     peak_rss_mib: float | None = None
     peak_cuda_mib: float | None = None
+    machine_load: float | None = None
+    """Threads ready to run on the machine, on average while the cell (or its seed group) ran, its own included
+    (``bench.machine_load``); above ``cpu_cores`` the cell waited for a core and its seconds mean less."""
+    cpu_cores: int | None = None
+    torch_threads: int | None = None
+    """The torch intra-op threads the cell ran with (``bench.threads``)."""
     val_episodes: int | None = None
     """Meta-validation episodes scored at each validation point (0: no meta-validation)."""
     val_every: int | None = None

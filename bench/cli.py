@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -54,6 +55,19 @@ def positive_ints(text: str) -> list[int]:
     return [positive_int(part.strip()) for part in text.split(",")]
 
 
+def shot_counts(text: str) -> list[int | str]:
+    """An argparse type: comma-separated shots, each an integer of at least 1 or ``vary`` (the settings whose episodes
+    vary in ways and shots: Meta-Dataset's sampler)."""
+    from bench.api import VARY
+
+    shots: list[int | str] = []
+    for part in (part.strip() for part in text.split(",")):
+        if part != VARY and not part.lstrip("-").isdigit():
+            raise argparse.ArgumentTypeError(f"expected an integer or {VARY!r}, got {part!r}")
+        shots.append(VARY if part == VARY else positive_int(part))
+    return shots
+
+
 def positive_float(text: str) -> float:
     """An argparse type: a finite number above 0."""
     try:
@@ -68,7 +82,8 @@ def positive_float(text: str) -> float:
 SELECTION_FLAGS = (  # flag, type, metavar, help, the default of bench run (from the config)
     ("--learners", str, None, "'all' or comma-separated learner names", "all"),
     ("--suites", str, None, "'all' or comma-separated suite names", "sinusoid"),
-    ("--shots", positive_ints, "K,...", "only the settings with these shots", "all settings"),
+    ("--shots", shot_counts, "K,...", "only the settings with these shots; 'vary': the settings whose episodes vary in "
+     "ways and shots (Meta-Dataset's sampler)", "all settings"),
     ("--ways", positive_ints, "N,...", "only the settings with these ways (classification suites)", "all settings"),
     ("--device", str, None, "auto (CUDA when present), cpu or cuda", "auto"),
     ("--data-dir", str, "DIR", "where suites find their data sets", "$METABENCH_DATA_DIR"),
@@ -115,15 +130,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run folder (default: results/<time>-<suites>-<profile>); an existing run folder of the same configuration is resumed")
     run.add_argument("--config", type=Path, help="TOML or YAML file with the same keys as these flags (flags win)")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run: its configuration from RUN_DIR/run.json; finished cells are kept, failed ones run again")
-    run.add_argument("--executor", default="inline", help="how cells run: inline (default, one at a time here), processes (--workers on this machine), ray (a Ray cluster), or a plugin's")
+    run.add_argument("--executor", help="how cells run: auto (default: on a CPU, cells with small networks side by side, one worker process per core; else inline), inline (one at a time here), processes (--workers on this machine), ray (a Ray cluster), or a plugin's; $METABENCH_EXECUTOR sets the default")
     run.add_argument("--workers", type=positive_int, metavar="N", help="cells at a time for processes / a local Ray (default: CPU cores)")
     run.add_argument("--ray-address", help="the Ray cluster to use (default: start a local Ray for the run)")
     run.add_argument("--cell-timeout", type=positive_float, metavar="SECONDS", help="fail a cell that runs longer (the run goes on)")
+    run.add_argument("--save-models", action="store_true", default=None, help="keep each finished cell's tested model (after selection) in the run folder as cells/<cell>.model.pt, for bench eval; changes no number, and --resume keeps it")
     run.add_argument("--checkpoint-every", type=positive_int, metavar="TASKS", help="save a cell's meta-training state every TASKS tasks, so that a killed cell resumes near where it stopped (learners that support it)")
     run.add_argument("--seeds-together", type=non_negative_int, default=0, metavar="N", help="meta-train up to N seeds of a learner and suite setting at once, as one vectorised model, for learners that can (bench plugins marks them); same numbers to float rounding (default 0: all the run's seeds; 1: one at a time)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars: a line per running cell every minute instead")
     run.add_argument("--dry-run", action="store_true", help="print the resolved plan (cells, budgets, hyper-parameters) and run nothing")
     _add_plugin_flags(run)
+
+    evaluation = sub.add_parser("eval", help="test a run's saved models again: more steps, more episodes, other test suites",
+                                description="Rebuild each model a run saved (bench run --save-models) and score it on "
+                                            "the test episodes again, into a new run folder; each cell's result is "
+                                            "read at the step its run chose on meta-validation. RUN_DIR is only read.")
+    evaluation.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    evaluation.add_argument("--out", type=Path, required=True, metavar="NEW_DIR", help="the new run folder")
+    evaluation.add_argument("--steps", type=non_negative_int, metavar="S", help="adaptation steps at test time (default: the run's)")
+    evaluation.add_argument("--episodes", type=positive_int, metavar="N", help="test episodes per cell (default: the run's); the first are the run's own")
+    evaluation.add_argument("--test-suites", type=str, metavar="SUITE,...", help="cross-domain: also test each model on these suites' test episodes, as bench run --test-suites (default: the run's)")
+    evaluation.add_argument("--device", type=str, help="auto, cpu or cuda (default: the run's)")
+    evaluation.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_plugin_flags(evaluation)
 
     plugins = sub.add_parser("plugins", help="list installed learners and suites", description="List every registered learner and suite and any plugin that failed to load.")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
@@ -153,6 +182,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = sub.add_parser("runs", help="list the run folders in results/", description="List the run folders under a results folder.")
     runs.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
+
+    db = sub.add_parser("db", help="build or update one SQLite database of every run under a results folder",
+                        description="Write (or bring up to date) a SQLite database of every run folder and tune folder "
+                                    "under RESULTS_DIR: runs, cells, records, val_curves, results, tuning_trials, "
+                                    "provenance. Unchanged folders are skipped, changed ones replaced, vanished ones "
+                                    "removed; an unreadable folder is named in a warning and the rest is built.")
+    db.add_argument("results", type=Path, nargs="?", default=Path("results"), metavar="RESULTS_DIR", help="results folder (default: results)")
+    db.add_argument("--out", type=Path, default=Path("results.db"), metavar="FILE", help="the database (default: results.db)")
+
+    leaderboard = sub.add_parser("leaderboard", help="write a static site of each learner's best result per suite setting",
+                                 description="Write a self-contained static site (no network needed): per suite setting, "
+                                             "each learner's best result across the runs under RESULTS_DIR, with its "
+                                             "interval, budget, tuning and date, linked to that run's report, copied in.")
+    leaderboard.add_argument("results", type=Path, metavar="RESULTS_DIR")
+    leaderboard.add_argument("--out", type=Path, default=Path("site"), metavar="DIR", help="the site's folder (default: site)")
 
     perf = sub.add_parser("perf", help="time meta-training and evaluation, beside reference implementations",
                           description="Meta-training tasks/s, peak memory and evaluation episodes/s of learners on one "
@@ -273,11 +317,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _print_plan(config, registry)
 
     from bench import render
-    from bench.session import INTERRUPTED, Execution, run_benchmark
+    from bench.session import AUTO_EXECUTOR, EXECUTOR_ENV, INTERRUPTED, Execution, run_benchmark
 
-    execution = Execution(args.executor, args.workers, args.ray_address, args.cell_timeout, args.checkpoint_every,
+    executor = args.executor or os.environ.get(EXECUTOR_ENV) or AUTO_EXECUTOR
+    execution = Execution(executor, args.workers, args.ray_address, args.cell_timeout, args.checkpoint_every,
                           show_progress=not args.no_progress, seeds_together=args.seeds_together)
     outcome = run_benchmark(config, registry, execution, say=_say)
+    if outcome.status == INTERRUPTED:
+        return EXIT_INTERRUPTED
+    print(render.text(outcome.report), end="")
+    print(f"Results: {outcome.run_dir} (report.md, report.html)")
+    return EXIT_CELLS_FAILED if outcome.failed_cells else EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from bench import render
+    from bench.evaluation_run import EvalRequest, evaluate_run
+    from bench.session import INTERRUPTED
+
+    request = EvalRequest(args.run_dir, args.out, args.steps, args.episodes, args.test_suites, args.device,
+                          show_progress=not args.no_progress)
+    outcome = evaluate_run(request, _load_registry(args.strict), say=_say)
     if outcome.status == INTERRUPTED:
         return EXIT_INTERRUPTED
     print(render.text(outcome.report), end="")
@@ -377,6 +437,22 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_db(args: argparse.Namespace) -> int:
+    from bench.db import build
+
+    done = build(args.results, args.out, lambda message: _say(f"warning: {message}"))
+    print(f"{args.out}: {done}")
+    return EXIT_OK
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from bench.leaderboard import write_site
+
+    board = write_site(args.results, args.out, lambda message: _say(f"warning: {message}"))
+    print(f"{args.out / 'index.html'}: {len(board)} suite setting(s)")
+    return EXIT_OK
+
+
 def cmd_new_plugin(args: argparse.Namespace) -> int:
     from bench.scaffold import new_plugin
 
@@ -472,8 +548,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"tune": cmd_tune, "run": cmd_run, "plugins": cmd_plugins, "report": cmd_report, "data": cmd_data, "perf": cmd_perf,
-            "compare": cmd_compare, "runs": cmd_runs, "new-plugin": cmd_new_plugin, "describe": cmd_describe}
+COMMANDS = {"tune": cmd_tune, "run": cmd_run, "eval": cmd_eval, "plugins": cmd_plugins, "report": cmd_report, "data": cmd_data, "perf": cmd_perf,
+            "compare": cmd_compare, "runs": cmd_runs, "new-plugin": cmd_new_plugin, "describe": cmd_describe,
+            "db": cmd_db, "leaderboard": cmd_leaderboard}
 
 
 @contextlib.contextmanager

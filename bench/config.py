@@ -5,6 +5,7 @@ The file and the command line share one set of keys; the command line wins. Ever
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import tomllib
 import types
@@ -15,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from bench.api import Learner, Setting, TaskSuite, config_fields
+from bench.api import VARY, Learner, Setting, TaskSuite, config_fields
 from bench.errors import BenchError
 
 
@@ -65,7 +66,9 @@ class RunConfig:
     profile: str = "quick"
     seeds: int | None = None
     """Seeds 0..seeds-1; None: the profile's (set when the configuration is made, so run.json holds the number)."""
-    shots: list[int] | None = None
+    shots: list[int | str] | None = None
+    """Only the settings with these shots; ``"vary"`` (``bench.api.VARY``) selects the settings whose episodes vary in
+    ways and shots (``Setting.variable``); None: every setting."""
     ways: list[int] | None = None
     steps: int | None = None
     episodes: int | None = None
@@ -84,6 +87,9 @@ class RunConfig:
     test_suites: list[str] | None = None
     """Suites to test on besides each meta-training suite's own test split (cross-domain: meta-train on a ``suites``
     suite, test on one of these with the same kind, ways and shots); None: none."""
+    save_models: bool = False
+    """Keep each finished cell's tested model in the run folder (``cells/<cell>.model.pt``, ``bench.saved_models``) for
+    ``bench eval``. Changes no number: not part of the run's identity (``bench.store.run_identity``)."""
     set: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     tuned: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Hyper-parameters found by ``bench tune`` (its tuned.toml): ``study``, ``trials``, ``trial_tasks`` and
@@ -99,6 +105,10 @@ class RunConfig:
             raise ConfigError(f"select: expected one of {', '.join(SELECT_MODES)}, got {self.select!r}")
         if self.seeds is None:
             self.seeds = DEFAULT_SEEDS[self.profile]
+        for shots in self.shots or []:
+            if shots != VARY and (isinstance(shots, bool) or not isinstance(shots, int) or shots < 1):
+                raise ConfigError(f"shots: expected positive integers or {VARY!r} (variable ways and shots), "
+                                  f"got {shots!r}")
         for key in ("seeds", "steps", "episodes", "tasks", "val_every", "val_episodes"):
             value = getattr(self, key)
             least = 0 if key in ("steps", "val_episodes") else 1
@@ -146,8 +156,14 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        inner = [arg for arg in args if arg is not type(None)]
-        return coerce(value, inner[0], where)
+        first, *others = [arg for arg in args if arg is not type(None)]
+        try:
+            return coerce(value, first, where)
+        except ConfigError:
+            for option in others:  # several types (e.g. int | str): the first that takes the value; else first's error
+                with contextlib.suppress(ConfigError):
+                    return coerce(value, option, where)
+            raise
     if origin is typing.Literal:  # e.g. Literal["auto", "true", "false"]; a TOML true / false reads as "true" / "false"
         text = str(value).lower() if isinstance(value, bool) else value
         if text not in args:

@@ -7,7 +7,7 @@ import typing
 
 from tabulate import tabulate
 
-from bench.api import Learner, TaskKind
+from bench.api import Learner, TaskKind, declined
 from bench.config import PROFILES, RunConfig
 from bench.grid import plan
 from bench.plugins import Registration, Registry
@@ -30,12 +30,12 @@ def _learner_sections(learner: Registration, registry: Registry, profile: str) -
     cells = plan(RunConfig(learners=[learner.name], suites=["all"], profile=profile, seeds=1), registry)
     rows = []
     for cell in cells:
-        declined = learner.cls.unsupported_reason(RunConfig().make_suite(cell.suite.cls))
+        reason = declined(learner.cls, RunConfig().make_suite(cell.suite.cls), cell.setting)
         changed = {name: value for name, value in dataclasses.asdict(cell.hyperparameters).items()
                    if value != getattr(defaults, name)}
         rows.append({"suite": cell.suite.name, "setting": cell.setting.name,
                      f"tasks ({profile})": f"{cell.budget.meta_train_tasks:,}",
-                     "differs from the defaults": f"n/a: {declined}" if declined else
+                     "differs from the defaults": f"n/a: {reason}" if reason else
                      " ".join(f"{name}={_value_text(value)}" for name, value in changed.items()) or "–"})
     sections.append(f"Per suite setting (suite defaults and suggestions; profile {profile}):\n"
                     + tabulate(rows, headers="keys"))

@@ -9,9 +9,18 @@ import dataclasses
 import re
 from typing import Any
 
-from bench.api import Setting, TaskSuite
+from bench.api import VARY, Setting, TaskSuite, declined
 from bench.config import ConfigError, Profile, RunConfig, learner_config
 from bench.plugins import Registration, Registry
+
+
+def setting_fields(setting: Setting) -> dict[str, Any]:
+    """A setting's fields as a cell's fingerprint and its saved model read them: ``variable`` only where set, so that
+    cells of fixed settings keep the fingerprints they had before it existed."""
+    fields = dataclasses.asdict(setting)
+    if fields["variable"] is None:
+        del fields["variable"]
+    return fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,9 +90,7 @@ def plan(config: RunConfig, registry: Registry) -> list[Cell]:
     for suite in suites:
         instance = instances[suite.name]
         settings = instance.settings()
-        chosen = [i for i, setting in enumerate(settings)
-                  if (not config.shots or setting.shots in config.shots)
-                  and (not config.ways or setting.ways is None or setting.ways in config.ways)]
+        chosen = [i for i, setting in enumerate(settings) if selected(setting, config.shots, config.ways)]
         if not chosen:
             offered = ", ".join(setting.name for setting in settings)
             wanted = " and ".join(f"{key} {value}" for key, value in (("shots", config.shots), ("ways", config.ways)) if value)
@@ -112,6 +119,15 @@ def plan(config: RunConfig, registry: Registry) -> list[Cell]:
                     cells.extend(dataclasses.replace(home, test_suite=target, test_setting=target_setting)
                                  for target, target_setting in targets)
     return cells
+
+
+def selected(setting: Setting, shots: list[int | str] | None, ways: list[int] | None) -> bool:
+    """Whether ``--shots`` and ``--ways`` keep ``setting``: a number of shots (ways) keeps the fixed settings with
+    that many, ``vary`` the variable ones (``Setting.variable``), which any ``--ways`` leaves out (their ways vary);
+    a setting without ways (regression) passes ``--ways``."""
+    if shots and (VARY if setting.variable is not None else setting.shots) not in shots:
+        return False
+    return not ways or setting.ways is None or (setting.variable is None and setting.ways in ways)
 
 
 def _check_suites(config: RunConfig, registry: Registry, instances: dict[str, TaskSuite]) -> None:
@@ -148,7 +164,8 @@ def cross_domain_targets(config: RunConfig, registry: Registry, instance: TaskSu
         test_suite = config.make_suite(target.cls)
         if test_suite.kind is not instance.kind:
             continue
-        matching = [s for s in test_suite.settings() if (s.ways, s.shots) == (setting.ways, setting.shots)]
+        matching = [s for s in test_suite.settings()
+                    if (s.ways, s.shots, s.variable) == (setting.ways, setting.shots, setting.variable)]
         if matching:
             targets.append((target, matching[0]))
     return targets
@@ -163,14 +180,14 @@ def describe_plan(cells: list[Cell], suites: dict[str, TaskSuite]) -> list[dict[
         if key in rows:
             rows[key]["seeds"] += f",{cell.seed}"
             continue
-        declined = cell.learner.cls.unsupported_reason(suites[cell.suite.name])
+        reason = declined(cell.learner.cls, suites[cell.suite.name], cell.setting)
         budget = cell.budget
         rows[key] = {
             "suite": cell.suite_label, "setting": cell.setting.name, "learner": cell.learner.name,
             "seeds": str(cell.seed),
             "tasks": f"{budget.meta_train_tasks:,}", "test": f"{budget.test_episodes} x {budget.test_steps} steps",
             "meta-val": f"{budget.val_episodes} every {budget.val_every:,}" if budget.val_episodes else "none",
-            "hyper-parameters": f"n/a: {declined}" if declined else " ".join(
+            "hyper-parameters": f"n/a: {reason}" if reason else " ".join(
                 f"{name}={value}" for name, value in dataclasses.asdict(cell.hyperparameters).items()),
         }
     return list(rows.values())

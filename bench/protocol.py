@@ -50,10 +50,11 @@ def evaluate(
     and the adaptation seconds per episode (through all ``last`` steps, the scoring included).
     """
     recorded = curve_steps(learner, setting, steps)
-    batched = default_batching(learner, suite, device) if batched is None else batched
+    if batched is None:  # a variable setting's episodes cannot be stacked: one at a time
+        batched = default_batching(learner, suite, device) and setting.variable is None
     if batched and not learner.batched:
         raise ValueError(f"{type(learner).__name__} adapts one task at a time (it does not set batched = True)")
-    size = _episodes_per_batch(suite.sample_episode(split, setting, seed, 0)) if batched else 1
+    size = _episodes_per_batch(suite, split, setting, seed) if batched else 1
     metric = np.empty((episodes, len(recorded)))
     seconds = np.empty(episodes)
     for start in range(0, episodes, size):
@@ -103,8 +104,9 @@ def episodes_fingerprint(suite: TaskSuite, setting: Setting, seed: int, episodes
     """A hash of every tensor of test episodes 0..episodes-1: two cells scored the same episodes (and can
     be compared pair by pair) exactly when their fingerprints agree, whatever the data folder or version."""
     digest = hashlib.sha256()
-    for start in range(0, episodes, 256):
-        batch = suite.sample_batch(TEST_SPLIT, setting, seed, range(start, min(start + 256, episodes)))
+    size = 1 if setting.variable is not None else 256  # a variable setting's episodes do not stack
+    for start in range(0, episodes, size):
+        batch = suite.sample_batch(TEST_SPLIT, setting, seed, range(start, min(start + size, episodes)))
         for field in batch:
             digest.update(field.contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
@@ -120,7 +122,12 @@ def default_batching(learner: Learner, suite: TaskSuite, device: torch.device) -
     return learner.batched and (device.type == "cuda" or suite.kind is TaskKind.REGRESSION or learner.batched_on_cpu)
 
 
-def _episodes_per_batch(episode) -> int:
+def _episodes_per_batch(suite: TaskSuite, split: str, setting: Setting, seed: int) -> int:
+    """How many episodes batched evaluation adapts at once: one for a variable setting (its episodes differ in shape),
+    else as many as keep their examples under ``EXAMPLES_PER_BATCH``."""
+    if setting.variable is not None:
+        return 1
+    episode = suite.sample_episode(split, setting, seed, 0)
     examples = episode.support_x.shape[0] + episode.query_x.shape[0]
     return max(1, EXAMPLES_PER_BATCH // examples)
 

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from bench.cells import CellMetadata, CellStatus
+from bench.machine_load import is_busy
 from bench.stats import (
     EPISODE_KEY,
     Comparison,
@@ -97,6 +98,15 @@ def _per_seed(values: list[int | None]) -> str:
     """A count shared by every seed, or each seed's (" / "); – where none is recorded."""
     distinct = sorted({value for value in values if value is not None})
     return "–" if not distinct else " / ".join(f"{value:,}" for value in (distinct if len(distinct) == 1 else values))
+
+
+def _load(cells: list[CellMetadata]) -> str:
+    """The largest machine load over ``cells`` against their cores, e.g. ``2.1 / 2`` (``–`` where not recorded)."""
+    loads = [(cell.machine_load, cell.cpu_cores) for cell in cells if cell.machine_load is not None]
+    if not loads:
+        return "–"
+    load, cores = max(loads)
+    return f"{load:.1f} / {cores}"
 
 
 def _largest(values: Iterable[float | None]) -> float | None:
@@ -427,12 +437,14 @@ class Report:
     @functools.cached_property
     def cost_table(self) -> Table:
         columns = ["suite", "setting", "learner", "meta-train s", "meta-val s", "tasks seen", "selected at tasks",
-                   "peak RSS MiB", "peak CUDA MiB", "device"]
+                   "peak RSS MiB", "peak CUDA MiB", "device", "threads", "load / cores"]
         table = Table("Cost", columns, [], note=(
             "Meta-training and meta-validation wall-clock seconds (meta-training's without the time scoring "
             "meta-validation) and tasks seen (mean over seeds); the tasks seen at the state the test scored (each "
             "seed's where they differ); peak resident memory of the process and the CUDA allocator's peak during "
-            "the cell (the largest over seeds)."))
+            "the cell (the largest over seeds); torch threads per cell; the machine's load while the cell ran "
+            "(threads ready to run, its own included; the largest over seeds) against its CPU cores."
+            + (f" WARNING: {self.busy_warning}" if self.busy_warning else "")))
         for group in self.groups.values():
             row = [group.suite, group.setting, group.learner]
             if group.status_note:
@@ -447,8 +459,22 @@ class Report:
                 format_number(_largest(cell.peak_rss_mib for cell in ok), 4),
                 format_number(_largest(cell.peak_cuda_mib for cell in ok), 4),
                 ", ".join(sorted({cell.device for cell in ok})),
+                ", ".join(sorted({str(cell.torch_threads) for cell in ok if cell.torch_threads})) or "–",
+                _load(ok),
             ])
         return table
+
+    @functools.cached_property
+    def busy_warning(self) -> str:
+        """A warning naming the cells whose timings were taken while more threads wanted to run than there were
+        cores (``is_busy``), or nothing."""
+        busy = [f"{cell.learner} {cell.suite} {cell.setting} seed {cell.seed}" for cell in self.cells
+                if cell.status is CellStatus.OK and is_busy(cell.machine_load, cell.cpu_cores, cell.meta_train_seconds)]
+        if not busy:
+            return ""
+        shown = ", ".join(busy[:3]) + (f" and {len(busy) - 3} more" if len(busy) > 3 else "")
+        return (f"{len(busy)} cell(s) ran on a busy machine (more threads ready to run than cores), so "
+                f"their seconds and ms/episode are slower than the machine alone would give: {shown}.")
 
     @functools.cached_property
     def failures_table(self) -> Table:

@@ -22,15 +22,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench.api import (Episode, Executor, Learner, MetaTrainContext, SeedsApart, Setting, TaskSuite,
+from bench.api import (Episode, Executor, Learner, MetaTrainContext, SeedsApart, Setting, TaskSuite, declined,
                        trains_seeds_together)
 from bench.cells import CellMetadata, CellStatus
 from bench.config import ConfigError, RunConfig
-from bench.grid import Cell
+from bench.grid import Cell, setting_fields
+from bench.machine_load import MachineLoad, cpu_cores
 from bench.memory import PeakMemory
+from bench.nn.backbones import regularise, regularised_passes
 from bench.progress import loss_progress, progress_bar
 from bench.protocol import curve_steps, episodes_fingerprint, evaluate
+from bench.saved_models import model_file, model_info, save_model
 from bench.store import RunStore, atomic_write_bytes, checkpoint_file, config_hash
+from bench.threads import cell_threads, network_weights
 from bench.validation import MetaValidation, Selection, ValidationPoint, select
 
 TRAIN_SPLIT = "train"
@@ -110,6 +114,8 @@ class HostContext(MetaTrainContext):
         self._checkpoints = checkpoints
         self._last_checkpoint = 0
         self.notes: list[str] = []
+        self.networks: list[torch.nn.Module] = []
+        """Every network ``backbone`` built."""
 
     def note(self, message: str) -> None:
         if message not in self.notes:
@@ -142,13 +148,18 @@ class HostContext(MetaTrainContext):
     def batches(self, meta_batch: int, *, setting: Setting | None = None) -> Iterator[Episode]:
         if meta_batch < 1:
             raise ValueError(f"meta-batch must be positive, got {meta_batch}")
+        drawn = setting or self.setting
+        if drawn.variable is not None and meta_batch > 1:
+            self.note(f"meta-batch {meta_batch} -> 1: the episodes of '{drawn.name}' vary in ways and shots and "
+                      "cannot be stacked; one episode a step, as Meta-Dataset trains")
+            meta_batch = 1
         while self.tasks_seen < self.task_budget:
             if self.validation is not None and self.tasks_seen and self.validation.due(self.tasks_seen):
                 if not self.validate():
                     self.stopped = True
                     return
             indices = range(self.tasks_seen, min(self.tasks_seen + meta_batch, self.task_budget))
-            batch = self.suite.sample_batch(TRAIN_SPLIT, setting or self.setting, self.seed, indices).to(self.device)
+            batch = self.suite.sample_batch(TRAIN_SPLIT, drawn, self.seed, indices).to(self.device)
             self.tasks_seen = indices.stop
             yield batch
             self._progress(len(indices), None)
@@ -157,7 +168,18 @@ class HostContext(MetaTrainContext):
     def backbone(self) -> torch.nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(2**62, (1,), generator=self.generator)))
-            return self.suite.backbone(self.setting).to(self.device)
+            network = self.suite.backbone(self.setting).to(self.device)
+        self.networks.append(network)
+        return network
+
+    def switch_off_regularisers(self) -> None:
+        """Switch off the training-time regularisers of the suite's networks (``bench.nn.backbones.Switched``: the
+        dropout and DropBlock of ``resnet12-dropblock``) for the test, whatever the learner left; note where the learner
+        never switched them on (it meta-trained the network without them)."""
+        networks = [network for network in self.networks if regularise(network, False)]
+        if networks and self.tasks_seen and not any(regularised_passes(network) for network in networks):
+            self.note("the network's dropout and DropBlock stayed off: this learner does not switch them on "
+                      "(bench.nn.backbones.regularise), so it meta-trained without them")
 
     def log(self, loss: torch.Tensor) -> None:
         self._last_loss = loss
@@ -189,7 +211,7 @@ def cell_fingerprint(cell: Cell, config: RunConfig) -> str:
     """A hash of everything that determines a cell's numbers: a finished cell is reused only when it matches."""
     budget = cell.budget
     return config_hash({
-        "cell": cell.cell_id, "setting": dataclasses.asdict(cell.setting), "budget": dataclasses.asdict(budget),
+        "cell": cell.cell_id, "setting": setting_fields(cell.setting), "budget": dataclasses.asdict(budget),
         "select": config.select,
         "hyperparameters": dataclasses.asdict(cell.hyperparameters), "data_dir": config.data_dir,
         "learner_plugin": [cell.learner.source.distribution, cell.learner.source.version],
@@ -197,7 +219,7 @@ def cell_fingerprint(cell: Cell, config: RunConfig) -> str:
         # only where set, so that cells of runs from before these options keep their fingerprints
         **({"backbone": config.backbone} if config.backbone else {}),
         **({"test_suite_plugin": [cell.test_suite.source.distribution, cell.test_suite.source.version],
-            "test_setting": dataclasses.asdict(cell.test_setting)} if cell.test_suite and cell.test_setting else {}),
+            "test_setting": setting_fields(cell.test_setting)} if cell.test_suite and cell.test_setting else {}),
     })
 
 
@@ -266,8 +288,10 @@ def _train_seed_group(learners: list[Learner], contexts: list[HostContext]) -> l
 
 
 def _end_training(context: HostContext) -> None:
-    """Check the last loss and score meta-validation at the end of the budget unless already done there."""
+    """Check the last loss, switch off the network's regularisers, and score meta-validation at the end of the budget
+    unless already done there."""
     context.check_loss()
+    context.switch_off_regularisers()
     validation = context.validation
     if validation is not None and not context.stopped and (
             not validation.points or validation.points[-1].tasks_seen != context.tasks_seen):
@@ -398,9 +422,11 @@ def _finished(config: RunConfig, device: torch.device, trained: TrainedCell, tes
 
 
 def _test_each(cells: list[Cell], config: RunConfig, home_suite: TaskSuite, trained: TrainedCell, device: torch.device,
-               show_progress: bool, **fields: Any) -> list[Callable[[PeakMemory], CellOutcome]]:
+               show_progress: bool, models_dir: Path | None = None,
+               **fields: Any) -> list[Callable[[PeakMemory], CellOutcome]]:
     """Test one meta-trained model on each of ``cells`` (a home cell and its cross-domain cells): how to finish each
-    once the peak memory is known. A test that fails fails its cell only; running past the deadline fails them all."""
+    once the peak memory is known; with ``models_dir`` (``--save-models``), the home cell's tested model is saved
+    there. A test that fails fails its cell only; running past the deadline fails them all."""
     finish: list[Callable[[PeakMemory], CellOutcome]] = []
     for cell in cells:
         try:
@@ -411,8 +437,18 @@ def _test_each(cells: list[Cell], config: RunConfig, home_suite: TaskSuite, trai
             failed = _failed(cell, config, device, error, trained.tasks_seen, **fields)
             finish.append(lambda memory, failed=failed: failed)
             continue
+        if models_dir is not None and cell.test_suite is None:
+            trained = _saved(models_dir, tested, trained, config)
         finish.append(functools.partial(_finished, config, device, trained, tested, **fields))
     return finish
+
+
+def _saved(models_dir: Path, tested: Tested, trained: TrainedCell, config: RunConfig) -> TrainedCell:
+    """Save the model ``tested`` scored (``--save-models``); ``trained`` with a note where it cannot be saved."""
+    cell = tested.cell
+    note = save_model(model_file(models_dir, cell.cell_id), trained.learner,
+                      model_info(cell, cell_fingerprint(cell, config), tested.selection))
+    return dataclasses.replace(trained, notes=[*trained.notes, note]) if note else trained
 
 
 def _with_targets(home: Cell, cells: list[Cell]) -> list[Cell]:
@@ -422,15 +458,16 @@ def _with_targets(home: Cell, cells: list[Cell]) -> list[Cell]:
 
 def run_cell(cell: Cell, config: RunConfig, device: torch.device, show_progress: bool,
              timeout: float | None = None, checkpoints: Checkpoints | None = None, cross: tuple[Cell, ...] = (),
-             **fields: Any) -> list[CellOutcome]:
+             models_dir: Path | None = None, **fields: Any) -> list[CellOutcome]:
     """Meta-train one cell with meta-validation, select its state and step on meta-val, then evaluate it on its
     test episodes and on those of each ``cross``-domain cell of it, within ``timeout`` seconds, from its checkpoint
     if there is one: the outcome of the cell, then of each cross-domain cell. Failures are returned in the
-    metadata, never raised; ``fields`` go into the metadata as they are."""
+    metadata, never raised; ``fields`` go into the metadata as they are. ``models_dir``: where the tested model is
+    saved (``--save-models``)."""
     budget = cell.budget
     targets = [cell, *cross]
     suite: TaskSuite = config.make_suite(cell.suite.cls)
-    reason = cell.learner.cls.unsupported_reason(suite)
+    reason = declined(cell.learner.cls, suite, cell.setting)
     if reason:
         return [(_metadata(target, config, device)(status=CellStatus.NOT_APPLICABLE, error=reason, **fields), None,
                  None) for target in targets]
@@ -440,7 +477,7 @@ def run_cell(cell: Cell, config: RunConfig, device: torch.device, show_progress:
             with progress_bar(budget.meta_train_tasks, f"meta-train {cell.label}", "task", show_progress) as bar:
                 learner, context = _start(cell, config, suite, device, loss_progress(bar), checkpoints, None)
                 trained = _train(learner, context)
-            finish = _test_each(targets, config, suite, trained, device, show_progress, **fields)
+            finish = _test_each(targets, config, suite, trained, device, show_progress, models_dir, **fields)
     except Exception as error:  # a plugin's failure fails its cell, not the run
         return [_failed(target, config, device, error, context.tasks_seen if context else 0, **fields)
                 for target in targets]
@@ -449,7 +486,7 @@ def run_cell(cell: Cell, config: RunConfig, device: torch.device, show_progress:
 
 def run_seed_group(cells: list[Cell], config: RunConfig, device: torch.device, show_progress: bool,
                    timeout: float | None = None, checkpoints: Callable[[Cell], Checkpoints | None] = lambda cell: None,
-                   ) -> list[CellOutcome]:
+                   models_dir: Path | None = None) -> list[CellOutcome]:
     """Run the cells of one (suite, setting, learner) that differ only in their seed, meta-training them together
     as one vectorised model (``SeedGroup``), then testing each (and the cross-domain cells among ``cells`` with
     each one's model); each cell's outcome as ``run_cell`` gives it, in the order of ``cells``. The group has
@@ -458,9 +495,10 @@ def run_seed_group(cells: list[Cell], config: RunConfig, device: torch.device, s
     homes = [cell for cell in cells if cell.test_suite is None]
     learner_class = homes[0].learner.cls
     suite: TaskSuite = config.make_suite(homes[0].suite.cls)
-    if len(homes) == 1 or not trains_seeds_together(learner_class) or learner_class.unsupported_reason(suite):
+    if len(homes) == 1 or not trains_seeds_together(learner_class) or declined(learner_class, suite, homes[0].setting):
         return _in_order(cells, [outcome for home in homes for outcome in run_cell(
-            home, config, device, show_progress, timeout, checkpoints(home), tuple(_with_targets(home, cells)[1:]))])
+            home, config, device, show_progress, timeout, checkpoints(home), tuple(_with_targets(home, cells)[1:]),
+            models_dir)])
     budget = homes[0].budget
     seeds = [cell.seed for cell in homes]
     label = f"{homes[0].learner.name} | {homes[0].suite.name} {homes[0].setting.name} | seeds {_seed_list(seeds)}"
@@ -474,7 +512,8 @@ def run_seed_group(cells: list[Cell], config: RunConfig, device: torch.device, s
             for home, one in zip(homes, trained, strict=True):
                 targets = _with_targets(home, cells)
                 if not isinstance(one, MemberFailure):
-                    finish.extend(_test_each(targets, config, suite, one, device, show_progress, seed_group=seeds))
+                    finish.extend(_test_each(targets, config, suite, one, device, show_progress, models_dir,
+                                             seed_group=seeds))
                     continue
                 for target in targets:  # diverged alone: fails as it would alone
                     failed = _failed(target, config, device, one.error, one.tasks_seen, seed_group=seeds)
@@ -487,7 +526,7 @@ def run_seed_group(cells: list[Cell], config: RunConfig, device: torch.device, s
         note = f"meta-trained alone: the seed group {why} ({type(error).__name__}: {error})"
         return _in_order(cells, [outcome for home in homes for outcome in run_cell(
             home, config, device, show_progress, timeout, checkpoints(home), tuple(_with_targets(home, cells)[1:]),
-            seed_group=[home.seed], seed_group_note=note)])
+            models_dir, seed_group=[home.seed], seed_group_note=note)])
     return _in_order(cells, [outcome(memory) for outcome in finish])
 
 
@@ -513,7 +552,8 @@ def seed_groups(cells: list[Cell], seeds_together: int) -> list[list[Cell]]:
         if cell.test_suite is not None and cell.home.cell_id in chunk_of:  # cross-domain: with its home cell's model
             chunk_of[cell.home.cell_id].append(cell)
             continue
-        together = seeds_together != 1 and trains_seeds_together(cell.learner.cls)
+        together = (seeds_together != 1 and trains_seeds_together(cell.learner.cls)
+                    and cell.setting.variable is None)  # seeds step in lockstep on stacked batches: fixed shapes
         key = (cell.suite.name, cell.setting_index, cell.learner.name) if together else ("alone", index)
         chunks = groups.setdefault(key, [[]])
         if seeds_together and sum(member.test_suite is None for member in chunks[-1]) >= seeds_together:
@@ -540,15 +580,30 @@ class CellWork:
     checkpoint_dir: str | None = None
     """Where mid-cell checkpoints go (the run's cells/ folder; it must be reachable from the workers)."""
     checkpoint_every: int | None = None
+    models_dir: str | None = None
+    """Where each finished cell's tested model is saved (``--save-models``: the run's cells/ folder); None: nowhere."""
 
     def checkpoints(self, cell: Cell) -> Checkpoints | None:
         return (Checkpoints(checkpoint_file(Path(self.checkpoint_dir), cell.cell_id), self.checkpoint_every)
                 if self.checkpoint_dir and self.checkpoint_every else None)
 
     def __call__(self, cells: list[Cell]) -> list[CellResult]:
-        outcomes = run_seed_group(cells, self.config, torch.device(self.device), self.show_progress,
-                                  self.cell_timeout, self.checkpoints)
-        return [(cell, *outcome) for cell, outcome in zip(cells, outcomes, strict=True)]
+        device, available = torch.device(self.device), torch.get_num_threads()
+        threads = available
+        if device.type == "cpu":  # a small network on one thread (``bench.threads``)
+            with torch.random.fork_rng(devices=[]):  # building it draws initial weights: leave the seeds alone
+                weights = network_weights(self.config.make_suite(cells[0].suite.cls), cells[0].setting)
+            threads = cell_threads(weights, available)
+        torch.set_num_threads(threads)
+        try:
+            with MachineLoad() as load:
+                outcomes = run_seed_group(cells, self.config, device, self.show_progress, self.cell_timeout,
+                                          self.checkpoints, Path(self.models_dir) if self.models_dir else None)
+        finally:
+            torch.set_num_threads(available)
+        machine = {"machine_load": round(load.mean, 2), "cpu_cores": cpu_cores(), "torch_threads": threads}
+        return [(cell, dataclasses.replace(metadata, **machine), *rest)
+                for cell, (metadata, *rest) in zip(cells, outcomes, strict=True)]
 
 
 def run_cells(cells: list[Cell], config: RunConfig, store: RunStore, device: torch.device,
@@ -564,7 +619,8 @@ def run_cells(cells: list[Cell], config: RunConfig, store: RunStore, device: tor
     todo = store.cells_to_run({cell.cell_id: cell_fingerprint(cell, config) for cell in cells}, warn)
     on_start(len(cells) - len(todo))
     work = CellWork(config, str(device), show_progress and (executor is None or executor.shows_progress),
-                    cell_timeout, str(store.cells_dir) if checkpoint_every else None, checkpoint_every)
+                    cell_timeout, str(store.cells_dir) if checkpoint_every else None, checkpoint_every,
+                    str(store.cells_dir) if config.save_models else None)
     # a cross-domain cell to run needs its home cell's model: the home meta-trains again even where it is finished
     needed = todo | {cell.home.cell_id for cell in cells if cell.cell_id in todo}
     groups = seed_groups([cell for cell in cells if cell.cell_id in needed], seeds_together)

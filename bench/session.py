@@ -20,12 +20,18 @@ from bench.grid import Cell, plan
 from bench.plugins import Registry
 from bench.report import Report
 from bench.report_files import write_report
-from bench.runner import default_run_dir, resolve_device, run_cells
+from bench.machine_load import cpu_cores
+from bench.runner import default_run_dir, resolve_device, run_cells, seed_groups
 from bench.store import RUN_FILE, RunStore
+from bench.threads import network_weights, side_by_side_workers
 
 Say = Callable[[str], None]
 
 FINISHED, FINISHED_WITH_FAILURES, INTERRUPTED = "finished", "finished with failed cells", "interrupted"
+
+AUTO_EXECUTOR = "auto"
+EXECUTOR_ENV = "METABENCH_EXECUTOR"
+"""The executor ``bench run`` uses when ``--executor`` is not given (default ``auto``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +39,8 @@ class Execution:
     """How the cells run: the executor and its limits. Nothing here changes a cell's numbers."""
 
     executor: str = "inline"
-    """The registered name of the executor."""
+    """The registered name of the executor, or ``auto`` (``bench run``'s default, ``AUTO_EXECUTOR``): on a CPU, small
+    independent cells side by side in worker processes, one per core (``bench.threads``); else inline."""
     workers: int | None = None
     """Cells at a time (worker processes, or a local Ray's CPUs); None: this machine's CPU cores."""
     address: str | None = None
@@ -71,6 +78,22 @@ def make_executor(registry: Registry, execution: Execution) -> Executor:
     """The executor the run asks for, with its options."""
     (registration,) = registry.select("executor", [execution.executor])
     return registration.cls(ExecutorOptions(workers=execution.workers or os.cpu_count() or 1, address=execution.address))
+
+
+def resolve_auto_executor(execution: Execution, cells: list[Cell], config: RunConfig, device) -> Execution:
+    """``execution`` with ``auto`` made concrete: ``processes`` with one worker per core (``--workers`` caps them) when
+    the run is on a CPU and has several independent groups of cells whose networks are all small; else ``inline``."""
+    if execution.executor != AUTO_EXECUTOR:
+        return execution
+    workers = 1
+    if device.type == "cpu":
+        networks = {(cell.suite.name, cell.setting.name): cell for cell in cells}
+        weights = [network_weights(config.make_suite(cell.suite.cls), cell.setting) for cell in networks.values()]
+        groups = len(seed_groups(cells, execution.seeds_together))
+        workers = side_by_side_workers(weights, groups, min(cpu_cores(), execution.workers or cpu_cores()))
+    if workers == 1:
+        return dataclasses.replace(execution, executor="inline")
+    return dataclasses.replace(execution, executor="processes", workers=workers)
 
 
 def _note_what_all_leaves_out(config: RunConfig, registry: Registry, say: Say) -> None:
@@ -141,19 +164,20 @@ def run_benchmark(config: RunConfig, registry: Registry, execution: Execution, s
     """Run every cell of ``config`` not yet finished in its run folder and write the report. Bad input (names,
     settings, data, the run folder) raises a ``BenchError`` before any cell runs; a failing cell is recorded and
     the run goes on; Ctrl-C keeps the finished cells, marks the run interrupted and says how to resume."""
-    executor = make_executor(registry, execution)
     cells = plan(config, registry)
+    device = resolve_device(config.device)
+    asked, execution = execution.executor, resolve_auto_executor(execution, cells, config, device)
+    executor = make_executor(registry, execution)
     _note_what_all_leaves_out(config, registry, say)
     suites = {cell.suite.name: cell.suite for cell in cells} | {cell.test_suite.name: cell.test_suite
                                                                  for cell in cells if cell.test_suite}
     for suite in suites.values():  # data problems: one line, before any work
         config.make_suite(suite.cls).prepare()
     _check_cross_domain(config, cells, say)
-    device = resolve_device(config.device)
     run_dir = Path(config.out) if config.out else default_run_dir(config)
     resolved = _resolved(config, run_dir, cells)
     env = {**environment(registry, device),
-           "execution": {"executor": execution.executor, "workers": executor.options.workers,
+           "execution": {"executor": execution.executor, "asked": asked, "workers": executor.options.workers,
                          "cell_timeout": execution.cell_timeout, "checkpoint_every": execution.checkpoint_every,
                          "seeds_together": execution.seeds_together}}
     store = RunStore(run_dir)
@@ -178,4 +202,6 @@ def run_benchmark(config: RunConfig, registry: Registry, execution: Execution, s
     status = FINISHED_WITH_FAILURES if failed else FINISHED
     store.write_run_file(resolved, env, status=status)
     report, _ = write_report(store)
+    if report.busy_warning:
+        say(f"warning: {report.busy_warning}")
     return RunOutcome(run_dir, status, failed, report)

@@ -9,6 +9,7 @@ Layout of ``results/<run-id>/``::
     cells/<cell>.json     the cell's metadata (status, timings, memory, configuration, fingerprint);
                           written last, so its presence marks the cell finished
     cells/<cell>.checkpoint.pt   mid-cell meta-training state (``--checkpoint-every``), while the cell runs
+    cells/<cell>.model.pt   the model its test scored (``--save-models``; ``bench.saved_models``)
     cells/corrupt/        cell files found unreadable when the run was resumed (those cells re-run)
     records.csv           all cells' records together (written at the end of a run)
     report.md             the comparison report (tables, figures/, provenance); also report.html
@@ -72,9 +73,13 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+NOT_IDENTITY = ("out", "save_models")
+"""Configuration keys that change no result: where the folder is (it may move), whether models are kept."""
+
+
 def run_identity(config: dict[str, Any]) -> dict[str, Any]:
-    """The part of a run's configuration that determines its results: not where the folder is (it may move)."""
-    return {key: value for key, value in config.items() if key != "out"}
+    """The part of a run's configuration that determines its results (not the ``NOT_IDENTITY`` keys)."""
+    return {key: value for key, value in config.items() if key not in NOT_IDENTITY}
 
 
 def checkpoint_file(cells_dir: Path, cell_id: str) -> Path:

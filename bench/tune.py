@@ -34,6 +34,7 @@ import torch
 from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.trial import TrialState
 
+from bench.api import declined
 from bench.config import ConfigError, RunConfig, build_run_config
 from bench.environment import environment
 from bench.grid import Cell, plan, tuned_key
@@ -145,7 +146,7 @@ def plan_studies(config: TuneConfig, registry: Registry) -> list[StudyPlan]:
         fixed = config.run.set.get(cell.learner.name, {})
         ranges = {key: spec for key, spec in learner.search_space(suite.kind).items() if key not in fixed}
         space = distributions(cell.learner.name, ranges, set(dataclasses.asdict(cell.hyperparameters)))
-        reason = learner.unsupported_reason(suite)
+        reason = declined(learner, suite, cell.setting)
         note = f"n/a: {reason}" if reason else None if space else "nothing to tune: defaults kept"
         plans.append(StudyPlan(dataclasses.replace(cell, seed=config.seed), space if note is None else {},
                                {key: describe(spec) for key, spec in ranges.items()}, suite.metric_name,

@@ -5,6 +5,10 @@ gradients, learning, conformance, data loading) and ``e2e/`` (real ``bench`` pro
 executors, pip-installed packages). ``pytest`` runs the first two (pyproject's addopts deselect the markers
 ``e2e`` and ``slow``); ``pytest -m e2e`` and ``pytest -m slow`` run the others (``make test-e2e``,
 ``make test-slow``; CI runs all three).
+
+``make test`` and ``make test-slow`` spread the tests over one worker per core (pytest-xdist's ``-n auto``), each worker
+on one torch thread (and so every process it starts): the networks under test are small, and two workers with two
+threads each on two cores wait for each other's threads (measured 5-7x slower, issue 18).
 """
 from __future__ import annotations
 
@@ -16,11 +20,18 @@ from pathlib import Path
 
 import pytest
 
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ["OMP_NUM_THREADS"] = "1"  # before torch is first imported, and for every process a test starts
+
 from bench.plugins import NO_AUTOLOAD_ENV, load_plugins
+from bench.session import EXECUTOR_ENV
 
 # Only the built-ins, in this process and every `bench` it starts: whatever other metabench plugins the
 # developer has installed cannot change what the tests see. Tests of third-party plugins turn it back on.
 os.environ[NO_AUTOLOAD_ENV] = "1"
+# One cell at a time in the test's own process unless a test asks otherwise: tests register plugins in-process and
+# monkeypatch learners, which worker processes would not see (tests/unit/test_threads.py covers ``auto``).
+os.environ[EXECUTOR_ENV] = "inline"
 
 collect_ignore = ["fixtures"]  # tests/fixtures/ holds a plugin package with its own tests, run by test_third_party.py
 
@@ -28,6 +39,18 @@ collect_ignore = ["fixtures"]  # tests/fixtures/ holds a plugin package with its
 @pytest.fixture(scope="session")
 def registry():
     return load_plugins(strict=True)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test: small networks gain nothing from a second, and on a busy CPU the waiting
+    threads made meta-training several times slower (100 Conv-4 episodes: 25 s with two threads, 5 s with one)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -256,3 +256,31 @@ def expect_error(suite: "TaskSuite", *fragments: str, split: str | None = None) 
     for fragment in fragments:
         assert fragment in message, message
     return message
+
+
+def wide_polynomials(half_width: float):
+    """A third-party regression suite with larger targets: the fixture package's cubic polynomials (coefficients
+    N(0, 1)) on x in U[-half_width, half_width] (3: targets up to about 90)."""
+    import importlib.util
+
+    import torch
+
+    from bench.api import Episode, episode_rng
+
+    source = Path(__file__).parent / "fixtures" / "metabench-example" / "src" / "metabench_example" / "polynomials.py"
+    spec = importlib.util.spec_from_file_location("fixture_polynomials", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    class Wide(module.Polynomials):
+        name = f"polynomials-x{half_width:g}"
+
+        def sample_episode(self, split, setting, seed, index):
+            rng = episode_rng(self.name, split, setting.name, seed, index)
+            coefficients = torch.from_numpy(rng.standard_normal(4)).float()
+            x = torch.from_numpy(rng.uniform(-half_width, half_width, size=(setting.shots + setting.query, 1))).float()
+            y = sum(c * x**power for power, c in enumerate(coefficients))
+            return Episode(x[: setting.shots], y[: setting.shots], x[setting.shots:], y[setting.shots:],
+                           torch.zeros(0, dtype=torch.long))
+
+    return Wide()

@@ -130,13 +130,103 @@ RESNET12_SLOPE = 0.1
 """The negative slope of ResNet-12's leaky ReLUs (MetaOptNet's ``nn.LeakyReLU(0.1)``)."""
 
 
-class ResidualBlock(nn.Module):
-    """One ResNet-12 block (MetaOptNet's BasicBlock without dropout): three 3x3 convolutions without bias, each
-    followed by batch norm, a leaky ReLU after the first two; a shortcut, a 1x1 convolution without bias and batch
-    norm, added before the third leaky ReLU; then a 2x2 max-pool. A plain module of out-of-place tensor ops, so that
-    ``torch.func.functional_call`` and ``vmap`` over tasks apply to it as to any layer."""
+DROP_RATE = 0.1
+"""ResNet-12's drop rate in training, of dropout and of DropBlock alike: kjunelee/MetaOptNet train.py builds
+``resnet12(avg_pool=False, drop_rate=0.1, dropblock_size=5)`` (``dropblock_size=2`` for CIFAR-FS and FC100)."""
+DROPBLOCK_RAMP_FORWARDS = 40_000
+"""MetaOptNet's DropBlock rate grows linearly from 0 to ``DROP_RATE`` over a block's first 20 x 2000 forward passes
+(ResNet12_embedding.py BasicBlock: ``keep_rate = max(1 - drop_rate / (20*2000) * num_batches_tracked, 1 - drop_rate)``;
+its training embeds support and query in two passes an episode batch, 1,000 batches an epoch: 20 epochs)."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+
+def _random_mask(shape: tuple[int, ...], probability: float, like: torch.Tensor) -> torch.Tensor:
+    """Ones drawn with ``probability``, zeros elsewhere; under ``torch.func.vmap`` (which refuses random operations) a
+    ``RuntimeError`` that says which backbone draws them."""
+    try:
+        return torch.bernoulli(torch.full(shape, probability, device=like.device, dtype=like.dtype))
+    except RuntimeError as error:  # vmap's randomness="error"
+        raise RuntimeError("resnet12-dropblock draws random masks in training, which this learner's vectorised "
+                           f"(torch.func.vmap) loop refuses ({error}); use --backbone resnet12") from error
+
+
+class Switched(nn.Module):
+    """A training-time regulariser that is off until a learner switches it on (``regularise``): a learner that does not
+    know it trains and tests the network as if it were absent, never with random masks at test time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on = False
+        self.register_buffer("passes", torch.zeros((), dtype=torch.long))
+        """Forward passes while on (a checkpoint keeps them; ``DropBlock``'s rate ramps over them)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.on:
+            return x
+        self.passes += 1
+        return self.drop(x)
+
+    def drop(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def regularise(model: nn.Module, on: bool) -> int:
+    """Switch every ``Switched`` regulariser of ``model`` on or off; how many there are."""
+    switched = [module for module in model.modules() if isinstance(module, Switched)]
+    for module in switched:
+        module.on = on
+    return len(switched)
+
+
+def regularised_passes(model: nn.Module) -> int:
+    """Forward passes ``model``'s regularisers made while on (0: none was ever switched on)."""
+    return sum(int(module.passes) for module in model.modules() if isinstance(module, Switched))
+
+
+class Dropout(Switched):
+    """Dropout (``F.dropout``'s: zero with probability ``rate``, the rest scaled by 1 / (1 - rate)), whose refusal
+    under ``vmap`` names the backbone (``_random_mask``)."""
+
+    def __init__(self, rate: float = DROP_RATE) -> None:
+        super().__init__()
+        self.rate = rate
+
+    def drop(self, x: torch.Tensor) -> torch.Tensor:
+        return x * (1 - _random_mask(tuple(x.shape), self.rate, x)) / (1 - self.rate)
+
+
+class DropBlock(Switched):
+    """DropBlock (Ghiasi et al. 2018) as MetaOptNet's ResNet-12 applies it after a block: seeds drawn with probability
+    gamma where a whole ``block_size`` square fits, each dropping the square that starts at it, the rest scaled by
+    (elements / elements kept). gamma turns the drop rate into seeds as MetaOptNet's does, ``(1 - keep) / block_size^2
+    * size^2 / (size - block_size + 1)^2``, the rate ramped over the block's passes while on
+    (``DROPBLOCK_RAMP_FORWARDS``). Random masks: under ``torch.func.vmap`` without ``randomness="different"`` it
+    refuses, naming itself."""
+
+    def __init__(self, block_size: int, drop_rate: float = DROP_RATE) -> None:
+        super().__init__()
+        self.block_size, self.drop_rate = block_size, drop_rate
+
+    def rate(self) -> float:
+        """The drop rate of this pass (``passes`` counts it)."""
+        return min(self.drop_rate, self.drop_rate * int(self.passes) / DROPBLOCK_RAMP_FORWARDS)
+
+    def drop(self, x: torch.Tensor) -> torch.Tensor:
+        size, block = x.shape[-1], min(self.block_size, x.shape[-1])
+        gamma = self.rate() / block**2 * size**2 / (size - block + 1) ** 2
+        seeds = _random_mask((*x.shape[:-2], x.shape[-2] - block + 1, size - block + 1), gamma, x)
+        dropped = F.max_pool2d(F.pad(seeds, (block - 1,) * 4), block, stride=1)
+        kept = 1 - dropped
+        return x * kept * (kept.numel() / kept.sum().clamp(min=1))
+
+
+class ResidualBlock(nn.Module):
+    """One ResNet-12 block (MetaOptNet's BasicBlock): three 3x3 convolutions without bias, each followed by batch
+    norm, a leaky ReLU after the first two; a shortcut, a 1x1 convolution without bias and batch norm, added before the
+    third leaky ReLU; then a 2x2 max-pool and ``drop`` (MetaOptNet: dropout or DropBlock in training; none by default).
+    A plain module of out-of-place tensor ops, so that ``torch.func.functional_call`` and ``vmap`` over tasks apply to
+    it as to any layer (without random ``drop``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, drop: nn.Module | None = None) -> None:
         super().__init__()
         self.out_channels = out_channels
         """The width of the block's output (what an adaptation layer modulating it reads)."""
@@ -150,20 +240,24 @@ class ResidualBlock(nn.Module):
                                       EpisodeBatchNorm(out_channels))
         self.activation = nn.LeakyReLU(RESNET12_SLOPE)
         self.pool = nn.MaxPool2d(2)
+        self.drop = drop or nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.activation(self.body(x) + self.shortcut(x)))
+        return self.drop(self.pool(self.activation(self.body(x) + self.shortcut(x))))
 
 
 def resnet12(in_channels: int, ways: int, image_size: int,
-             channels: tuple[int, int, int, int] = RESNET12_CHANNELS) -> nn.Sequential:
+             channels: tuple[int, int, int, int] = RESNET12_CHANNELS, dropblock: bool = False) -> nn.Sequential:
     """ResNet-12 (MetaOptNet models/ResNet12_embedding.py, FEAT model/networks/res12.py): four ``ResidualBlock``s of
     ``channels`` (each halving the image: 84 -> 42 -> 21 -> 10 -> 5, 28 -> 14 -> 7 -> 3 -> 1), then the mean over the
     remaining pixels (FEAT's ``avg_pool=True``, an ``AvgPool2d(5)`` on 5x5: a 640-wide embedding whatever the image
     size; MetaOptNet flattens, 16,000 wide on mini-ImageNet) and a linear head (PyTorch's initialisation; neither
     reference has one: they classify embeddings with a metric or an SVM). Convolutions initialised as both references:
     Kaiming-normal, ``mode="fan_out"``, ``nonlinearity="leaky_relu"`` (gain sqrt(2)); batch norm scale one, shift zero.
-    No dropout or DropBlock (both references drop at rate 0.1 in training).
+    No dropout or DropBlock unless ``dropblock``: then MetaOptNet's training-time regularisation, dropout at
+    ``DROP_RATE`` after blocks 1-2 and ``DropBlock`` after blocks 3-4, of block size 5 on images of 64 pixels or more
+    (its mini-ImageNet and tieredImageNet runs) and 2 below (its CIFAR-FS and FC100 runs, 32x32); off until a learner
+    switches it on for its meta-training updates (``regularise``).
 
     Modules: the four blocks (0-3), the pooling (4), the head (5).
     """
@@ -171,7 +265,11 @@ def resnet12(in_channels: int, ways: int, image_size: int,
         raise ValueError(f"resnet12 has four blocks: channels must give four widths, got {tuple(channels)}")
     if image_size < 16:
         raise ValueError(f"resnet12 halves the image four times: it needs at least 16x16 pixels, got {image_size}")
-    blocks = [ResidualBlock(fan_in, fan_out) for fan_in, fan_out in zip((in_channels, *channels), channels)]
+    block_size = 5 if image_size >= 64 else 2
+    drops: list[nn.Module | None] = ([Dropout(), Dropout(), DropBlock(block_size), DropBlock(block_size)]
+                                     if dropblock else [None] * 4)
+    blocks = [ResidualBlock(fan_in, fan_out, drop)
+              for fan_in, fan_out, drop in zip((in_channels, *channels), channels, drops)]
     model = nn.Sequential(*blocks, GlobalAvgPool(), nn.Linear(channels[-1], ways))
     for module in model.modules():
         if isinstance(module, nn.Conv2d):

@@ -34,6 +34,8 @@ def _shape_problems(suite: TaskSuite, split: str, setting: Setting, episode: Epi
     """What is wrong with one episode's fields (the caller says where it comes from)."""
     import torch
 
+    if setting.variable is not None:
+        return _variable_problems(suite, split, setting, episode)
     ways = setting.ways or 1
     problems = []
     for field, count in (("support_x", setting.shots * ways), ("support_y", setting.shots * ways),
@@ -65,6 +67,29 @@ def _shape_problems(suite: TaskSuite, split: str, setting: Setting, episode: Epi
         tensor = getattr(episode, field)
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             problems.append(f"{field} has non-finite values")
+    return problems
+
+
+def _variable_problems(suite: TaskSuite, split: str, setting: Setting, episode: Episode) -> list[str]:
+    """What is wrong with one episode of a ``variable`` setting: its n ways within the sampler's bounds, labels
+    0..n-1, each class 1..``shots`` support examples and the same number of queries, n distinct classes."""
+    import torch
+
+    sampler, problems = setting.variable, []
+    assert sampler is not None
+    support, query = torch.bincount(episode.support_y), torch.bincount(episode.query_y)
+    ways = len(support)
+    if not sampler.min_ways <= ways <= (setting.ways or sampler.max_ways):
+        problems.append(f"an episode has {ways} ways; expected {sampler.min_ways}..{setting.ways}")
+    if len(query) != ways or int(support.min()) < 1 or len(set(query.tolist())) != 1:
+        problems.append(f"labels must be 0..n-1, each with support examples and as many queries, got support "
+                        f"{support.tolist()} and query {query.tolist()}")
+    if int(support.max()) > setting.shots or int(query.max()) > setting.query:
+        problems.append(f"more than {setting.shots} support or {setting.query} query examples of a class")
+    if episode.support_x.shape[0] != episode.support_y.shape[0] or episode.query_x.shape[0] != episode.query_y.shape[0]:
+        problems.append("inputs and labels differ in number")
+    if episode.classes.shape != (ways,) or len(set(episode.classes.tolist())) != ways:
+        problems.append(f"classes must be {ways} distinct class indices of the split, got {episode.classes.tolist()}")
     return problems
 
 
@@ -153,8 +178,9 @@ def suite_problems(suite: TaskSuite, check: SuiteCheck = SuiteCheck()) -> list[s
                 problems.add("episodes do not change with the index or the seed", where)
             for problem in _shape_problems(suite, split, setting, first):
                 problems.add(problem, where)
-            batch = suite.sample_batch(split, setting, seed, range(3))
-            stacked = Episode(*(torch.stack(field) for field in zip(*(suite.sample_episode(split, setting, seed, i) for i in range(3)))))
+            count = 1 if setting.variable is not None else 3  # a variable setting's episodes do not stack
+            batch = suite.sample_batch(split, setting, seed, range(count))
+            stacked = Episode(*(torch.stack(field) for field in zip(*(suite.sample_episode(split, setting, seed, i) for i in range(count)))))
             if not _same(batch, stacked):
                 problems.add("sample_batch() differs from stacking sample_episode()", where)
             seen[split] = set().union(*(_rows(suite.sample_episode(split, setting, seed, i)) for i in range(check.episodes)))

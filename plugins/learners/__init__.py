@@ -8,6 +8,7 @@ def register_learners(register):
     from bench_plugins.learners.anil import ANIL
     from bench_plugins.learners.finetune import Finetune
     from bench_plugins.learners.maml import MAML, FirstOrderMAML
+    from bench_plugins.learners.mamlpp import MAMLPlusPlus
     from bench_plugins.learners.matchingnet import MatchingNet
     from bench_plugins.learners.metaoptnet import MetaOptNet
     from bench_plugins.learners.metasgd import MetaSGD
@@ -28,3 +29,4 @@ def register_learners(register):
     register("metaoptnet", MetaOptNet)
     register("matchingnet", MatchingNet)
     register("protomaml", ProtoMAML)
+    register("mamlpp", MAMLPlusPlus)

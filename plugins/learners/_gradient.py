@@ -128,6 +128,17 @@ class OuterOptimizer:
         self.schedule = torch.optim.lr_scheduler.StepLR(self.adam, step_size=every or 1,
                                                         gamma=config.outer_lr_decay if every else 1.0)
 
+    @property
+    def steps_taken(self) -> int:
+        """Adam steps taken so far, a checkpoint's included (the step schedule's counter, saved with the state)."""
+        return self.schedule.last_epoch
+
+    def set_lr(self, lr: float) -> None:
+        """Set the learning rate of the next step (a learner's own schedule; with ``outer_lr_decay`` 1 the step
+        schedule keeps it)."""
+        for group in self.adam.param_groups:
+            group["lr"] = lr
+
     def zero_grad(self) -> None:
         self.adam.zero_grad(set_to_none=True)
 
@@ -148,12 +159,17 @@ class OuterOptimizer:
 
 
 def adam_outer_loop(ctx: MetaTrainContext, parameters: list["torch.Tensor"], config: OuterLoopConfig,
-                    accumulate: Callable[[Episode], "torch.Tensor"]) -> None:
+                    accumulate: Callable[[Episode], "torch.Tensor"],
+                    schedule: "Callable[[float, OuterOptimizer], None] | None" = None) -> None:
     """``OuterOptimizer`` on ``parameters``, one step per batch of ``config.meta_batch`` episodes;
-    ``accumulate`` fills their ``.grad`` with the batch's meta-gradient and returns its meta-loss."""
+    ``accumulate`` fills their ``.grad`` with the batch's meta-gradient and returns its meta-loss. ``schedule``, where
+    given, is called before each batch's meta-gradient with the fraction of ``ctx.task_budget`` done before that batch
+    (counted from the optimiser's steps, so it goes on from a checkpoint) and the optimiser (e.g. to set its rate)."""
     optimizer = OuterOptimizer(parameters, config)
     _restore(ctx, parameters, optimizer)
     for batch in ctx.batches(config.meta_batch):
+        if schedule is not None:
+            schedule(min(optimizer.steps_taken * config.meta_batch / ctx.task_budget, 1.0), optimizer)
         optimizer.zero_grad()
         loss = accumulate(batch)
         optimizer.step()

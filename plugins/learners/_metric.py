@@ -15,7 +15,7 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from bench.api import Learner, MetaTrainContext, Predictor, Setting, Support, TaskKind, TaskSuite
+from bench.api import Learner, MetaTrainContext, Predictor, Setting, Support, TaskKind, TaskSuite, episode_ways
 
 if TYPE_CHECKING:
     import torch
@@ -38,13 +38,31 @@ def embedding_network(model: "nn.Module", learner: str, suite: str) -> "nn.Seque
 
 @contextlib.contextmanager
 def seeded(ctx: MetaTrainContext) -> Iterator[None]:
-    """Torch's global generator seeded from ``ctx.generator`` inside the block (restored after): modules built in it
-    (e.g. an LSTM's default initialisation) are a function of the cell's seed."""
+    """Torch's global generators seeded from ``ctx.generator`` inside the block (restored after): modules built in it
+    (e.g. an LSTM's default initialisation) and random masks drawn in it are a function of the cell's seed."""
     import torch
 
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=ctx.generator)))
         yield
+
+
+@contextlib.contextmanager
+def regularised(network: "nn.Module", ctx: MetaTrainContext) -> Iterator[None]:
+    """``network``'s training-time regularisers (``bench.nn.backbones.Switched``: the dropout and DropBlock of
+    ``resnet12-dropblock``) on inside the block, their masks drawn from generators ``seeded`` from the cell's; a
+    network without them is left alone (and ``ctx.generator`` untouched)."""
+    from bench.nn.backbones import regularise
+
+    if not regularise(network, False):
+        yield
+        return
+    with seeded(ctx):
+        regularise(network, True)
+        try:
+            yield
+        finally:
+            regularise(network, False)
 
 
 def listed(words: Iterable[str]) -> str:
@@ -80,7 +98,14 @@ class EpisodeSchedule:
 
     def training_setting(self, setting: Setting) -> Setting:
         """The setting of the meta-training episodes for a test ``setting``: ``setting`` itself when the training ways,
-        shots and queries are its own (then its episode stream is the one every learner of the cell trains on)."""
+        shots and queries are its own (then its episode stream is the one every learner of the cell trains on), and
+        always for a ``variable`` setting, whose episodes draw their own (a ValueError if any is set)."""
+        if setting.variable is not None:
+            given = [name for name in ("train_ways", "train_shots", "train_query") if getattr(self, name, 0)]
+            if given:
+                raise ValueError(f"{listed(given)} must be 0 on setting '{setting.name}': its episodes draw their own "
+                                 "ways, shots and queries (Meta-Dataset's sampler)")
+            return setting
         ways, shots = self.train_ways or setting.ways, self.train_shots or setting.shots
         query = self.train_query or setting.query_for("train")
         if (ways, shots, query) == (setting.ways, setting.shots, setting.query_for("train")):
@@ -106,6 +131,9 @@ class HeadLearner(Learner):
     its ways x width weights are what adapts; else (prototypes, attention) nothing does."""
     max_adaptation_steps: ClassVar[int | None] = 0
     batched = True
+    variable_episodes = True  # the classifier covers each episode's own ways (``episode_ways``)
+    variable: bool = False
+    """Whether the cell's setting is ``variable`` (set by ``meta_train``): each episode then has its own ways."""
 
     @classmethod
     def unsupported_reason(cls, suite: TaskSuite) -> str | None:
@@ -138,6 +166,7 @@ class HeadLearner(Learner):
     def meta_train(self, ctx: MetaTrainContext) -> None:
         model = ctx.backbone()
         self.embedding, self.ways = embedding_network(model, self.label, ctx.suite.name), ctx.setting.ways
+        self.variable = ctx.setting.variable is not None
         self.width = model[-1].in_features
         self.head = self.build_head(ctx, self.width).to(ctx.device)
         training = self.config.training_setting(ctx.setting)
@@ -146,8 +175,10 @@ class HeadLearner(Learner):
         optimizer = self.optimizer([*self.embedding.parameters(), *self.head.parameters()])
         episodes = 0
         for batch in ctx.batches(self.config.meta_batch, setting=training):
-            predict = self._predictor(batch.support, training.ways, batched=True, training=True)
-            loss = self.query_loss(ctx, predict(batch.query_x), batch.query_y)
+            ways = episode_ways(batch.support_y) if self.variable else training.ways
+            with regularised(self.embedding, ctx):
+                predict = self._predictor(batch.support, ways, batched=True, training=True)
+                loss = self.query_loss(ctx, predict(batch.query_x), batch.query_y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -165,8 +196,8 @@ class HeadLearner(Learner):
                 f"per class (tests at {setting.ways}-way{tested})")
 
     def adapted_parameter_count(self) -> int:
-        """A fitted linear head's ways x width weights (``fits_linear_head``); else 0: the classifier is a summary of
-        the support set (prototypes, attention), nothing is fitted."""
+        """A fitted linear head's ways x width weights (``fits_linear_head``; a variable setting's: its most ways);
+        else 0: the classifier is a summary of the support set (prototypes, attention), nothing is fitted."""
         return self.ways * self.width if self.fits_linear_head else 0
 
     def state_dict(self) -> dict[str, Any]:
@@ -178,15 +209,16 @@ class HeadLearner(Learner):
         self.head.load_state_dict(state["head"])
 
     def adapt(self, support: Support, steps: int, *, batched: bool = False) -> Iterator[Predictor]:
-        """One predictor (``max_adaptation_steps = 0``): the support set's classifier (batch norm per episode)."""
-        yield self._predictor(support, self.ways, batched)
+        """One predictor (``max_adaptation_steps = 0``): the support set's classifier (batch norm per episode) over
+        the episode's ways (a variable setting's: its own, from the support labels)."""
+        yield self._predictor(support, episode_ways(support.y) if self.variable else self.ways, batched)
 
     def _predictor(self, support: Support, ways: int, batched: bool, training: bool = False) -> Predictor:
         """Logits of ``support``'s classifier for query inputs (with the leading episode dimension when ``batched``)."""
         from torch.func import vmap
 
-        if batched:
-            embed = vmap(self.embedding)
+        if batched:  # each episode its own masks where the embedding draws any in training
+            embed = vmap(self.embedding, randomness="different" if training else "error")
         else:
             def embed(x: "torch.Tensor") -> "torch.Tensor":
                 return self.embedding(x).unsqueeze(0)

@@ -17,6 +17,7 @@ from bench.api import (
     Support,
     TaskKind,
     TaskSuite,
+    episode_ways,
 )
 
 if TYPE_CHECKING:
@@ -107,19 +108,25 @@ class Finetune(Learner):
     classes; at test time the backbone is frozen and a fresh head over the episode's ways is trained
     on the support features: by default Chen et al.'s 100 epochs of batch-4 SGD with momentum and
     weight decay (its own number of adaptation steps, ``adaptation_steps``), or ``protocol="cheap"``.
-    ``head="cosine"`` is Baseline++ (distLinear) in pre-training and at test time.
+    ``head="cosine"`` is Baseline++ (distLinear) in pre-training and at test time. On a variable setting (``vary``,
+    Meta-Dataset's episodes): the test head covers each episode's own ways and trains Chen et al.'s epochs over its own
+    support set; the curve has the steps of the largest support set, an episode's head kept after its last step.
     """
 
     Config = FinetuneConfig
     batched = True
     batched_on_cpu = True  # adapts only a head, on features computed once per episode
+    variable_episodes = True  # a head over each episode's own ways, trained for its own support set's epochs
+    variable: bool = False
+    """Whether the cell's setting is ``variable`` (set by ``meta_train``): each test head then covers its episode's
+    own ways."""
 
     @classmethod
     def paper_budget(cls, suite: type[TaskSuite], setting: Setting) -> dict[str, int]:
         """Chen et al.'s pre-training, 5 epochs on Omniglot and 400 on mini-ImageNet, as the meta-training tasks that
         hold as many images (each of ways x (shots + meta-training queries)): Omniglot 5-way 1-shot 44,000 tasks.
         Other suites: the suite's budget."""
-        if suite.name not in PAPER_EPOCHS:
+        if suite.name not in PAPER_EPOCHS or setting.variable is not None:
             return {}
         epochs, images = PAPER_EPOCHS[suite.name]
         per_task = setting.ways * (setting.shots + setting.query_for("train"))
@@ -137,10 +144,16 @@ class Finetune(Learner):
 
     def adaptation_steps(self, setting: Setting, steps: int) -> int:
         """Chen et al.'s protocol on classification: ``epochs`` epochs of ceil(N*K / ``head_batch``) batches, whatever
-        ``steps``; otherwise ``steps``."""
+        ``steps`` (a variable setting: of its largest support set; each episode trains for its own, ``adapt``);
+        otherwise ``steps``."""
         if setting.ways is None or self.config.protocol == "cheap":
             return steps
-        return self.config.epochs * math.ceil(setting.ways * setting.shots / self.config.head_batch)
+        support = setting.ways * setting.shots if setting.variable is None else setting.variable.max_support
+        return self._epoch_steps(support)
+
+    def _epoch_steps(self, support: int) -> int:
+        """Chen et al.'s steps on a support set of ``support`` examples: ``epochs`` x ceil(support / ``head_batch``)."""
+        return self.config.epochs * math.ceil(support / self.config.head_batch)
 
     def meta_train(self, ctx: MetaTrainContext) -> None:
         import torch
@@ -160,7 +173,7 @@ class Finetune(Learner):
             self.width, classes = width, classes = model[-1].in_features, ctx.suite.num_classes("train")
             generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=ctx.generator)))
             model[-1] = Head(self.config.head, width, classes, self._scale(classes), generator).to(ctx.device)
-            self.ways = ctx.setting.ways
+            self.ways, self.variable = ctx.setting.ways, ctx.setting.variable is not None
             self.features = self.network = model[:-1]  # what adapt uses, ready now: meta-validation adapts mid-training
         else:
             self.network = model
@@ -244,14 +257,16 @@ class Finetune(Learner):
         count, width = support_features.shape[1:]
         config, generator = self.config, torch.Generator().manual_seed(HEAD_SEED)
         cheap = config.protocol == "cheap"
-        initial = initial_head(config.head, self.ways, width, generator, zero=cheap)
+        ways = episode_ways(support.y) if self.variable else self.ways
+        own = min(steps, self._epoch_steps(count)) if self.variable and not cheap else steps
+        initial = initial_head(config.head, ways, width, generator, zero=cheap)
         head = {name: tensor.to(support_features).expand(support_features.shape[0], *tensor.shape)
                 for name, tensor in initial.items()}
         sgd = SGD(config.inner_lr) if cheap else SGD(config.inner_lr, config.momentum, config.dampening,
                                                       config.weight_decay)
         batches = (itertools.repeat(slice(None)) if cheap
                    else shuffled_batches(count, config.head_batch, generator))
-        logits = head_logits(config.head, self._scale(self.ways))
+        logits = head_logits(config.head, self._scale(ways))
 
         def predictor(head: Params) -> Predictor:
             def predict(x: "torch.Tensor") -> "torch.Tensor":
@@ -259,5 +274,7 @@ class Finetune(Learner):
                 return scores if batched else scores[0]
             return predict
 
-        for trained in train_head(head, support_features, labels, logits, self.loss, sgd, batches, steps):
+        for trained in train_head(head, support_features, labels, logits, self.loss, sgd, batches, own):
+            yield predictor(trained)
+        for _ in range(steps - own):  # a variable setting's episode with a smaller support set: trained, kept
             yield predictor(trained)

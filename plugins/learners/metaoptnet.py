@@ -119,6 +119,7 @@ class MetaOptNet(HeadLearner):
 
     Config = MetaOptNetConfig
     label = "metaoptnet"
+    variable_episodes = False  # its dual QP has support x ways variables: up to 500 x 50 on a variable setting
     method = "fits a multi-class SVM classifier"
     requires = ("qpth",)
     install_hint = "pip install qpth"

@@ -3,6 +3,7 @@ task, as the prototypical network's equivalent linear classifier."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from bench_plugins.learners._gradient import OUTER_LR_RANGE, GradientConfig, GradientMetaLearner, inner_loss_scale
 from bench_plugins.learners._metric import embedding_network
@@ -46,16 +47,19 @@ class ProtoMAML(GradientMetaLearner):
     the body also through the prototypes of the initial head, as in Meta-Dataset's ``MAMLLearner``, which computes
     them from the body's unadapted weights and stops gradients only in the inner updates. The backbone's own final
     linear layer supplies only the head's shape (its weights are never used); batch-norm weights are meta-learned but
-    not adapted in the inner loop (``adapt_batch_norm = False``).
+    not adapted in the inner loop (``adapt_batch_norm = False``). On the ``vary`` setting (Meta-Dataset's
+    variable-way, variable-shot episodes) the head has the setting's most ways; the classes an episode lacks get a
+    zero weight and a bias of -inf, so that they never win and take no gradient.
 
     Deviations: the suites' backbone, not Meta-Dataset's 4-layer convnet (or its tuned ResNet-18); the setting's
-    fixed ways and shots, not Meta-Dataset's variable-way, variable-shot episodes; no weight decay (the reference's
+    fixed ways and shots unless it runs on ``vary``; no weight decay (the reference's
     1e-4 on every weight); batch norm normalises the query set with its own statistics, as the other learners here
     (the reference uses the support set's moments).
     """
 
     Config = ProtoMAMLConfig
     first_order = True
+    variable_episodes = True  # the head covers the setting's most ways; those an episode lacks get bias -inf
 
     @classmethod
     def unsupported_reason(cls, suite: TaskSuite) -> str | None:
@@ -74,6 +78,7 @@ class ProtoMAML(GradientMetaLearner):
                 "inner_steps": IntRange(1, 6)}
 
     def build(self, ctx: MetaTrainContext) -> None:
+        import torch
         from torch.func import functional_call
 
         from bench.nn.backbones import EpisodeBatchNorm
@@ -89,7 +94,9 @@ class ProtoMAML(GradientMetaLearner):
             """``fast`` with the head of one task's support prototypes (differentiable in the body's weights)."""
             weights = {name: tensor for name, tensor in {**slow, **fast}.items() if not name.startswith(head)}
             prototypes = class_prototypes(functional_call(body, weights, (x,)), y, ways)
-            return {**fast, f"{head}weight": 2 * prototypes, f"{head}bias": -prototypes.square().sum(dim=-1)}
+            absent = (y.unsqueeze(-1) != torch.arange(ways, device=y.device)).all(dim=-2)  # beyond a variable episode's
+            bias = (-prototypes.square().sum(dim=-1)).masked_fill(absent, -math.inf)  # ways: a logit that always loses
+            return {**fast, f"{head}weight": 2 * prototypes, f"{head}bias": bias}
 
         self.loop = InnerLoop(
             forward=lambda fast, slow, x: functional_call(model, {**slow, **fast}, (x,)),

@@ -49,11 +49,12 @@ PAPER_EPISODES = {
 
 
 def class_prototypes(embeddings: "torch.Tensor", labels: "torch.Tensor", ways: int) -> "torch.Tensor":
-    """The mean embedding of each class, [..., ways, D], from embeddings [..., N, D] and labels [..., N]."""
+    """The mean embedding of each class, [..., ways, D], from embeddings [..., N, D] and labels [..., N]; zero for a
+    class without examples."""
     import torch
 
     members = (labels.unsqueeze(-1) == torch.arange(ways, device=labels.device)).to(embeddings.dtype)
-    return (members.transpose(-1, -2) @ embeddings) / members.sum(dim=-2).unsqueeze(-1)
+    return (members.transpose(-1, -2) @ embeddings) / members.sum(dim=-2).clamp(min=1).unsqueeze(-1)
 
 
 def prototype_logits(embeddings: "torch.Tensor", prototypes: "torch.Tensor") -> "torch.Tensor":
@@ -85,7 +86,8 @@ class ProtoNet(HeadLearner):
 
     @classmethod
     def suite_defaults(cls, suite: TaskSuite, setting: Setting) -> dict[str, Any]:
-        return dict(PAPER_EPISODES.get((suite.name, setting.shots), {}))
+        """``PAPER_EPISODES``' training ways and queries; none on a variable setting (its episodes draw their own)."""
+        return {} if setting.variable is not None else dict(PAPER_EPISODES.get((suite.name, setting.shots), {}))
 
     @classmethod
     def search_space(cls, kind: TaskKind) -> dict[str, SearchRange]:

@@ -108,10 +108,13 @@ class R2D2(HeadLearner):
 
     @classmethod
     def suite_defaults(cls, suite: TaskSuite, setting: Setting) -> dict[str, Any]:
-        """experiments.sh's training ways, queries (the images per class after the setting's shots) and scale."""
+        """experiments.sh's training ways, queries (the images per class after the setting's shots) and scale; on a
+        variable setting the scale only (its episodes draw their own ways, shots and queries)."""
         if suite.name not in REFERENCE_IMAGES_PER_CLASS:
             return {}
         ways, images = REFERENCE_IMAGES_PER_CLASS[suite.name]
+        if setting.variable is not None:
+            return {"init_scale": PAPER_SCALE[suite.name]}
         return {"train_ways": ways, "train_query": images - setting.shots, "init_scale": PAPER_SCALE[suite.name]}
 
     @classmethod

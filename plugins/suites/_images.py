@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from bench.api import Episode, Setting, TaskKind, TaskSuite, episode_rng
+from bench.api import VARY, Episode, Setting, TaskKind, TaskSuite, VariableEpisodes, episode_rng
 from bench.cache import cache_dir
 from bench.errors import DataError
 
@@ -310,6 +310,18 @@ def decode_rgb(sources: Sequence["Path | bytes"], size: int, suite: str, *, orig
     return decoded
 
 
+def _episode(support: "list[np.ndarray]", query: "list[np.ndarray]", shots: "np.ndarray", queries: int,
+             classes: "np.ndarray") -> Episode:
+    """An episode of per-class support and query images (class i labelled i), ``shots[i]`` and ``queries`` each."""
+    import numpy as np
+    import torch
+
+    labels = torch.arange(len(classes))
+    return Episode(torch.from_numpy(np.concatenate(support)), labels.repeat_interleave(torch.from_numpy(shots)),
+                   torch.from_numpy(np.concatenate(query)), labels.repeat_interleave(queries),
+                   torch.from_numpy(classes.astype(np.int64)))
+
+
 class FewShotImageSuite(TaskSuite):
     """N-way K-shot image classification: the base of the Omniglot, mini-ImageNet, tieredImageNet, CIFAR-FS, FC100
     and CUB suites."""
@@ -342,10 +354,22 @@ class FewShotImageSuite(TaskSuite):
         return (f"{cls.name}: {cls.SOURCE}\nStage it so that {folders} (or DIR itself) holds {cls.LAYOUT}; "
                 f"then run with --data-dir DIR (or set {DATA_DIR_ENV}=DIR).")
 
+    VARIABLE: ClassVar[VariableEpisodes | None] = VariableEpisodes()
+    """The sampler of the ``vary`` setting, listed after ``WAYS_SHOTS``' (Meta-Dataset's, with its defaults); None:
+    no such setting."""
+
     def settings(self) -> list[Setting]:
-        return [Setting(f"{ways}-way {shots}-shot", shots=shots, query=self.TEST_QUERY, ways=ways,
-                        train_query=shots if self.TRAIN_QUERY is None else self.TRAIN_QUERY)
-                for ways, shots in self.WAYS_SHOTS]
+        """``WAYS_SHOTS``' N-way K-shot settings, then ``vary``: Meta-Dataset's variable ways and shots
+        (``VARIABLE``), its ``ways``, ``shots`` and ``query`` the sampler's maxima (50 ways, 500 support examples, 10
+        queries per class)."""
+        fixed = [Setting(f"{ways}-way {shots}-shot", shots=shots, query=self.TEST_QUERY, ways=ways,
+                         train_query=shots if self.TRAIN_QUERY is None else self.TRAIN_QUERY)
+                 for ways, shots in self.WAYS_SHOTS]
+        sampler = self.VARIABLE
+        if sampler is None:
+            return fixed
+        return [*fixed, Setting(VARY, shots=sampler.max_support, query=sampler.max_query, ways=sampler.max_ways,
+                                variable=sampler)]
 
     def data_root(self, folder: str, *others: str) -> Path:
         """``<data dir>/<folder>`` (or ``<data dir>/<other>``) or the data dir itself, from ``--data-dir`` or
@@ -401,6 +425,37 @@ class FewShotImageSuite(TaskSuite):
         return self.pool(split).num_classes
 
     def sample_episode(self, split: str, setting: Setting, seed: int, index: int) -> Episode:
+        """Episode ``index``: ``setting.ways`` classes of distinct base classes (``ImagePool.sample_classes``), K
+        support and the split's queries per class; for a ``variable`` setting, ``variable_episode``'s."""
+        if setting.variable is not None:
+            return self.variable_episode(split, setting, seed, index)
+        return self.fixed_episode(split, setting, seed, index)
+
+    def variable_episode(self, split: str, setting: Setting, seed: int, index: int) -> Episode:
+        """Meta-Dataset's episode (``VariableEpisodes``): its ways among the split's base classes (an episode holds
+        no two rotations of one), each class at a uniform rotation, its queries per class and class-imbalanced
+        support shots; support and query examples distinct, drawn without replacement."""
+        import numpy as np
+
+        sampler, pool = setting.variable, self.pool(split)
+        assert sampler is not None
+        if pool.base_classes < sampler.min_ways:
+            raise DataError(f"suite '{self.name}': split '{split}' has {pool.base_classes} classes, fewer than the "
+                            f"{sampler.min_ways} that every episode of {setting.name} needs")
+        if pool.smallest() < 2:
+            raise DataError(f"suite '{self.name}': split '{split}' has {pool.describe_counts()}; {setting.name} "
+                            "needs at least 2 images per class (a support and a query image)")
+        rng = episode_rng(self.name, split, setting.name, seed, index)
+        classes = pool.sample_classes(rng, sampler.ways(rng, pool.base_classes))
+        sizes = np.array([pool.examples(int(c) // pool.rotations) for c in classes])
+        shots, query = sampler.shots(rng, sizes)
+        drawn = [pool.draw(int(c), rng.choice(size, size=k + query, replace=False))
+                 for c, size, k in zip(classes, sizes, shots)]
+        return _episode([images[:k] for images, k in zip(drawn, shots)],
+                        [images[k:] for images, k in zip(drawn, shots)], shots, query, classes)
+
+    def fixed_episode(self, split: str, setting: Setting, seed: int, index: int) -> Episode:
+        """An N-way K-shot episode: ``setting.ways`` classes, K support and the split's queries per class."""
         import numpy as np
         import torch
 
@@ -424,11 +479,14 @@ class FewShotImageSuite(TaskSuite):
         return Episode(support, labels.repeat_interleave(setting.shots), query_x,
                        labels.repeat_interleave(query), torch.from_numpy(classes.astype(np.int64)))
 
-    backbone_names: ClassVar[tuple[str, ...]] = ("conv4", "conv4-32", "conv4-64", "conv4-strided", "resnet12")
+    backbone_names: ClassVar[tuple[str, ...]] = ("conv4", "conv4-32", "conv4-64", "conv4-strided", "resnet12",
+                                                 "resnet12-dropblock")
     """``conv4``: the suite's standard Conv-4 (3x3 conv, batch norm, ReLU, 2x2 max-pool, x4; ``FILTERS`` filters, 64 on
     Omniglot, 32 on mini-ImageNet); ``conv4-32``, ``conv4-64``: the same with 32 or 64 filters; ``conv4-strided``:
     MAML's Omniglot network (stride-2 convolutions, no max-pool, ``FILTERS`` filters); ``resnet12``: the
-    64-160-320-640 ResNet-12 of MetaOptNet and FEAT. ``bench.nn.backbones`` says where each comes from."""
+    64-160-320-640 ResNet-12 of MetaOptNet and FEAT; ``resnet12-dropblock``: the same with MetaOptNet's dropout and
+    DropBlock in training (for learners that train the embedding without ``vmap``: the metric and head learners,
+    finetune). ``bench.nn.backbones`` says where each comes from."""
 
     def backbone(self, setting: Setting) -> "nn.Module":
         from bench.nn import backbones
@@ -440,6 +498,7 @@ class FewShotImageSuite(TaskSuite):
             "conv4-64": lambda: backbones.conv4(self.CHANNELS, 64, ways, self.IMAGE_SIZE),
             "conv4-strided": lambda: backbones.conv4_strided(self.CHANNELS, self.FILTERS, ways),
             "resnet12": lambda: backbones.resnet12(self.CHANNELS, ways, self.IMAGE_SIZE),
+            "resnet12-dropblock": lambda: backbones.resnet12(self.CHANNELS, ways, self.IMAGE_SIZE, dropblock=True),
         }
         if name not in builders or name not in self.backbone_names:
             offered = ", ".join(self.backbone_names)

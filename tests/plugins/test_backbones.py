@@ -45,9 +45,9 @@ def test_the_default_backbone_is_the_suites_standard_conv4_unchanged(suite_class
 
 @pytest.mark.parametrize("suite_class", [Omniglot, MiniImageNet])
 def test_every_offered_backbone_classifies_the_suites_images_and_splits_off_its_head(suite_class, monkeypatch):
-    monkeypatch.setattr(backbones, "resnet12", lambda *args: resnet12(*args, channels=SMALL))
+    monkeypatch.setattr(backbones, "resnet12", lambda *args, **options: resnet12(*args, channels=SMALL, **options))
     widths = {"conv4": None, "conv4-32": 32, "conv4-64": 64, "conv4-strided": suite_class.FILTERS,
-              "resnet12": SMALL[-1]}
+              "resnet12": SMALL[-1], "resnet12-dropblock": SMALL[-1]}
     assert set(suite_class.backbone_names) == set(widths)
     for name, width in widths.items():
         suite = suite_class()
@@ -65,7 +65,7 @@ def test_an_unknown_backbone_is_refused_naming_the_offered_ones():
     suite = Omniglot()
     suite.backbone_name = "resnet18"
     with pytest.raises(ValueError, match="^suite 'omniglot' has no backbone 'resnet18'; it offers conv4, conv4-32, "
-                                         "conv4-64, conv4-strided, resnet12$"):
+                                         "conv4-64, conv4-strided, resnet12, resnet12-dropblock$"):
         suite.backbone(FIVE_WAY_ONE_SHOT)
 
 
@@ -214,21 +214,12 @@ def small_resnet12(monkeypatch) -> list[tuple]:
     built: list[tuple] = []
     standard = backbones.resnet12
 
-    def small(*args):
+    def small(*args, **options):
         built.append(args)
-        return standard(*args, channels=SMALL)
+        return standard(*args, channels=SMALL, **options)
 
     monkeypatch.setattr(backbones, "resnet12", small)
     return built
-
-
-@pytest.fixture
-def one_thread():
-    """One torch thread: these tiny networks gain nothing from a second, and on a busy CPU they wait for it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 GRADIENT = {"meta_batch": 4, "inner_steps": 1}
@@ -276,3 +267,111 @@ def test_protonet_learns_on_resnet12(registry, staged, small_resnet12):
         accuracies.append(accuracy.mean())
     untrained, trained = accuracies
     assert trained >= untrained + 0.15, accuracies
+
+
+# --- ResNet-12 with MetaOptNet's dropout and DropBlock ------------------------------------------------------------
+
+
+def dropblock_by_hand(x: torch.Tensor, seeds: torch.Tensor, block: int) -> torch.Tensor:
+    """MetaOptNet's DropBlock._compute_block_mask written as loops: each seed at (i, j) zeroes the ``block`` square
+    starting there; the rest is scaled by elements / elements kept."""
+    kept = torch.ones_like(x)
+    for index in seeds.nonzero().tolist():
+        *lead, i, j = index
+        kept[(*lead, slice(i, i + block), slice(j, j + block))] = 0
+    return x * kept * (kept.numel() / kept.sum())
+
+
+def test_dropblock_drops_whole_squares_as_metaoptnets_mask_once_switched_on():
+    drop = backbones.DropBlock(block_size=3)
+    x = torch.randn(2, 4, 10, 10)
+    assert drop(x) is x  # off until a learner switches it on
+    assert backbones.regularise(drop, True) == 1
+    drop.passes.fill_(backbones.DROPBLOCK_RAMP_FORWARDS)  # past the ramp: the full rate
+    torch.manual_seed(1)
+    out = drop(x)
+    torch.manual_seed(1)  # the same draw, by hand: gamma = rate / 3^2 * 10^2 / 8^2
+    seeds = torch.bernoulli(torch.full((2, 4, 8, 8), backbones.DROP_RATE / 9 * 100 / 64))
+    assert seeds.sum() > 0
+    torch.testing.assert_close(out, dropblock_by_hand(x, seeds, 3))
+
+
+def test_dropblock_rate_ramps_over_metaoptnets_passes_and_is_saved():
+    drop = backbones.DropBlock(block_size=2)
+    backbones.regularise(drop, True)
+    drop(torch.ones(1, 1, 4, 4))
+    assert drop.rate() == backbones.DROP_RATE / backbones.DROPBLOCK_RAMP_FORWARDS  # the pass just made
+    drop.passes.fill_(3 * backbones.DROPBLOCK_RAMP_FORWARDS)
+    assert drop.rate() == backbones.DROP_RATE  # capped
+    assert "3.drop.passes" in backbones.resnet12(1, 5, 28, channels=SMALL, dropblock=True).state_dict()
+
+
+def test_dropout_zeroes_at_its_rate_and_scales_the_rest():
+    drop = backbones.Dropout()
+    backbones.regularise(drop, True)
+    out = drop(torch.ones(200_000))
+    assert abs((out == 0).float().mean() - backbones.DROP_RATE) < 0.005
+    assert torch.allclose(out[out != 0], torch.tensor(1 / (1 - backbones.DROP_RATE)))
+
+
+def test_resnet12_dropblock_is_resnet12_while_off_and_refuses_vmap_while_on_naming_itself():
+    torch.manual_seed(0)
+    plain = resnet12(3, 5, 84, channels=SMALL)
+    torch.manual_seed(0)
+    dropping = resnet12(3, 5, 84, channels=SMALL, dropblock=True)
+    x = torch.randn(4, 3, 84, 84)
+    torch.testing.assert_close(dropping(x), plain(x))  # same weights, nothing dropped
+    assert [type(block.drop).__name__ for block in dropping[:4]] == ["Dropout", "Dropout", "DropBlock", "DropBlock"]
+    assert dropping[2].drop.block_size == 5 and resnet12(3, 5, 32, dropblock=True)[2].drop.block_size == 2
+    assert backbones.regularise(dropping, True) == 4
+    assert not torch.equal(dropping(x), plain(x))
+    params = dict(dropping.named_parameters())
+    with pytest.raises(RuntimeError, match="resnet12-dropblock draws random masks .* use --backbone resnet12"):
+        torch.func.vmap(lambda p, x: torch.func.functional_call(dropping, p, (x,)), in_dims=(None, 0))(
+            params, x.unsqueeze(0).expand(2, *x.shape))
+
+
+@pytest.mark.usefixtures("private_cache", "one_thread")
+def test_a_learner_that_does_not_switch_them_on_trains_without_them_and_the_cell_says_so(staged, small_resnet12):
+    """maml never switches the regularisers on: it meta-trains as on resnet12, and its cell's notes say so."""
+    from bench_plugins.learners.maml import MAML
+
+    suite = Omniglot(data_dir=staged)
+    suite.backbone_name = "resnet12-dropblock"
+    assert "resnet12-dropblock" in suite.backbone_names
+    learner = MAML(MAML.Config(**{**MAML.suite_defaults(suite, FIVE_WAY_ONE_SHOT), **GRADIENT}))
+    context = HostContext(suite, FIVE_WAY_ONE_SHOT, 0, 4, CPU, lambda tasks, loss: None)
+    learner.meta_train(context)
+    context.switch_off_regularisers()
+    assert context.notes == ["the network's dropout and DropBlock stayed off: this learner does not switch them on "
+                             "(bench.nn.backbones.regularise), so it meta-trained without them"]
+
+
+@pytest.mark.usefixtures("private_cache", "one_thread")
+def test_the_head_learners_meta_train_with_dropblock_reproducibly(registry, staged, small_resnet12):
+    """protonet switches the regularisers on for each update (a mask per episode under its vmap, drawn from the cell's
+    seed: two runs end with equal weights, and differ from a run without them), and they are off for the test."""
+    suite = Omniglot(data_dir=staged)
+    learner_class = registry.learners["protonet"].cls
+
+    def trained(backbone: str):
+        suite.backbone_name = backbone
+        learner = learner_class(learner_class.Config(meta_batch=4, train_ways=0, train_query=0))
+        context = HostContext(suite, FIVE_WAY_ONE_SHOT, 0, 8, CPU, lambda tasks, loss: None)
+        learner.meta_train(context)
+        context.switch_off_regularisers()
+        return learner, context
+
+    first, context = trained("resnet12-dropblock")
+    again, _ = trained("resnet12-dropblock")
+    plain, _ = trained("resnet12")
+    # two updates, each embedding the support and the query sets (two passes, as MetaOptNet counts them), through
+    # the four regularisers
+    assert backbones.regularised_passes(first.embedding) == 2 * 2 * 4
+    assert context.notes == [] and not any(module.on for module in first.embedding.modules()
+                                           if isinstance(module, backbones.Switched))
+    weights = [dict(learner.embedding.named_parameters()) for learner in (first, again, plain)]
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    assert not all(torch.equal(weights[0][name], weights[2][name]) for name in weights[0])
+    accuracy, _ = evaluate(first, suite, FIVE_WAY_ONE_SHOT, 0, episodes=4, steps=0, device=CPU)
+    assert np.isfinite(accuracy).all()

@@ -86,7 +86,7 @@ def test_both_layouts_load_classes_in_label_order(roots, layout):
 
 def test_episodes_have_the_settings_shapes_and_labels(roots):
     suite = CIFARFS(data_dir=roots["pickle"])
-    assert [s.name for s in suite.settings()] == ["5-way 1-shot", "5-way 5-shot"]
+    assert [s.name for s in suite.settings()] == ["5-way 1-shot", "5-way 5-shot", "vary"]
     episode = suite.sample_episode("test", setting(suite, "5-way 5-shot"), seed=0, index=0)
     assert episode.support_x.shape == (25, 3, 32, 32) and episode.query_x.shape == (75, 3, 32, 32)
     assert episode.support_y.tolist() == sorted(list(range(5)) * 5)

@@ -143,7 +143,7 @@ def test_suite_passes_the_conformance_kit(data):
 
 def test_paper_budgets_are_chens():
     suite = CUB()
-    assert [CUB.budget("paper", s)["meta_train_tasks"] for s in suite.settings()] == [60_000, 40_000]
+    assert [CUB.budget("paper", s)["meta_train_tasks"] for s in suite.settings()[:2]] == [60_000, 40_000]
 
 
 def test_missing_data_is_reported(tmp_path):

@@ -22,8 +22,8 @@ def test_train_query_defaults_to_the_test_query_and_applies_to_meta_train_and_me
     ("suite", "expected"),
     [(Sinusoid(), {"K=5": (5, 100), "K=10": (10, 100), "K=20": (20, 100)}),
      (Omniglot(), {"5-way 1-shot": (1, 15), "5-way 5-shot": (5, 15),
-                   "20-way 1-shot": (1, 15), "20-way 5-shot": (5, 15)}),
-     (MiniImageNet(), {"5-way 1-shot": (15, 15), "5-way 5-shot": (15, 15)})],
+                   "20-way 1-shot": (1, 15), "20-way 5-shot": (5, 15), "vary": (10, 10)}),  # vary: at most
+     (MiniImageNet(), {"5-way 1-shot": (15, 15), "5-way 5-shot": (15, 15), "vary": (10, 10)})],
     ids=lambda value: getattr(value, "name", ""),
 )
 def test_each_suite_pins_its_query_counts_per_split(suite, expected):

@@ -26,15 +26,6 @@ CPU = torch.device("cpu")
 FIVE_WAY_ONE_SHOT = Omniglot().settings()[0]
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread: a head's tiny steps gain nothing from a second, and on a busy CPU they wait for it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_one_head_step_is_sgd_with_momentum_dampening_and_weight_decay_by_hand():
     """Two steps on p = 1 with gradients 2 then 3 (lr 0.01, momentum 0.9, dampening 0.9, weight decay 1e-3):
     d1 = 2 + 0.001 = 2.001, the buffer d1 (no dampening at the first step), p1 = 1 - 0.02001 = 0.97999;

@@ -34,7 +34,7 @@ def test_each_learner_takes_its_references_inner_loss(learner, inner_loss):
 
 def test_maml_clamps_mini_imagenet_meta_gradients_as_its_reference():
     """maml.py's +-10 on mini-ImageNet, in units of our mean query loss (its loss: 5 ways x 15 queries / K)."""
-    one_shot, five_shot = MiniImageNet().settings()
+    one_shot, five_shot, _ = MiniImageNet().settings()
     assert MAML.suite_defaults(MiniImageNet(), one_shot)["clip_grad"] == pytest.approx(10 / 75)
     assert MAML.suite_defaults(MiniImageNet(), five_shot)["clip_grad"] == pytest.approx(10 * 5 / 75)
     assert MetaSGD.suite_defaults(MiniImageNet(), five_shot)["clip_grad"] == pytest.approx(10 * 5 / 75)

@@ -96,7 +96,7 @@ def test_suite_passes_the_conformance_kit(roots):
 def test_both_layouts_load(roots, layout):
     suite = MiniImageNet(data_dir=roots[layout].parent)  # DIR/miniimagenet
     suite.prepare()
-    assert [s.name for s in suite.settings()] == ["5-way 1-shot", "5-way 5-shot"]
+    assert [s.name for s in suite.settings()] == ["5-way 1-shot", "5-way 5-shot", "vary"]
     for split, count in SPLIT_CLASSES.items():
         assert suite.num_classes(split) == count
         expected = np.stack([DATA[split][name] for name in sorted(DATA[split])])

@@ -18,7 +18,7 @@ from bench.cli import build_parser, main
 from bench.config import CONFIG_KEYS, RunConfig, build_run_config, parse_set_options, resolve_run_config
 
 SMOKE = ("--profile", "smoke", "--tasks", "50", "--episodes", "3", "--steps", "2", "--shots", "5", "--no-progress")
-BUILTIN_LEARNERS = ("adaptation-layer, anil, finetune, fomaml, l2l-maml, l2l-metasgd, maml, matchingnet, metaoptnet, "
+BUILTIN_LEARNERS = ("adaptation-layer, anil, finetune, fomaml, l2l-maml, l2l-metasgd, maml, mamlpp, matchingnet, metaoptnet, "
                     "metasgd, protomaml, protonet, r2d2, reptile")
 BUILTIN_SUITES = "cifarfs, cub, digits, fc100, miniimagenet, omniglot, sinusoid, sinusoid-shift, tieredimagenet"
 
@@ -231,7 +231,7 @@ def test_a_failing_cell_sets_the_exit_status(tmp_path, install, capsys):
     (["run", "--steps", "-1"], "argument --steps: must be at least 0, got -1"),
     (["run", "--episodes", "0"], "argument --episodes: must be at least 1, got 0"),
     (["run", "--tasks", "1e3"], "argument --tasks: expected an integer, got '1e3'"),
-    (["run", "--shots", "x"], "argument --shots: expected an integer, got 'x'"),
+    (["run", "--shots", "x"], "argument --shots: expected an integer or 'vary', got 'x'"),
     (["run", "--ways", "5,0"], "argument --ways: must be at least 1, got 0"),
     (["run", "--workers", "0"], "argument --workers: must be at least 1, got 0"),
     (["run", "--cell-timeout", "-1"], "argument --cell-timeout: must be positive, got -1"),
@@ -240,7 +240,7 @@ def test_a_failing_cell_sets_the_exit_status(tmp_path, install, capsys):
     (["perf", "--iterations", "0"], "argument --iterations: must be at least 1, got 0"),
     (["perf", "--warmup", "-1"], "argument --warmup: must be at least 0, got -1"),
     (["perf", "--eval-episodes", "none"], "argument --eval-episodes: expected an integer, got 'none'"),
-    (["perf", "--shots", "1,"], "argument --shots: expected an integer, got ''"),
+    (["perf", "--shots", "1,"], "argument --shots: expected an integer or 'vary', got ''"),
 ])
 def test_bad_numbers_are_refused_when_parsing_before_any_plugin_loads(monkeypatch, capsys, args, message):
     monkeypatch.setattr(plugins, "load_plugins", lambda **kwargs: pytest.fail("plugins loaded for a bad number"))

@@ -36,7 +36,7 @@ def test_each_home_cell_has_a_cross_domain_cell_per_matching_test_suite(registry
     ({"suites": ["sinusoid-shift"]}, "suite 'sinusoid-shift' is test-only (it has no meta-training split): test on "
                                      "it with --test-suites sinusoid-shift beside --suites SUITE"),
     ({"test_suites": ["sinusoid"]}, "--test-suites sinusoid: it is also meta-trained on (--suites)"),
-    ({"test_suites": ["digits"]}, "--test-suites digits: none of its settings (5-way 1-shot, 5-way 5-shot) has the "
+    ({"test_suites": ["digits"]}, "--test-suites digits: none of its settings (5-way 1-shot, 5-way 5-shot, vary) has the "
                                   "kind, ways and shots of a meta-training suite's: sinusoid (K=5, K=10, K=20)"),
     ({"test_suites": ["nosuch"]}, "unknown suite 'nosuch'"),
     ({"backbone": "resnet12"}, "--backbone resnet12: suite 'sinusoid' does not offer it; it offers: only its "
