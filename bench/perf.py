@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from bench.api import Episode, Learner, MetaGradient, Setting, TaskSuite
+from bench.api import Episode, Learner, MetaGradient, Setting, TaskSuite, declined
 from bench.config import RunConfig
 from bench.errors import BenchError, DataError
 from bench.grid import Cell
@@ -239,7 +239,8 @@ def measure(cell: Cell, suite: TaskSuite, device: torch.device, iterations: int,
 def measure_plan(cells: list[Cell], config: RunConfig, device: torch.device, iterations: int, warmup: int,
                  eval_episodes: int, say: Callable[[str], None]) -> list[PerfRow]:
     """``measure`` each learner on the first planned setting of each suite; a suite whose data is missing is
-    skipped with a warning (``say``)."""
+    skipped with a warning, a learner that does not apply to the setting (its cells would be "n/a") with a note
+    (``say``)."""
     rows: list[PerfRow] = []
     timed: set[tuple[str, str]] = set()
     skipped: set[str] = set()
@@ -256,6 +257,10 @@ def measure_plan(cells: list[Cell], config: RunConfig, device: torch.device, ite
             skipped.add(cell.suite.name)
             continue
         timed.add((cell.suite.name, cell.learner.name))
+        reason = declined(cell.learner.cls, suite, cell.setting)
+        if reason:
+            say(f"note: skipping {cell.learner.name} on {cell.suite.name} {cell.setting.name}: {reason}")
+            continue
         say(f"timing {cell.learner.name} on {cell.suite.name} {cell.setting.name} ...")
         rows.extend(measure(cell, suite, device, iterations, warmup, eval_episodes, peak_gflops,
                             cell.budget.meta_train_tasks))

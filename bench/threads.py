@@ -1,10 +1,16 @@
 """How a CPU run uses the cores: torch threads per cell from the size of its network, and small cells side by side.
 
-Measured on a 2-core machine (issue 18), sinusoid MLP (1,761 weights), 50,000 tasks: maml meta-trained in 20.6 s
-with 2 threads and 15.8 s with 1; two such cells at once took 17.4 s and 18.6 s with 1 thread each (twice the
-throughput of one after the other) and 104.9 s and 96.6 s with 2 threads each (threads waiting for each other).
-A small network gains nothing from a second intra-op thread, so it gets one, and a run of several such cells
-runs them side by side, one worker per core.
+Measured on a 2-core machine, meta-training tasks/s or seconds, nothing else running:
+
+- sinusoid MLP (1,761 weights), maml K=10, 50,000 tasks (issue 18): alone 20.6 s with 2 threads and 15.8 s with 1;
+  two such cells at once 17.4 s and 18.6 s with 1 thread each (twice the throughput of one after the other), 104.9 s
+  and 96.6 s with 2 threads each (the threads wait for each other).
+- Omniglot Conv-4 (112,261 weights), maml 5-way 1-shot, eager (``benchmarks/threads.sh``): alone 25.5 tasks/s with 1
+  thread and 31.4 with 2; two such cells at once 16.6 and 15.1 tasks/s with 1 thread each, 31.7 together: no gain
+  over one cell on both cores.
+
+So a network as small as the MLP runs on one thread, and a run of several such cells runs them side by side, one
+worker per core; a larger one (the Conv-4s, ResNet-12) runs alone on every thread its process has.
 """
 from __future__ import annotations
 
@@ -16,10 +22,9 @@ from bench.machine_load import cpu_cores
 if TYPE_CHECKING:
     from bench.api import Setting, TaskSuite
 
-SMALL_NETWORK_WEIGHTS = 200_000
-"""Networks with fewer weights meta-train on one torch thread (the 1,761-weight sinusoid MLP and the Conv-4s of
-Omniglot and mini-ImageNet, 32-64 filters, below 130,000); larger ones (ResNet-12, 12 million) on all the threads
-a worker has. See ``benchmarks/threads.sh`` for the measurement behind the line."""
+SMALL_NETWORK_WEIGHTS = 10_000
+"""Networks with fewer weights meta-train on one torch thread and side by side: the sinusoid MLP (1,761); not the
+Conv-4s (28,485 to 121,093) or ResNet-12 (12.4 million). The measurements above are the line's evidence."""
 
 
 def network_weights(suite: "TaskSuite", setting: "Setting") -> int:

@@ -45,6 +45,13 @@ def test_perf_skips_a_suite_without_data_with_a_warning(monkeypatch, capsys):
     assert "warning: skipping suite 'omniglot': suite 'omniglot' needs its data" in capsys.readouterr().err
 
 
+def test_perf_skips_a_learner_that_does_not_apply_with_a_note(capsys):
+    assert main(["perf", "--suites", "sinusoid", "--shots", "10", "--learners", "protonet", "--iterations", "1",
+                 "--warmup", "0", "--eval-episodes", "1"]) == 0
+    assert ("note: skipping protonet on sinusoid K=10: protonet classifies by nearest class prototype; 'sinusoid' is "
+            "a regression suite") in capsys.readouterr().err
+
+
 THIRD_PARTY_LEARNER = '''
 """A third-party learner that declares a reference; neither implements bench.api.MetaGradient."""
 import dataclasses

@@ -24,25 +24,26 @@ from bench.threads import SMALL_NETWORK_WEIGHTS, cell_threads, network_weights, 
 CPU, K10 = torch.device("cpu"), Sinusoid().settings()[1]
 
 
-def test_the_sinusoid_mlp_and_the_conv4s_are_small_and_resnet12_is_not():
+def test_the_sinusoid_mlp_is_small_and_the_conv4s_and_resnet12_are_not():
     omniglot, mini = Omniglot(), MiniImageNet()
-    assert network_weights(Sinusoid(), K10) == 1_761
-    assert network_weights(omniglot, omniglot.settings()[0]) < SMALL_NETWORK_WEIGHTS
-    assert network_weights(mini, mini.settings()[0]) < SMALL_NETWORK_WEIGHTS
+    assert network_weights(Sinusoid(), K10) == 1_761 < SMALL_NETWORK_WEIGHTS
+    assert network_weights(omniglot, omniglot.settings()[0]) == 112_261
+    mini.backbone_name = "conv4-32"
+    assert network_weights(mini, mini.settings()[0]) == 32_901 > SMALL_NETWORK_WEIGHTS
     mini.backbone_name = "resnet12"
     assert network_weights(mini, mini.settings()[0]) > 10_000_000
 
 
 def test_a_small_network_gets_one_thread_a_large_one_all_it_has():
     assert cell_threads(1_761, 8) == 1
-    assert cell_threads(12_000_000, 8) == 8 and cell_threads(12_000_000, 1) == 1
+    assert cell_threads(112_261, 8) == 8 and cell_threads(112_261, 1) == 1
 
 
 @pytest.mark.parametrize("networks, groups, cores, workers", [
     ([1_761], 12, 2, 2),            # small cells: one worker per core
     ([1_761], 12, 16, 12),          # no more workers than groups
     ([1_761], 1, 2, 1),             # a single group: nothing to put beside it
-    ([1_761, 12_000_000], 12, 2, 1),  # a large network wants the cores itself
+    ([1_761, 112_261], 12, 2, 1),  # a Conv-4 gains nothing beside another: it takes the cores itself
     ([1_761], 12, 1, 1),            # one core
 ])
 def test_small_cells_run_side_by_side_one_worker_per_core(networks, groups, cores, workers):
