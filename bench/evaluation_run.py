@@ -34,8 +34,8 @@ from bench.protocol import curve_steps, episodes_fingerprint, evaluate
 from bench.report_files import write_report
 from bench.runner import HostContext, cell_fingerprint, resolve_device
 from bench.saved_models import MODEL_SUFFIX, SavedModel, load_model, mismatch, model_file
-from bench.session import (FINISHED, FINISHED_WITH_FAILURES, INTERRUPTED, RunOutcome, _check_cross_domain,
-                           _resolved, resumed_config)
+from bench.session import (FINISHED, FINISHED_WITH_FAILURES, INTERRUPTED, RunOutcome, check_cross_domain,
+                           resolved_config, resumed_config)
 from bench.store import RunStore
 from bench.threads import cell_threads, network_weights
 
@@ -78,8 +78,8 @@ def evaluate_run(request: EvalRequest, registry: Registry, say: Say) -> RunOutco
     _check_steps(cells, sources)
     for suite in {cell.test_suite.name: cell.test_suite for cell in cells if cell.test_suite}.values():
         config.make_suite(suite.cls).prepare()
-    _check_cross_domain(config, cells, say)
-    resolved = {**_resolved(config, request.out, cells), "evaluated_from": _provenance(request.run_dir, sources)}
+    check_cross_domain(config, cells, say)
+    resolved = {**resolved_config(config, request.out, cells), "evaluated_from": _provenance(request.run_dir, sources)}
     store = RunStore(request.out)
     env = store.open(resolved, environment(registry, device))
     todo = store.cells_to_run({cell.cell_id: cell_fingerprint(cell, config) for cell in cells},

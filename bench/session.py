@@ -109,7 +109,7 @@ def _note_what_all_leaves_out(config: RunConfig, registry: Registry, say: Say) -
             say(f"note: not in 'all', run when named: {', '.join(named_only)}")
 
 
-def _resolved(config: RunConfig, run_dir: Path, cells: list[Cell]) -> dict[str, Any]:
+def resolved_config(config: RunConfig, run_dir: Path, cells: list[Cell]) -> dict[str, Any]:
     """The configuration saved in ``run.json``: the run's keys with every budget and hyper-parameter resolved."""
     def key(cell: Cell) -> str:
         return f"{cell.learner.name} @ {cell.suite.name} {cell.setting.name}"
@@ -135,7 +135,7 @@ def _cell_line(cell: Cell, metadata: CellMetadata, said: set[str]) -> str:
     return f"  {str(metadata.status):6} {cell.label}{detail}"
 
 
-def _check_cross_domain(config: RunConfig, cells: list[Cell], say: Say) -> None:
+def check_cross_domain(config: RunConfig, cells: list[Cell], say: Say) -> None:
     """Refuse a ``--test-suites`` suite whose inputs differ in shape from those of the suite it tests models of;
     say which meta-training settings a test suite has no counterpart of (they are tested on their own suite only)."""
     crosses = [cell for cell in cells if cell.test_suite is not None]
@@ -173,9 +173,9 @@ def run_benchmark(config: RunConfig, registry: Registry, execution: Execution, s
                                                                  for cell in cells if cell.test_suite}
     for suite in suites.values():  # data problems: one line, before any work
         config.make_suite(suite.cls).prepare()
-    _check_cross_domain(config, cells, say)
+    check_cross_domain(config, cells, say)
     run_dir = Path(config.out) if config.out else default_run_dir(config)
-    resolved = _resolved(config, run_dir, cells)
+    resolved = resolved_config(config, run_dir, cells)
     env = {**environment(registry, device),
            "execution": {"executor": execution.executor, "asked": asked, "workers": executor.options.workers,
                          "cell_timeout": execution.cell_timeout, "checkpoint_every": execution.checkpoint_every,

@@ -46,9 +46,9 @@ def test_tasks_flag_overrides_every_budget(registry):
 
 
 def test_run_json_records_each_cells_budget(registry, tmp_path):
-    from bench.session import _resolved
+    from bench.session import resolved_config
 
     config = RunConfig(seeds=1, profile="paper", learners=["maml", "reptile"], suites=["sinusoid"], shots=[10])
-    resolved = _resolved(config, tmp_path, plan(config, registry))
+    resolved = resolved_config(config, tmp_path, plan(config, registry))
     assert resolved["budgets"]["reptile @ sinusoid K=10"]["meta_train_tasks"] == 30_000
     assert resolved["budgets"]["maml @ sinusoid K=10"]["meta_train_tasks"] == 1_750_000
