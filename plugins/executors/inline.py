@@ -7,7 +7,7 @@ from bench.api import Executor, Item, Result
 
 
 class InlineExecutor(Executor):
-    """One cell at a time, in this process, with progress bars (what --executor auto picks on a GPU or for larger networks)."""
+    """One cell at a time, in this process, with progress bars (what --executor auto picks on a GPU or for big networks)."""
 
     shows_progress = True
 
