@@ -7,7 +7,7 @@ from bench.api import Executor, Item, Result
 
 
 class InlineExecutor(Executor):
-    """One cell at a time, in this process, with progress bars (what --executor auto picks on a GPU or for big networks)."""
+    """One cell at a time, in this process, with progress bars (auto's choice on a GPU and for larger networks)."""
 
     shows_progress = True
 
