@@ -67,4 +67,4 @@ class MachineLoad:
 
     @property
     def mean(self) -> float:
-        return sum(self.samples) / len(self.samples) if self.samples else runnable_threads()
+        return sum(self.samples) / len(self.samples)

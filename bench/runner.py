@@ -591,9 +591,8 @@ class CellWork:
         device, available = torch.device(self.device), torch.get_num_threads()
         threads = available
         if device.type == "cpu":  # a small network on one thread (``bench.threads``)
-            with torch.random.fork_rng(devices=[]):  # building it draws initial weights: leave the seeds alone
-                weights = network_weights(self.config.make_suite(cells[0].suite.cls), cells[0].setting)
-            threads = cell_threads(weights, available)
+            threads = cell_threads(network_weights(self.config.make_suite(cells[0].suite.cls), cells[0].setting),
+                                   available)
         torch.set_num_threads(threads)
         try:
             with MachineLoad() as load:

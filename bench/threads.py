@@ -28,8 +28,17 @@ Conv-4s (28,485 to 121,093) or ResNet-12 (12.4 million). The measurements above 
 
 
 def network_weights(suite: "TaskSuite", setting: "Setting") -> int:
-    """The number of weights of the network ``suite`` builds for ``setting``."""
-    return sum(weight.numel() for weight in suite.backbone(setting).parameters())
+    """The number of weights of the network ``suite`` builds for ``setting``, built on the meta device (no memory, no
+    draw from torch's generators); a backbone that cannot be built there is built for real, its draws undone."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            network = suite.backbone(setting)
+    except Exception:  # e.g. a backbone that reads a value off a tensor while it builds
+        with torch.random.fork_rng(devices=[]):
+            network = suite.backbone(setting)
+    return sum(weight.numel() for weight in network.parameters())
 
 
 def cell_threads(weights: int, available: int) -> int:
