@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--save-models", action="store_true", default=None, help="keep each finished cell's tested model (after selection) in the run folder as cells/<cell>.model.pt, for bench eval; changes no number, and --resume keeps it")
     run.add_argument("--checkpoint-every", type=positive_int, metavar="TASKS", help="save a cell's meta-training state every TASKS tasks, so that a killed cell resumes near where it stopped (learners that support it)")
     run.add_argument("--seeds-together", type=non_negative_int, default=0, metavar="N", help="meta-train up to N seeds of a learner and suite setting at once, as one vectorised model, for learners that can (bench plugins marks them); same numbers to float rounding (default 0: all the run's seeds; 1: one at a time)")
+    run.add_argument("--loggers", metavar="NAME,...", help="stream each cell's training curve and meta-validation points live to these loggers: tensorboard (RUN/tensorboard), mlflow (RUN/mlflow.db), or a plugin's (bench plugins lists them)")
+    run.add_argument("--logger-option", action="append", default=[], metavar="NAME.KEY=VALUE", help="an option of a logger, e.g. tensorboard.log_dir=runs or mlflow.tracking_uri=sqlite:///mlflow.db (repeatable)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars: a line per running cell every minute instead")
     run.add_argument("--dry-run", action="store_true", help="print the resolved plan (cells, budgets, hyper-parameters) and run nothing")
     _add_plugin_flags(run)
@@ -185,9 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db", help="build or update one SQLite database of every run under a results folder",
                         description="Write (or bring up to date) a SQLite database of every run folder and tune folder "
-                                    "under RESULTS_DIR: runs, cells, records, val_curves, results, tuning_trials, "
-                                    "provenance. Unchanged folders are skipped, changed ones replaced, vanished ones "
-                                    "removed; an unreadable folder is named in a warning and the rest is built.")
+                                    "under RESULTS_DIR: runs, cells, records, val_curves, train_curves, results, "
+                                    "tuning_trials, provenance. Unchanged folders are skipped, changed ones "
+                                    "replaced, vanished ones removed; an unreadable folder is named in a warning and "
+                                    "the rest is built.")
     db.add_argument("results", type=Path, nargs="?", default=Path("results"), metavar="RESULTS_DIR", help="results folder (default: results)")
     db.add_argument("--out", type=Path, default=Path("results.db"), metavar="FILE", help="the database (default: results.db)")
 
@@ -271,7 +274,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         {"kind": reg.kind, "name": reg.name, "description": reg.description, "unavailable": reg.unavailable_reason,
          "plugin": reg.source.name, "distribution": reg.source.distribution, "version": reg.source.version,
          "seeds_together": reg.kind == "learner" and trains_seeds_together(reg.cls)}
-        for kind in ("learner", "suite", "executor") for _, reg in sorted(registry.of_kind(kind).items())
+        for kind in ("learner", "suite", "executor", "logger") for _, reg in sorted(registry.of_kind(kind).items())
     ]
     problems = [{"plugin": p.source.name, "target": p.source.target, "distribution": p.source.distribution, "problem": p.message}
                 for p in registry.problems]
@@ -321,7 +324,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     executor = args.executor or os.environ.get(EXECUTOR_ENV) or AUTO_EXECUTOR
     execution = Execution(executor, args.workers, args.ray_address, args.cell_timeout, args.checkpoint_every,
-                          show_progress=not args.no_progress, seeds_together=args.seeds_together)
+                          show_progress=not args.no_progress, seeds_together=args.seeds_together,
+                          loggers=tuple(name.strip() for name in (args.loggers or "").split(",") if name.strip()),
+                          logger_options=tuple(args.logger_option))
     outcome = run_benchmark(config, registry, execution, say=_say)
     if outcome.status == INTERRUPTED:
         return EXIT_INTERRUPTED

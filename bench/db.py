@@ -8,7 +8,8 @@ cell file) is named in one warning and keeps whatever an earlier build stored of
 
 Tables (every child table's ``run`` is ``runs.path``, the folder relative to the results folder; deleting a run
 deletes its rows): ``runs``, ``cells`` (every ``CellMetadata`` field; dicts and lists as JSON text), ``records``
-(test episodes x steps), ``val_curves`` (meta-validation points), ``results`` (the report's headline number per
+(test episodes x steps), ``val_curves`` (meta-validation points), ``train_curves`` (meta-training loss against
+tasks seen, failed cells' too), ``results`` (the report's headline number per
 learner and setting, ``bench.headline``), ``tuning_trials`` and ``provenance`` (the run's environment, flattened to
 dotted keys). The schema's text is stored in ``db_info``; a database built with another schema is rebuilt.
 """
@@ -30,12 +31,13 @@ from bench.cells import CellMetadata, CellStatus
 from bench.errors import BenchError
 from bench.headline import Headline, headlines
 from bench.report import Report
-from bench.store import CELLS_DIR, RUN_FILE, RunStore, validation_file
+from bench.store import CELLS_DIR, RUN_FILE, RunStore, training_file, validation_file
 from bench.tune_study import STUDY_FILE, TUNE_FILE
 
 RUN_KEY = "TEXT NOT NULL REFERENCES runs(path) ON DELETE CASCADE"
 RECORD_COLUMNS = ("suite", "setting", "learner", "seed", "episode", "step", "metric")
 VAL_COLUMNS = ("suite", "setting", "learner", "seed", "tasks_seen", "step", "metric", "train_loss")
+TRAIN_COLUMNS = ("suite", "setting", "learner", "seed", "tasks_seen", "train_loss")
 
 
 def _sql_type(annotation: str) -> str:
@@ -65,6 +67,8 @@ SCHEMA: dict[str, tuple[tuple[str, str], ...]] = {
     "val_curves": (("run", RUN_KEY), ("cell_id", "TEXT NOT NULL"), ("suite", "TEXT"), ("setting", "TEXT"),
                    ("learner", "TEXT"), ("seed", "INTEGER"), ("tasks_seen", "INTEGER"), ("step", "INTEGER"),
                    ("metric", "REAL"), ("train_loss", "REAL")),
+    "train_curves": (("run", RUN_KEY), ("cell_id", "TEXT NOT NULL"), ("suite", "TEXT"), ("setting", "TEXT"),
+                     ("learner", "TEXT"), ("seed", "INTEGER"), ("tasks_seen", "INTEGER"), ("train_loss", "REAL")),
     "results": (("run", RUN_KEY), *_fields(Headline)),
     "tuning_trials": (("run", RUN_KEY), ("study", "TEXT"), ("learner", "TEXT"), ("suite", "TEXT"), ("setting", "TEXT"),
                       ("metric_name", "TEXT"), ("lower_is_better", "INTEGER"), ("trial", "INTEGER"), ("state", "TEXT"),
@@ -181,9 +185,12 @@ def read_run(path: str, folder: Path) -> Rows:
     info = store.run_info()
     cells = store.cells()
     rows: Rows = {"cells": [_row(path, *(getattr(cell, name) for name, _ in SCHEMA["cells"][1:])) for cell in cells],
-                  "records": [], "val_curves": []}
+                  "records": [], "val_curves": [], "train_curves": []}
     frames = []
     for cell in cells:
+        train = training_file(store.cells_dir, cell.cell_id)
+        if train.exists():  # a failed cell's too: its curve up to the failure
+            rows["train_curves"] += _frame_rows(path, cell.cell_id, _read_csv(train, TRAIN_COLUMNS), TRAIN_COLUMNS)
         if cell.status is not CellStatus.OK:
             continue
         records = _read_csv(store.cells_dir / f"{cell.cell_id}.csv", RECORD_COLUMNS, cell.record_rows)

@@ -23,3 +23,8 @@ def register_suites(register: Callable[[str, type], None]) -> None:
 @hookspec
 def register_executors(register: Callable[[str, type], None]) -> None:
     """Register executors, which run a run's cells: ``register("ray", RayExecutor)``. Each must subclass bench.api.Executor."""
+
+
+@hookspec
+def register_loggers(register: Callable[[str, type], None]) -> None:
+    """Register live loggers of meta-training: ``register("tensorboard", TensorBoardLogger)``. Each must subclass bench.loggers.Logger."""

@@ -1,7 +1,7 @@
 """The report's figures (matplotlib, PNG): per suite setting, the adaptation curves with 95% CI bands (the
 val-chosen steps marked), the metric against wall-clock adaptation time, the result at the val-chosen steps as
-bars with CI whiskers, and, where the run recorded meta-validation, the learning curves (meta-training loss and
-meta-val metric against tasks seen, the selected points marked)."""
+bars with CI whiskers, and, where the run recorded meta-validation or training curves, the learning curves
+(meta-training loss and meta-val metric against tasks seen, the selected points marked)."""
 from __future__ import annotations
 
 import io
@@ -131,19 +131,31 @@ def final_bars(report: Report, suite: str, setting: str) -> bytes:
 
 
 def learning_curves(report: Report, suite: str, setting: str) -> bytes:
-    """Meta-training loss (left) and meta-val metric at each point's best step (right) against tasks seen, means
-    over seeds; a star marks each seed's selected point on the meta-val curve."""
-    figure, (loss_axes, val_axes) = plt.subplots(1, 2, figsize=(11, 3.8))
-    for curve in report.learning_curves[suite, setting]:
+    """Meta-training loss (left: the training curve where the cells recorded one, else the mean loss between
+    meta-val points) and, where the run has meta-validation, meta-val metric at each point's best step (right)
+    against tasks seen, means over seeds; a star marks each seed's selected point on the meta-val curve."""
+    curves = report.learning_curves[suite, setting]
+    validated = any(len(curve.points) for curve in curves)
+    figure, axes = plt.subplots(1, 1 + validated, figsize=(11 if validated else 6, 3.8), squeeze=False)
+    loss_axes = axes[0, 0]
+    for curve in curves:
+        loss, color = curve.training, _color(report, curve.learner)
+        if loss is None:
+            loss_axes.plot(curve.points["tasks_seen"], curve.points["train_loss"], marker="o", markersize=3,
+                           label=curve.learner, color=color)
+        else:
+            loss_axes.plot(loss["tasks_seen"], loss["train_loss"], label=curve.learner, color=color)
+    _decorate(loss_axes, f"{suite} {setting}: meta-training loss", "tasks seen", "training loss (mean over seeds)")
+    if not validated:
+        return _png(figure)
+    val_axes = axes[0, 1]
+    for curve in curves:
         points, color = curve.points, _color(report, curve.learner)
-        loss_axes.plot(points["tasks_seen"], points["train_loss"], marker="o", markersize=3, label=curve.learner,
-                       color=color)
         val_axes.plot(points["tasks_seen"], points["metric"], marker="o", markersize=3, label=curve.learner,
                       color=color)
         selected = points[points["tasks_seen"].isin(curve.selected_tasks)]
         val_axes.plot(selected["tasks_seen"], selected["metric"], marker="*", markersize=14, linestyle="none",
                       color=color, markeredgecolor="black", markeredgewidth=0.6)
-    _decorate(loss_axes, f"{suite} {setting}: meta-training loss", "tasks seen", "training loss (mean over seeds)")
     _decorate(val_axes, f"{suite} {setting}: meta-validation (★ selected)", "tasks seen",
               f"{_axis_label(report, suite)}, best step")
     return _png(figure)
@@ -151,7 +163,7 @@ def learning_curves(report: Report, suite: str, setting: str) -> bytes:
 
 def figures(report: Report) -> dict[str, bytes]:
     """PNG bytes by file name, for every suite setting with at least one learner's results; the learning curves
-    where the setting has meta-validation rows."""
+    where the setting has meta-validation rows or training curves."""
     charts = {"curves": adaptation_curves, "time": metric_versus_time, "bars": final_bars}
     result = {}
     for suite, setting in report.settings:

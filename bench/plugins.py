@@ -29,11 +29,13 @@ import pluggy
 from bench import __version__, hookspecs
 from bench.api import Executor, Learner, TaskSuite
 from bench.errors import BenchError
+from bench.loggers import Logger
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 BUILTIN_PACKAGE = "bench_plugins"
 BUILTIN_PLUGINS = {"learners": "bench_plugins.learners", "l2l": "bench_plugins.learners.l2l",
-                   "suites": "bench_plugins.suites", "executors": "bench_plugins.executors"}
+                   "suites": "bench_plugins.suites", "executors": "bench_plugins.executors",
+                   "loggers": "bench_plugins.loggers"}
 """The built-in plugins: name -> module, registered in this order before any entry point."""
 BUILTIN_DISTRIBUTION = "metabench"
 DISABLE_ENV = "METABENCH_DISABLE_PLUGINS"
@@ -41,7 +43,7 @@ NO_AUTOLOAD_ENV = "METABENCH_DISABLE_PLUGIN_AUTOLOAD"
 TRACE_ENV = "METABENCH_TRACE_PLUGINS"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 KINDS = {"learner": ("register_learners", Learner), "suite": ("register_suites", TaskSuite),
-         "executor": ("register_executors", Executor)}
+         "executor": ("register_executors", Executor), "logger": ("register_loggers", Logger)}
 
 
 class PluginLoadError(BenchError, RuntimeError):
@@ -49,7 +51,7 @@ class PluginLoadError(BenchError, RuntimeError):
 
 
 class UnknownNameError(BenchError, ValueError):
-    """A learner or suite name that no plugin registered."""
+    """A learner, suite, executor or logger name that no plugin registered."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,10 +99,12 @@ class Registry:
     learners: dict[str, Registration] = dataclasses.field(default_factory=dict)
     suites: dict[str, Registration] = dataclasses.field(default_factory=dict)
     executors: dict[str, Registration] = dataclasses.field(default_factory=dict)
+    loggers: dict[str, Registration] = dataclasses.field(default_factory=dict)
     problems: list[PluginProblem] = dataclasses.field(default_factory=list)
 
     def of_kind(self, kind: str) -> dict[str, Registration]:
-        return {"learner": self.learners, "suite": self.suites, "executor": self.executors}[kind]
+        return {"learner": self.learners, "suite": self.suites, "executor": self.executors,
+                "logger": self.loggers}[kind]
 
     def unavailable(self, kind: str) -> dict[str, str]:
         """The registered classes of ``kind`` that cannot run here, with the reason, by name."""

@@ -6,7 +6,7 @@ Each cell's result is read at the adaptation step chosen on meta-validation for 
 (``CellMetadata.selected_step``; the last step in cell files written before meta-validation existed): nothing
 is chosen on test episodes. The best learner of a setting is the one with the best mean there; every other
 learner is tested against it on the shared episodes (``bench.stats.paired_comparison``). The meta-validation
-rows (``RunStore.validation()``) give the learning curves.
+rows (``RunStore.validation()``) and the training curves (``RunStore.training()``) give the learning curves.
 
 A report computes once: its cells and records are grouped by (suite, setting, learner) as it is built,
 the ranking, the tests and the tables when first asked for; every format and figure reads the same.
@@ -189,24 +189,33 @@ def _selected_metric(records: pd.DataFrame, cells: list[CellMetadata]) -> pd.Ser
     return records[records["step"] == records["seed"].map(steps)].set_index(EPISODE_KEY)["metric"]
 
 
+def _mean_with_gaps(values: pd.Series) -> float:
+    """The mean over seeds, NaN where any seed's value is NaN."""
+    return values.mean(skipna=False)
+
+
 @dataclasses.dataclass(frozen=True)
 class LearningCurve:
-    """One learner's meta-training on one setting, by validation point (means over seeds)."""
+    """One learner's meta-training on one setting (means over seeds)."""
 
     learner: str
     points: pd.DataFrame
-    """tasks_seen, train_loss and metric: the meta-val mean at the point's best step (NaN where a seed's is
-    non-finite)."""
+    """By validation point, tasks_seen, train_loss and metric: the meta-val mean at the point's best step (NaN where a
+    seed's is non-finite); no rows without meta-validation."""
     selected_tasks: list[int]
     """Tasks seen at each seed's selected point."""
+    training: pd.DataFrame | None = None
+    """tasks_seen, train_loss: the training curve (``cells/<cell>.train.csv``); None where the cells have none (runs
+    written before them)."""
 
 
 class Report:
     """Tables of one run, from its records (one row per episode x step) and cell metadata."""
 
     def __init__(self, records: pd.DataFrame, cells: list[CellMetadata], run_info: dict[str, Any] | None = None,
-                 validation: pd.DataFrame | None = None) -> None:
-        """``validation``: the meta-validation rows (``RunStore.validation()``), None or empty for a run without."""
+                 validation: pd.DataFrame | None = None, training: pd.DataFrame | None = None) -> None:
+        """``validation``: the meta-validation rows (``RunStore.validation()``), None or empty for a run without;
+        ``training``: the training curves (``RunStore.training()``), likewise."""
         self.cells = sorted(cells, key=lambda cell: (cell.suite, cell.setting_index, cell.learner, cell.seed))
         self._orientations: dict[str, tuple[str, bool]] = {}
         for cell in self.cells:
@@ -217,6 +226,7 @@ class Report:
         self.summary = summarize(records, GROUP) if len(records) else pd.DataFrame(columns=[*GROUP, "step"])
         self.run_info = run_info or {}
         self.validation = validation if validation is not None else pd.DataFrame()
+        self.training = training if training is not None else pd.DataFrame()
         members: dict[GroupKey, list[CellMetadata]] = {}
         for cell in self.cells:
             members.setdefault((cell.suite, cell.setting, cell.learner), []).append(cell)
@@ -305,22 +315,29 @@ class Report:
 
     @functools.cached_property
     def learning_curves(self) -> dict[SettingKey, list[LearningCurve]]:
-        """Per setting with meta-validation rows, each learner's meta-training loss and meta-val metric (its best
-        step's) by validation point, means over seeds, with its seeds' selected points; learners by name."""
-        if self.validation.empty:
-            return {}
+        """Per setting with meta-validation rows or training curves, each learner's meta-training loss (its training
+        curve, and by validation point) and meta-val metric (its best step's) by validation point, means over seeds
+        (a seed's NaN leaves a gap, not a mean over the other seeds), with its seeds' selected points; learners by
+        name."""
+        validation = dict(list(self.validation.groupby(GROUP, sort=True))) if len(self.validation) else {}
+        training = dict(list(self.training.groupby(GROUP, sort=True))) if len(self.training) else {}
         curves: dict[SettingKey, list[LearningCurve]] = {}
-        for (suite, setting, learner), rows in self.validation.groupby(GROUP, sort=True):
-            _, lower_is_better = self.orientation(suite)
-            finite = rows.assign(metric=rows["metric"].where(np.isfinite(rows["metric"])))
-            by_point = finite.groupby(["tasks_seen", "seed"]).agg(
-                metric=("metric", "min" if lower_is_better else "max"), train_loss=("train_loss", "first"))
-            # a seed whose point has no finite step leaves a gap (NaN), not a mean over the other seeds
-            points = by_point.groupby(level="tasks_seen").agg(lambda values: values.mean(skipna=False)).reset_index()
+        for suite, setting, learner in sorted({*validation, *training}):
+            points = pd.DataFrame(columns=["tasks_seen", "train_loss", "metric"])
+            if (suite, setting, learner) in validation:
+                rows = validation[suite, setting, learner]
+                _, lower_is_better = self.orientation(suite)
+                finite = rows.assign(metric=rows["metric"].where(np.isfinite(rows["metric"])))
+                by_point = finite.groupby(["tasks_seen", "seed"]).agg(
+                    metric=("metric", "min" if lower_is_better else "max"), train_loss=("train_loss", "first"))
+                points = by_point.groupby(level="tasks_seen").agg(_mean_with_gaps).reset_index()[points.columns]
+            curve = None
+            if (suite, setting, learner) in training:
+                curve = training[suite, setting, learner].groupby("tasks_seen")["train_loss"].agg(
+                    _mean_with_gaps).reset_index()
             cells = self.groups[suite, setting, learner].ok
             selected = sorted({cell.selected_tasks for cell in cells if cell.selected_tasks is not None})
-            curves.setdefault((suite, setting), []).append(
-                LearningCurve(learner, points[["tasks_seen", "train_loss", "metric"]], selected))
+            curves.setdefault((suite, setting), []).append(LearningCurve(learner, points, selected, curve))
         return curves
 
     # -- tables ------------------------------------------------------------------------------------

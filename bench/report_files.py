@@ -11,7 +11,7 @@ def write_report(store: RunStore) -> tuple[Report, dict[str, bytes]]:
     """Aggregate a run folder's cells (also a partial run's), write the report files into it; return the
     report and its figures (PNG by file name)."""
     records = store.records()
-    report = Report(records, store.cells(), store.run_info(), store.validation())
+    report = Report(records, store.cells(), store.run_info(), store.validation(), store.training())
     figures = plots.figures(report)
     store.write_report(records, {
         "report.md": render.markdown(report, list(figures)),

@@ -27,6 +27,7 @@ from bench.api import (Episode, Executor, Learner, MetaTrainContext, SeedsApart,
 from bench.cells import CellMetadata, CellStatus
 from bench.config import ConfigError, RunConfig
 from bench.grid import Cell, setting_fields
+from bench.loggers import CellLoggers, LoggerSpec
 from bench.machine_load import MachineLoad, cpu_cores
 from bench.memory import PeakMemory
 from bench.nn.backbones import regularise, regularised_passes
@@ -39,6 +40,8 @@ from bench.validation import MetaValidation, Selection, ValidationPoint, select
 
 TRAIN_SPLIT = "train"
 LOSS_CHECK_EVERY = 20
+TRAIN_ROWS = 100
+"""About how many rows a cell's training curve has, whatever its budget (``TrainingCurve``)."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -86,13 +89,55 @@ class Checkpoints:
     every: int
 
 
+class TrainingCurve:
+    """A cell's meta-training loss against tasks seen (``cells/<cell>.train.csv``): a row at the first loss logged
+    once each multiple of ``every`` tasks is reached (``every`` makes about ``TRAIN_ROWS`` rows of the budget), and
+    one when meta-training ends; each row is the mean of the losses logged since the previous one. The losses add up
+    on their device: only a row reads the sum (one sync with the device per row)."""
+
+    def __init__(self, task_budget: int) -> None:
+        self.every = max(1, -(-task_budget // TRAIN_ROWS))
+        self.rows: list[tuple[int, float]] = []
+        self._sum: torch.Tensor | float = 0.0
+        self._count = 0
+        self._next = self.every
+
+    def add(self, loss: torch.Tensor, tasks_seen: int) -> tuple[int, float] | None:
+        """Add a logged loss; the row it completes, if any."""
+        self._sum = self._sum + loss.detach().float()
+        self._count += 1
+        return self.end(tasks_seen) if tasks_seen >= self._next else None
+
+    def end(self, tasks_seen: int) -> tuple[int, float] | None:
+        """The row at ``tasks_seen`` of the losses logged since the previous row; None when none was."""
+        if not self._count:
+            return None
+        row = (tasks_seen, float(self._sum) / self._count)
+        self.rows.append(row)
+        self._sum, self._count = 0.0, 0
+        self._next = (tasks_seen // self.every + 1) * self.every
+        return row
+
+    def state(self) -> dict[str, Any]:
+        """What a mid-cell checkpoint keeps of the curve."""
+        return {"rows": [list(row) for row in self.rows], "sum": float(self._sum), "count": self._count}
+
+    def load(self, saved: dict[str, Any]) -> None:
+        """Go on from a checkpoint's ``state()``."""
+        self.rows = [(int(tasks), float(loss)) for tasks, loss in saved["rows"]]
+        self._sum, self._count = saved["sum"], saved["count"]
+        if self.rows:
+            self._next = (self.rows[-1][0] // self.every + 1) * self.every
+
+
 PointCallback = Callable[[ValidationPoint], bool]
 """Hears of every meta-validation point; returning False stops meta-training there (a pruned tuning trial)."""
 
 
 class HostContext(MetaTrainContext):
-    """The meta-training context: the budgeted episode stream, the seeded backbone, loss checks, checkpoints and
-    the meta-validation points (scored when the learner asks for the batch after one)."""
+    """The meta-training context: the budgeted episode stream, the seeded backbone, loss checks, checkpoints, the
+    meta-validation points (scored when the learner asks for the batch after one), the training curve and the
+    loggers that hear it (``bench.loggers``)."""
 
     def __init__(self, suite: TaskSuite, setting: Setting, seed: int, task_budget: int, device: torch.device,
                  progress: Callable[[int, float | None], None], checkpoints: Checkpoints | None = None,
@@ -113,6 +158,10 @@ class HostContext(MetaTrainContext):
         self._losses_since_point = 0
         self._checkpoints = checkpoints
         self._last_checkpoint = 0
+        self.curve = TrainingCurve(task_budget)
+        self.loggers = CellLoggers()
+        """The cell's live loggers (none unless the host sets them)."""
+        self._closed = False
         self.notes: list[str] = []
         self.networks: list[torch.nn.Module] = []
         """Every network ``backbone`` built."""
@@ -131,8 +180,23 @@ class HostContext(MetaTrainContext):
         if self.validation is not None and saved.get("validation"):
             self.validation.load(saved["validation"])
             self._loss_sum, self._losses_since_point = saved["loss_since_point"]
+        if saved.get("training"):
+            self.curve.load(saved["training"])
+        self._replay()
         self._progress(self.tasks_seen, None)
         return saved["state"]
+
+    def _replay(self) -> None:
+        """Tell the loggers the curve restored from a checkpoint, as it happened (a row before a point at the same
+        tasks)."""
+        points = self.validation.points if self.validation is not None else []
+        events = [(tasks, 0, loss) for tasks, loss in self.curve.rows] + [(point.tasks_seen, 1, point)
+                                                                         for point in points]
+        for tasks, kind, event in sorted(events, key=lambda event: event[:2]):
+            if kind == 0:
+                self.loggers.train(tasks, event)
+            else:
+                self._log_point(event)
 
     def checkpoint(self, state: Callable[[], dict[str, Any]]) -> None:
         plan = self._checkpoints
@@ -141,7 +205,8 @@ class HostContext(MetaTrainContext):
         buffer = io.BytesIO()
         torch.save({"tasks_seen": self.tasks_seen, "generator": self.generator.get_state(), "state": state(),
                     "validation": None if self.validation is None else self.validation.state(),
-                    "loss_since_point": [float(self._loss_sum), self._losses_since_point]}, buffer)
+                    "loss_since_point": [float(self._loss_sum), self._losses_since_point],
+                    "training": self.curve.state()}, buffer)
         atomic_write_bytes(plan.path, buffer.getvalue())
         self._last_checkpoint = self.tasks_seen
 
@@ -186,6 +251,9 @@ class HostContext(MetaTrainContext):
         self._losses_logged += 1
         self._loss_sum = self._loss_sum + loss.detach()
         self._losses_since_point += 1
+        row = self.curve.add(loss, self.tasks_seen)
+        if row is not None:
+            self.loggers.train(*row)
         if self._losses_logged % LOSS_CHECK_EVERY == 0:
             self._progress(0, self.check_loss())
 
@@ -195,7 +263,24 @@ class HostContext(MetaTrainContext):
         train_loss = float(self._loss_sum) / self._losses_since_point if self._losses_since_point else float("nan")
         self._loss_sum, self._losses_since_point = 0.0, 0
         point = self.validation.score(self.tasks_seen, train_loss)
+        self._log_point(point)
         return self._on_point is None or self._on_point(point)
+
+    def _log_point(self, point: ValidationPoint) -> None:
+        self.loggers.validation(point.tasks_seen, {step: float(mean) for step, mean in zip(point.steps, point.means)})
+
+    def end_curve(self) -> None:
+        """Record the training curve's last row (the losses logged since the previous one, if any)."""
+        row = self.curve.end(self.tasks_seen)
+        if row is not None:
+            self.loggers.train(*row)
+
+    def close(self, status: str) -> None:
+        """End the training curve and tell the loggers that meta-training ended (``ok`` or ``failed``), once."""
+        self.end_curve()
+        if not self._closed:
+            self._closed = True
+            self.loggers.finish(status)
 
     def check_loss(self) -> float | None:
         """Raise if the latest logged loss is not finite; return it (this syncs with the device)."""
@@ -232,17 +317,20 @@ class TrainedCell:
     tasks_seen: int
     resumed_from: int
     meta_train_seconds: float
-    """Meta-training wall-clock seconds, without the time spent scoring meta-validation."""
+    """Meta-training wall-clock seconds, without the time spent scoring meta-validation and in the loggers."""
     stopped: bool
     """Whether an ``on_point`` callback stopped meta-training before the budget was spent."""
     notes: list[str] = dataclasses.field(default_factory=list)
     """What the learner said about how it ran (``MetaTrainContext.note``)."""
+    training: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    """The training curve's rows (``TrainingCurve``): tasks seen, mean training loss."""
 
 
 def _start(cell: Cell, config: RunConfig, suite: TaskSuite, device: torch.device,
            progress: Callable[[int, float | None], None], checkpoints: Checkpoints | None,
-           on_point: PointCallback | None) -> tuple[Learner, HostContext]:
-    """The cell's learner and its meta-training context (with the meta-validation the budget asks for)."""
+           on_point: PointCallback | None, loggers: tuple[LoggerSpec, ...] = ()) -> tuple[Learner, HostContext]:
+    """The cell's learner and its meta-training context (with the meta-validation the budget asks for), its
+    ``loggers`` started."""
     budget = cell.budget
     learner: Learner = cell.learner.cls(cell.hyperparameters)
     validation = (MetaValidation(learner, suite, cell.setting, cell.seed, budget.val_episodes, budget.val_every,
@@ -250,13 +338,28 @@ def _start(cell: Cell, config: RunConfig, suite: TaskSuite, device: torch.device
                   if budget.val_episodes else None)
     context = HostContext(suite, cell.setting, cell.seed, budget.meta_train_tasks, device, progress, checkpoints,
                           validation, on_point)
+    if loggers:
+        context.loggers = CellLoggers(loggers, context.note)
+        context.loggers.start({
+            "cell_id": cell.cell_id, **_identity(cell), "hyperparameters": dataclasses.asdict(cell.hyperparameters),
+            "task_budget": budget.meta_train_tasks, "metric_name": suite.metric_name,
+            "lower_is_better": suite.lower_is_better})
     return learner, context
+
+
+def _identity(cell: Cell) -> dict[str, Any]:
+    """The columns that name a cell in its CSV files."""
+    return {"suite": cell.suite_label, "setting": cell.setting.name, "learner": cell.learner.name, "seed": cell.seed}
 
 
 def _train(learner: Learner, context: HostContext) -> TrainedCell:
     """Meta-train ``learner``, then score meta-validation once more at the end unless already done there."""
     start = time.perf_counter()
-    learner.meta_train(context)
+    try:
+        learner.meta_train(context)
+    except BaseException:
+        context.close("failed")
+        raise
     _end_training(context)
     return _trained(learner, context, time.perf_counter() - start)
 
@@ -267,42 +370,57 @@ class MemberFailure:
 
     error: Exception
     tasks_seen: int
+    training: list[tuple[int, float]]
+    """Its training curve up to the failure."""
 
 
 def _train_seed_group(learners: list[Learner], contexts: list[HostContext]) -> list[TrainedCell | MemberFailure]:
     """Meta-train several seeds' learners together (``SeedGroup``); each seed's meta-training seconds are the
     group's divided by the number of seeds. A member whose loss became non-finite fails alone."""
     start = time.perf_counter()
-    type(learners[0]).meta_train_seeds(learners, contexts)
+    try:
+        type(learners[0]).meta_train_seeds(learners, contexts)
+    except BaseException:
+        for context in contexts:
+            context.close("failed")
+        raise
     failures: dict[int, MemberFailure] = {}
     for index, context in enumerate(contexts):
         try:
             _end_training(context)
         except NonFiniteLossError as error:
-            failures[index] = MemberFailure(error, context.tasks_seen)
-    share = (time.perf_counter() - start - sum(context.validation.seconds for context in contexts
-                                               if context.validation)) / len(learners)
-    return [failures.get(index) or _trained(learner, context,
-                                            share + (context.validation.seconds if context.validation else 0.0))
+            failures[index] = MemberFailure(error, context.tasks_seen, context.curve.rows)
+    share = (time.perf_counter() - start - sum(_aside(context) for context in contexts)) / len(learners)
+    return [failures.get(index) or _trained(learner, context, share + _aside(context))
             for index, (learner, context) in enumerate(zip(learners, contexts, strict=True))]
 
 
+def _aside(context: HostContext) -> float:
+    """Seconds of a context's meta-training that are not meta-training: scoring meta-validation, the loggers."""
+    return (context.validation.seconds if context.validation else 0.0) + context.loggers.seconds
+
+
 def _end_training(context: HostContext) -> None:
-    """Check the last loss, switch off the network's regularisers, and score meta-validation at the end of the budget
-    unless already done there."""
-    context.check_loss()
-    context.switch_off_regularisers()
-    validation = context.validation
-    if validation is not None and not context.stopped and (
-            not validation.points or validation.points[-1].tasks_seen != context.tasks_seen):
-        context.validate()
+    """End the training curve, check the last loss, switch off the network's regularisers, and score meta-validation
+    at the end of the budget unless already done there; then tell the loggers how meta-training ended."""
+    try:
+        context.end_curve()
+        context.check_loss()
+        context.switch_off_regularisers()
+        validation = context.validation
+        if validation is not None and not context.stopped and (
+                not validation.points or validation.points[-1].tasks_seen != context.tasks_seen):
+            context.validate()
+    except BaseException:
+        context.close("failed")
+        raise
+    context.close("ok")
 
 
 def _trained(learner: Learner, context: HostContext, seconds: float) -> TrainedCell:
-    """``seconds`` of meta-training, meta-validation included (taken out here)."""
-    validation = context.validation
-    return TrainedCell(learner, validation, context.tasks_seen, context.resumed_from,
-                       seconds - (validation.seconds if validation else 0.0), context.stopped, context.notes)
+    """``seconds`` of meta-training, meta-validation and the loggers included (taken out here)."""
+    return TrainedCell(learner, context.validation, context.tasks_seen, context.resumed_from,
+                       seconds - _aside(context), context.stopped, context.notes, context.curve.rows)
 
 
 def train_and_validate(cell: Cell, config: RunConfig, device: torch.device, *, show_progress: bool = False,
@@ -318,16 +436,17 @@ def train_together(cells: list[Cell], config: RunConfig, device: torch.device,
                    on_points: list[PointCallback | None] | None = None,
                    progress: Callable[[int, float | None], None] = lambda tasks, loss: None,
                    checkpoints: Callable[[Cell], Checkpoints | None] = lambda cell: None,
-                   ) -> list[TrainedCell | MemberFailure]:
+                   loggers: tuple[LoggerSpec, ...] = ()) -> list[TrainedCell | MemberFailure]:
     """Meta-train cells of one suite setting and learner together as one vectorised model (``SeedGroup``): seeds, or
     tuning trials whose hyper-parameters differ in what the learner can vectorise, each with its own meta-validation,
     ``on_point`` and checkpoints; a member whose loss became non-finite comes back as a ``MemberFailure``. Raises
-    ``SeedsApart`` when they cannot train together, and what the learner raises."""
+    ``SeedsApart`` when they cannot train together, and what the learner raises. Each member has its own
+    ``loggers``."""
     learner_class = cells[0].learner.cls
     if not trains_seeds_together(learner_class):
         raise SeedsApart(f"{cells[0].learner.name} does not meta-train several models together")
     suite: TaskSuite = config.make_suite(cells[0].suite.cls)
-    members = [_start(cell, config, suite, device, progress, checkpoints(cell), on_point)
+    members = [_start(cell, config, suite, device, progress, checkpoints(cell), on_point, loggers)
                for cell, on_point in zip(cells, on_points or [None] * len(cells), strict=True)]
     return _train_seed_group([learner for learner, _ in members], [context for _, context in members])
 
@@ -338,8 +457,9 @@ def _selection_fields(selection: Selection, validation: MetaValidation | None) -
             "val_seconds": validation.seconds if validation else 0.0}
 
 
-CellOutcome = tuple[CellMetadata, pd.DataFrame | None, pd.DataFrame | None]
-"""A cell's metadata, test records and meta-validation rows (None where it did not finish)."""
+CellOutcome = tuple[CellMetadata, pd.DataFrame | None, pd.DataFrame | None, pd.DataFrame | None]
+"""A cell's metadata, test records, meta-validation rows (None where it did not finish) and training curve (None where
+it has none: a cross-domain cell's is its home cell's)."""
 
 
 def _metadata(cell: Cell, config: RunConfig, device: torch.device) -> Callable[..., CellMetadata]:
@@ -357,11 +477,22 @@ def _metadata(cell: Cell, config: RunConfig, device: torch.device) -> Callable[.
     )
 
 
-def _failed(cell: Cell, config: RunConfig, device: torch.device, error: Exception, tasks_seen: int = 0,
-            **fields: Any) -> CellOutcome:
+def _failed(cell: Cell, config: RunConfig, device: torch.device, error: Exception, tasks_seen: int = 0, *,
+            training: list[tuple[int, float]] = (), **fields: Any) -> CellOutcome:
+    """A failed cell's outcome, with its training curve up to the failure."""
     return _metadata(cell, config, device)(
         status=CellStatus.FAILED, error=f"{type(error).__name__}: {error}",
-        traceback="".join(traceback.format_exception(error)), tasks_seen=tasks_seen, **fields), None, None
+        traceback="".join(traceback.format_exception(error)), tasks_seen=tasks_seen, **fields), None, None, \
+        _training_frame(cell, training)
+
+
+def _training_frame(cell: Cell, rows: list[tuple[int, float]]) -> pd.DataFrame | None:
+    """The tidy rows of ``cells/<cell>.train.csv``: the cell's identity columns, then tasks_seen, train_loss; None for
+    a cross-domain cell or a curve without rows."""
+    if cell.test_suite is not None or not rows:
+        return None
+    tasks, losses = zip(*rows)
+    return pd.DataFrame({**_identity(cell), "tasks_seen": list(tasks), "train_loss": list(losses)})
 
 
 def _test(cell: Cell, config: RunConfig, home_suite: TaskSuite, trained: TrainedCell, device: torch.device,
@@ -405,8 +536,7 @@ def _finished(config: RunConfig, device: torch.device, trained: TrainedCell, tes
     """The outcome of a cell that meta-trained and was tested; the meta-validation rows go with its home cell."""
     cell, suite, metric = tested.cell, tested.suite, tested.metric
     budget = cell.budget
-    identity = {"suite": cell.suite_label, "setting": cell.setting.name, "learner": cell.learner.name,
-                "seed": cell.seed}
+    identity = _identity(cell)
     episodes, steps = np.meshgrid(np.arange(metric.shape[0]), curve_steps(trained.learner, tested.setting,
                                                                           budget.test_steps), indexing="ij")
     records = pd.DataFrame({**identity, "episode": episodes.ravel(), "step": steps.ravel(), "metric": metric.ravel()})
@@ -418,7 +548,7 @@ def _finished(config: RunConfig, device: torch.device, trained: TrainedCell, tes
         adapted_parameters=trained.learner.adapted_parameter_count(), metric_name=suite.metric_name,
         lower_is_better=suite.lower_is_better, **memory.as_dict(), notes=trained.notes or None,
         test_episodes_sha256=episodes_fingerprint(suite, tested.setting, cell.seed, budget.test_episodes), **fields,
-    ), records, validation
+    ), records, validation, _training_frame(cell, trained.training)
 
 
 def _test_each(cells: list[Cell], config: RunConfig, home_suite: TaskSuite, trained: TrainedCell, device: torch.device,
@@ -434,7 +564,7 @@ def _test_each(cells: list[Cell], config: RunConfig, home_suite: TaskSuite, trai
         except CellTimeoutError:
             raise
         except Exception as error:  # a test that fails fails its cell only
-            failed = _failed(cell, config, device, error, trained.tasks_seen, **fields)
+            failed = _failed(cell, config, device, error, trained.tasks_seen, training=trained.training, **fields)
             finish.append(lambda memory, failed=failed: failed)
             continue
         if models_dir is not None and cell.test_suite is None:
@@ -458,35 +588,35 @@ def _with_targets(home: Cell, cells: list[Cell]) -> list[Cell]:
 
 def run_cell(cell: Cell, config: RunConfig, device: torch.device, show_progress: bool,
              timeout: float | None = None, checkpoints: Checkpoints | None = None, cross: tuple[Cell, ...] = (),
-             models_dir: Path | None = None, **fields: Any) -> list[CellOutcome]:
+             models_dir: Path | None = None, loggers: tuple[LoggerSpec, ...] = (), **fields: Any) -> list[CellOutcome]:
     """Meta-train one cell with meta-validation, select its state and step on meta-val, then evaluate it on its
     test episodes and on those of each ``cross``-domain cell of it, within ``timeout`` seconds, from its checkpoint
     if there is one: the outcome of the cell, then of each cross-domain cell. Failures are returned in the
     metadata, never raised; ``fields`` go into the metadata as they are. ``models_dir``: where the tested model is
-    saved (``--save-models``)."""
+    saved (``--save-models``); ``loggers``: the live loggers of its meta-training."""
     budget = cell.budget
     targets = [cell, *cross]
     suite: TaskSuite = config.make_suite(cell.suite.cls)
     reason = declined(cell.learner.cls, suite, cell.setting)
     if reason:
         return [(_metadata(target, config, device)(status=CellStatus.NOT_APPLICABLE, error=reason, **fields), None,
-                 None) for target in targets]
+                 None, None) for target in targets]
     context: HostContext | None = None
     try:
         with deadline(timeout), PeakMemory(device) as memory:
             with progress_bar(budget.meta_train_tasks, f"meta-train {cell.label}", "task", show_progress) as bar:
-                learner, context = _start(cell, config, suite, device, loss_progress(bar), checkpoints, None)
+                learner, context = _start(cell, config, suite, device, loss_progress(bar), checkpoints, None, loggers)
                 trained = _train(learner, context)
             finish = _test_each(targets, config, suite, trained, device, show_progress, models_dir, **fields)
     except Exception as error:  # a plugin's failure fails its cell, not the run
-        return [_failed(target, config, device, error, context.tasks_seen if context else 0, **fields)
-                for target in targets]
+        return [_failed(target, config, device, error, context.tasks_seen if context else 0,
+                        training=context.curve.rows if context else [], **fields) for target in targets]
     return [outcome(memory) for outcome in finish]
 
 
 def run_seed_group(cells: list[Cell], config: RunConfig, device: torch.device, show_progress: bool,
                    timeout: float | None = None, checkpoints: Callable[[Cell], Checkpoints | None] = lambda cell: None,
-                   models_dir: Path | None = None) -> list[CellOutcome]:
+                   models_dir: Path | None = None, loggers: tuple[LoggerSpec, ...] = ()) -> list[CellOutcome]:
     """Run the cells of one (suite, setting, learner) that differ only in their seed, meta-training them together
     as one vectorised model (``SeedGroup``), then testing each (and the cross-domain cells among ``cells`` with
     each one's model); each cell's outcome as ``run_cell`` gives it, in the order of ``cells``. The group has
@@ -498,7 +628,7 @@ def run_seed_group(cells: list[Cell], config: RunConfig, device: torch.device, s
     if len(homes) == 1 or not trains_seeds_together(learner_class) or declined(learner_class, suite, homes[0].setting):
         return _in_order(cells, [outcome for home in homes for outcome in run_cell(
             home, config, device, show_progress, timeout, checkpoints(home), tuple(_with_targets(home, cells)[1:]),
-            models_dir)])
+            models_dir, loggers)])
     budget = homes[0].budget
     seeds = [cell.seed for cell in homes]
     label = f"{homes[0].learner.name} | {homes[0].suite.name} {homes[0].setting.name} | seeds {_seed_list(seeds)}"
@@ -508,7 +638,8 @@ def run_seed_group(cells: list[Cell], config: RunConfig, device: torch.device, s
                 PeakMemory(device) as memory:
             with progress_bar(budget.meta_train_tasks * len(homes), f"meta-train {label}", "task",
                               show_progress) as bar:
-                trained = train_together(homes, config, device, progress=loss_progress(bar), checkpoints=checkpoints)
+                trained = train_together(homes, config, device, progress=loss_progress(bar), checkpoints=checkpoints,
+                                         loggers=loggers)
             for home, one in zip(homes, trained, strict=True):
                 targets = _with_targets(home, cells)
                 if not isinstance(one, MemberFailure):
@@ -516,7 +647,8 @@ def run_seed_group(cells: list[Cell], config: RunConfig, device: torch.device, s
                                              seed_group=seeds))
                     continue
                 for target in targets:  # diverged alone: fails as it would alone
-                    failed = _failed(target, config, device, one.error, one.tasks_seen, seed_group=seeds)
+                    failed = _failed(target, config, device, one.error, one.tasks_seen, training=one.training,
+                                     seed_group=seeds)
                     finish.append(lambda memory, failed=failed: failed)
     except CellTimeoutError as error:
         return _in_order(cells, [_failed(target, config, device, error, seed_group=seeds)
@@ -526,7 +658,7 @@ def run_seed_group(cells: list[Cell], config: RunConfig, device: torch.device, s
         note = f"meta-trained alone: the seed group {why} ({type(error).__name__}: {error})"
         return _in_order(cells, [outcome for home in homes for outcome in run_cell(
             home, config, device, show_progress, timeout, checkpoints(home), tuple(_with_targets(home, cells)[1:]),
-            models_dir, seed_group=[home.seed], seed_group_note=note)])
+            models_dir, loggers, seed_group=[home.seed], seed_group_note=note)])
     return _in_order(cells, [outcome(memory) for outcome in finish])
 
 
@@ -563,8 +695,8 @@ def seed_groups(cells: list[Cell], seeds_together: int) -> list[list[Cell]]:
     return [group for chunks in groups.values() for group in chunks]
 
 
-CellResult = tuple[Cell, CellMetadata, pd.DataFrame | None, pd.DataFrame | None]
-"""A cell, its metadata, its test records and its meta-validation rows (None where it did not finish)."""
+CellResult = tuple[Cell, CellMetadata, pd.DataFrame | None, pd.DataFrame | None, pd.DataFrame | None]
+"""A cell and its ``CellOutcome``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -582,6 +714,8 @@ class CellWork:
     checkpoint_every: int | None = None
     models_dir: str | None = None
     """Where each finished cell's tested model is saved (``--save-models``: the run's cells/ folder); None: nowhere."""
+    loggers: tuple[LoggerSpec, ...] = ()
+    """The live loggers each cell makes where it runs (``bench run --loggers``)."""
 
     def checkpoints(self, cell: Cell) -> Checkpoints | None:
         return (Checkpoints(checkpoint_file(Path(self.checkpoint_dir), cell.cell_id), self.checkpoint_every)
@@ -597,7 +731,8 @@ class CellWork:
         try:
             with MachineLoad() as load:
                 outcomes = run_seed_group(cells, self.config, device, self.show_progress, self.cell_timeout,
-                                          self.checkpoints, Path(self.models_dir) if self.models_dir else None)
+                                          self.checkpoints, Path(self.models_dir) if self.models_dir else None,
+                                          self.loggers)
         finally:
             torch.set_num_threads(available)
         machine = {"machine_load": round(load.mean, 2), "cpu_cores": cpu_cores(), "torch_threads": threads}
@@ -607,19 +742,20 @@ class CellWork:
 
 def run_cells(cells: list[Cell], config: RunConfig, store: RunStore, device: torch.device,
               show_progress: bool = True, executor: Executor | None = None, cell_timeout: float | None = None,
-              checkpoint_every: int | None = None, seeds_together: int = 0,
+              checkpoint_every: int | None = None, seeds_together: int = 0, loggers: tuple[LoggerSpec, ...] = (),
               warn: Callable[[str], None] = lambda message: None,
               on_start: Callable[[int], None] = lambda finished: None,
               on_cell: Callable[[Cell, CellMetadata], None] = lambda cell, metadata: None) -> None:
     """Run the cells not yet finished in ``store`` with ``executor`` (None: one after the other, in this
     process), writing each as soon as it completes; the seeds of one configuration meta-train together, up to
-    ``seeds_together`` at a time (``seed_groups``). Finished cells must match their configuration
-    (``StoreError``); ``warn`` hears of corrupt cell files, ``on_start`` of how many cells were already finished."""
+    ``seeds_together`` at a time (``seed_groups``), each cell with its live ``loggers``. Finished cells must match
+    their configuration (``StoreError``); ``warn`` hears of corrupt cell files, ``on_start`` of how many cells were
+    already finished."""
     todo = store.cells_to_run({cell.cell_id: cell_fingerprint(cell, config) for cell in cells}, warn)
     on_start(len(cells) - len(todo))
     work = CellWork(config, str(device), show_progress and (executor is None or executor.shows_progress),
                     cell_timeout, str(store.cells_dir) if checkpoint_every else None, checkpoint_every,
-                    str(store.cells_dir) if config.save_models else None)
+                    str(store.cells_dir) if config.save_models else None, loggers)
     # a cross-domain cell to run needs its home cell's model: the home meta-trains again even where it is finished
     needed = todo | {cell.home.cell_id for cell in cells if cell.cell_id in todo}
     groups = seed_groups([cell for cell in cells if cell.cell_id in needed], seeds_together)
@@ -627,10 +763,10 @@ def run_cells(cells: list[Cell], config: RunConfig, store: RunStore, device: tor
         results = (executor.map(work, groups, gpus=int(device.type == "cuda")) if executor is not None
                    else map(work, groups))
         for group in results:
-            for cell, metadata, records, validation in group:
+            for cell, metadata, records, validation, training in group:
                 if cell.cell_id not in todo:  # finished before: kept as it is
                     continue
-                store.write_cell(cell.cell_id, metadata, records, validation)
+                store.write_cell(cell.cell_id, metadata, records, validation, training)
                 on_cell(cell, metadata)
     finally:
         if executor is not None:

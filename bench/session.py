@@ -15,9 +15,10 @@ from bench.api import Executor, ExecutorOptions
 from bench.cells import CellMetadata, CellStatus
 from bench.config import CONFIG_KEYS, RunConfig, build_run_config
 from bench.environment import environment
-from bench.errors import DataError
+from bench.errors import BenchError, DataError
 from bench.grid import Cell, plan
-from bench.plugins import Registry
+from bench.loggers import LoggerSpec
+from bench.plugins import Registration, Registry
 from bench.report import Report
 from bench.report_files import write_report
 from bench.machine_load import cpu_cores
@@ -54,6 +55,10 @@ class Execution:
     """Seeds of one (suite, setting, learner) meta-trained at once as one vectorised model, for learners that can
     (``SeedGroup``): 0, all of the run's; 1, one at a time. Their numbers are those of one at a time to float
     rounding."""
+    loggers: tuple[str, ...] = ()
+    """The live loggers of every cell's meta-training, by registered name (``bench.loggers``)."""
+    logger_options: tuple[str, ...] = ()
+    """``NAME.KEY=VALUE`` options of those loggers (``Logger.options`` lists the keys each takes)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +83,40 @@ def make_executor(registry: Registry, execution: Execution) -> Executor:
     """The executor the run asks for, with its options."""
     (registration,) = registry.select("executor", [execution.executor])
     return registration.cls(ExecutorOptions(workers=execution.workers or os.cpu_count() or 1, address=execution.address))
+
+
+def select_loggers(registry: Registry, execution: Execution) -> list[tuple[Registration, dict[str, str]]]:
+    """The loggers the run asks for, each with its options; an unknown or unavailable logger, or an option that is
+    malformed, names no chosen logger or a key it does not take, is a ``BenchError`` (one line)."""
+    chosen = registry.select("logger", execution.loggers) if execution.loggers else []
+    options: dict[str, dict[str, str]] = {registration.name: {} for registration in chosen}
+    for option in execution.logger_options:
+        target, sep, value = option.partition("=")
+        name, dot, key = target.strip().partition(".")
+        if not sep or not dot or not key.strip():
+            raise BenchError(f"--logger-option {option!r}: expected NAME.KEY=VALUE, "
+                             "e.g. mlflow.tracking_uri=sqlite:///m.db")
+        if name not in options:
+            raise BenchError(f"--logger-option {option!r}: '{name}' is not among --loggers "
+                             f"({', '.join(options) or 'none given'})")
+        takes = registry.loggers[name].cls.options
+        if key.strip() not in takes:
+            raise BenchError(f"--logger-option {option!r}: logger '{name}' takes no option {key.strip()!r}; "
+                             f"valid: {', '.join(takes) or 'none'}")
+        options[name][key.strip()] = value.strip()
+    return [(registration, options[registration.name]) for registration in chosen]
+
+
+def prepare_loggers(chosen: list[tuple[Registration, dict[str, str]]], run_dir: Path) -> tuple[LoggerSpec, ...]:
+    """Prepare each chosen logger for the run in ``run_dir`` (``Logger.prepare``; its failure is a ``BenchError``)."""
+    for registration, options in chosen:
+        try:
+            registration.cls.prepare(run_dir, options)
+        except Exception as error:  # a plugin's failure, said in one line
+            reason = (str(error).splitlines() or [""])[0]
+            raise BenchError(f"logger '{registration.name}' cannot start: {type(error).__name__}: {reason}") from None
+    return tuple(LoggerSpec(registration.name, registration.cls, str(run_dir), options)
+                 for registration, options in chosen)
 
 
 def resolve_auto_executor(execution: Execution, cells: list[Cell], config: RunConfig, device) -> Execution:
@@ -168,6 +207,7 @@ def run_benchmark(config: RunConfig, registry: Registry, execution: Execution, s
     device = resolve_device(config.device)
     asked, execution = execution.executor, resolve_auto_executor(execution, cells, config, device)
     executor = make_executor(registry, execution)
+    chosen_loggers = select_loggers(registry, execution)
     _note_what_all_leaves_out(config, registry, say)
     suites = {cell.suite.name: cell.suite for cell in cells} | {cell.test_suite.name: cell.test_suite
                                                                  for cell in cells if cell.test_suite}
@@ -179,9 +219,11 @@ def run_benchmark(config: RunConfig, registry: Registry, execution: Execution, s
     env = {**environment(registry, device),
            "execution": {"executor": execution.executor, "asked": asked, "workers": executor.options.workers,
                          "cell_timeout": execution.cell_timeout, "checkpoint_every": execution.checkpoint_every,
-                         "seeds_together": execution.seeds_together}}
+                         "seeds_together": execution.seeds_together,
+                         "loggers": [registration.name for registration, _ in chosen_loggers]}}
     store = RunStore(run_dir)
     env = store.open(resolved, env)
+    loggers = prepare_loggers(chosen_loggers, run_dir)
 
     def on_start(finished: int) -> None:
         say(f"metabench: {len(cells)} cells ({finished} already finished) on {env['device_name']} "
@@ -191,7 +233,7 @@ def run_benchmark(config: RunConfig, registry: Registry, execution: Execution, s
     try:
         run_cells(cells, config, store, device, show_progress=execution.show_progress, executor=executor,
                   cell_timeout=execution.cell_timeout, checkpoint_every=execution.checkpoint_every,
-                  seeds_together=execution.seeds_together, warn=lambda message: say(f"warning: {message}"),
+                  seeds_together=execution.seeds_together, loggers=loggers, warn=lambda message: say(f"warning: {message}"),
                   on_start=on_start,
                   on_cell=lambda cell, metadata: say(_cell_line(cell, metadata, said)))
     except KeyboardInterrupt:

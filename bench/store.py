@@ -6,6 +6,8 @@ Layout of ``results/<run-id>/``::
     cells/<cell>.csv      tidy records of one cell: one row per test episode x step
     cells/<cell>.val.csv  its meta-validation curve: one row per validation point x step (mean over the meta-val
                           episodes; columns suite, setting, learner, seed, tasks_seen, step, metric, train_loss)
+    cells/<cell>.train.csv  its meta-training curve: about 100 rows of the mean training loss since the previous row
+                          (columns suite, setting, learner, seed, tasks_seen, train_loss); failed cells keep theirs
     cells/<cell>.json     the cell's metadata (status, timings, memory, configuration, fingerprint);
                           written last, so its presence marks the cell finished
     cells/<cell>.checkpoint.pt   mid-cell meta-training state (``--checkpoint-every``), while the cell runs
@@ -90,6 +92,11 @@ def checkpoint_file(cells_dir: Path, cell_id: str) -> Path:
 def validation_file(cells_dir: Path, cell_id: str) -> Path:
     """A cell's meta-validation curve."""
     return cells_dir / f"{cell_id}.val.csv"
+
+
+def training_file(cells_dir: Path, cell_id: str) -> Path:
+    """A cell's meta-training curve."""
+    return cells_dir / f"{cell_id}.train.csv"
 
 
 def _read_json(path: Path) -> Any:
@@ -202,17 +209,21 @@ class RunStore:
     def _quarantine(self, cell_id: str) -> Path:
         folder = self.cells_dir / "corrupt" / time.strftime("%Y%m%d-%H%M%S")
         folder.mkdir(parents=True, exist_ok=True)
-        for suffix in (".json", ".csv", ".val.csv"):
+        for suffix in (".json", ".csv", ".val.csv", ".train.csv"):
             source = self.cells_dir / f"{cell_id}{suffix}"
             if source.exists():
                 os.replace(source, folder / source.name)
         return folder
 
     def write_cell(self, cell_id: str, metadata: CellMetadata, records: pd.DataFrame | None,
-                   validation: pd.DataFrame | None = None) -> None:
-        """Records and validation rows first, metadata (with the record count) last: a cell counts as finished only
-        once all are in place."""
+                   validation: pd.DataFrame | None = None, training: pd.DataFrame | None = None) -> None:
+        """Records, validation rows and training curve first, metadata (with the record count) last: a cell counts as
+        finished only once all are in place."""
         try:
+            if training is not None:
+                atomic_write_text(training_file(self.cells_dir, cell_id), training.to_csv(index=False))
+            else:  # not an earlier attempt's
+                training_file(self.cells_dir, cell_id).unlink(missing_ok=True)
             if validation is not None:
                 atomic_write_text(validation_file(self.cells_dir, cell_id), validation.to_csv(index=False))
             if records is not None:
@@ -248,9 +259,17 @@ class RunStore:
 
     def validation(self) -> pd.DataFrame:
         """Every finished cell's meta-validation rows (an empty frame when none has any)."""
+        return self._finished_rows(validation_file)
+
+    def training(self) -> pd.DataFrame:
+        """Every finished cell's training curve (an empty frame when none has one: a run from before them)."""
+        return self._finished_rows(training_file)
+
+    def _finished_rows(self, file: Callable[[Path, str], Path]) -> pd.DataFrame:
+        """The rows of every finished cell's ``file`` that exists, together."""
         frames = []
         for cell in self.cells():
-            path = validation_file(self.cells_dir, cell.cell_id)
+            path = file(self.cells_dir, cell.cell_id)
             if cell.status is not CellStatus.OK or not path.exists():
                 continue
             try:

@@ -29,7 +29,7 @@ pip() {  # quiet, minus the harmless notes about this machine's empty local inde
 pip install --quiet "${TORCH_PINS[@]}"
 
 # 2. Everything else in one resolution. numpy<2 because learn2learn's qpth requires it.
-pip install --quiet "${TORCH_PINS[@]}" "numpy<2" gym scipy requests tqdm qpth Cython -e ".[test,ray,db]"
+pip install --quiet "${TORCH_PINS[@]}" "numpy<2" gym scipy requests tqdm qpth Cython -e ".[test,ray,db,tensorboard,mlflow]"
 
 # 3. learn2learn: regenerate its Cython output for this Python, then build without isolation.
 if ! "$VENV/bin/python" -c "import importlib.metadata as m; m.version('learn2learn')" >/dev/null 2>&1; then

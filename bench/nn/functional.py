@@ -48,6 +48,13 @@ class InnerLoop:
     ``init(fast, slow, support_x, support_y)`` for one task (ProtoMAML's head from the class prototypes); None: the
     shared ``fast`` weights. First-order meta-gradients only: the inner gradient treats each task's initial weights as
     variables of their own, and the meta-gradient reaches the shared weights through ``init`` and the adapted ones.
+
+    For the episodes of a ``variable`` setting (Meta-Dataset's: each its own n ways among the head's outputs,
+    class-imbalanced supports): ``episode_classes`` gives the logits of the classes absent from a task's support set
+    -inf, in the support loss, the query loss and the predictions alike (Meta-Dataset's ``MAMLLearner`` slices the
+    logits to the episode's ways, ``logits[:, 0:data.way]``: the same, labels being 0..n-1 and every class in the
+    support set); ``class_balanced`` makes the inner loss the sum over the classes of each class's mean loss, what
+    ``support_scale`` = N times the mean is on balanced N-way supports (``class_balanced_sum``).
     """
 
     forward: Forward
@@ -55,13 +62,23 @@ class InnerLoop:
     lr: float | None
     support_scale: float = 1.0
     init: Callable[[Params, Params, torch.Tensor, torch.Tensor], Params] | None = None
+    episode_classes: bool = False
+    class_balanced: bool = False
 
     def rate(self, slow: Params, name: str) -> float | torch.Tensor:
         """The learning rate of fast weight ``name``: ``lr``, or the learned one in ``slow`` when ``lr`` is None."""
         return slow[LR_PREFIX + name] if self.lr is None else self.lr
 
+    def predict(self, fast: Params, slow: Params, x: torch.Tensor, support_y: torch.Tensor) -> torch.Tensor:
+        """``forward``, with ``episode_classes`` the logits of the classes absent from ``support_y`` at -inf."""
+        prediction = self.forward(fast, slow, x)
+        return absent_classes_masked(prediction, support_y) if self.episode_classes else prediction
+
     def support_loss(self, fast: Params, slow: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.support_scale * self.loss(self.forward(fast, slow, x), y)
+        prediction = self.predict(fast, slow, x, y)
+        if self.class_balanced:
+            return class_balanced_sum(self.loss, prediction, y)
+        return self.support_scale * self.loss(prediction, y)
 
     def step(self, fast: Params, slow: Params, x: torch.Tensor, y: torch.Tensor, first_order: bool) -> Params:
         """One SGD step; differentiable through the gradient itself unless ``first_order``."""
@@ -89,9 +106,11 @@ class InnerLoop:
                       seeds: bool) -> torch.Tensor:
         """Each task's query loss after the inner loop: shape ``(tasks,)``, or ``(seeds, tasks)`` with ``seeds``."""
         lead = batch.support_x.shape[:2] if seeds else batch.support_x.shape[:1]
-        forward, task_losses = vmap(self.forward, in_dims=(0, None, 0)), vmap(self.loss)
+        predict, task_losses = vmap(self.predict, in_dims=(0, None, 0, 0)), vmap(self.loss)
+        support_losses = vmap(self.support_loss, in_dims=(0, None, 0, 0))
         if seeds:  # each seed's own slow weights, shared by its tasks
-            forward, task_losses = vmap(forward, in_dims=(0, 0, 0)), vmap(task_losses)
+            predict, task_losses = vmap(predict, in_dims=(0, 0, 0, 0)), vmap(task_losses)
+            support_losses = vmap(support_losses, in_dims=(0, 0, 0, 0))
         adapted = {name: _per_task(tensor, lead) for name, tensor in fast.items()}
         if self.init is not None:
             self._check_first_order(first_order)
@@ -104,12 +123,11 @@ class InnerLoop:
             # their own (as step's torch.func.grad treats them), and the graph through init is kept for the outer loop.
             inner = adapted if self.init is None else {name: tensor.detach().requires_grad_()
                                                        for name, tensor in adapted.items()}
-            support_losses = task_losses(forward(inner, slow, batch.support_x), batch.support_y)
-            support_loss = self.support_scale * support_losses.sum()
+            support_loss = support_losses(inner, slow, batch.support_x, batch.support_y).sum()
             grads = torch.autograd.grad(support_loss, list(inner.values()), create_graph=not first_order)
             adapted = {name: tensor - self._task_rate(slow, name, seeds) * gradient
                        for (name, tensor), gradient in zip(adapted.items(), grads)}
-        return task_losses(forward(adapted, slow, batch.query_x), batch.query_y)
+        return task_losses(predict(adapted, slow, batch.query_x, batch.support_y), batch.query_y)
 
     @staticmethod
     def _check_first_order(first_order: bool) -> None:
@@ -133,7 +151,7 @@ class InnerLoop:
                 fast = self.init(fast, slow, episode.support_x, episode.support_y)
             for _ in range(steps):
                 fast = self.step(fast, slow, episode.support_x, episode.support_y, first_order)
-            return self.loss(self.forward(fast, slow, episode.query_x), episode.query_y)
+            return self.loss(self.predict(fast, slow, episode.query_x, episode.support_y), episode.query_y)
 
         return vmap(query_loss, in_dims=(None, None, 0))(fast, slow, batch).mean()
 
@@ -145,14 +163,35 @@ class InnerLoop:
         dimension; one ``vmap`` over tasks replaces a per-task loop (same numbers up to float rounding).
         """
         fast, slow = detached(fast), detached(slow)
-        step, forward = functools.partial(self.step, first_order=True), self.forward
+        step, predict = functools.partial(self.step, first_order=True), self.predict
         if batched:
             fast = {name: tensor.expand(support.x.shape[0], *tensor.shape) for name, tensor in fast.items()}
-            step, forward = vmap(step, in_dims=(0, None, 0, 0)), vmap(forward, in_dims=(0, None, 0))
+            step, predict = vmap(step, in_dims=(0, None, 0, 0)), vmap(predict, in_dims=(0, None, 0, 0))
         if self.init is not None:
             init = vmap(self.init, in_dims=(0, None, 0, 0)) if batched else self.init
             fast = detached(init(fast, slow, support.x, support.y))
-        yield functools.partial(forward, fast, slow)
+        yield task_predictor(predict, fast, slow, support.y)
         for _ in range(steps):
             fast = detached(step(fast, slow, support.x, support.y))
-            yield functools.partial(forward, fast, slow)
+            yield task_predictor(predict, fast, slow, support.y)
+
+
+def task_predictor(predict: Callable[..., torch.Tensor], fast: Params, slow: Params,
+               support_y: torch.Tensor) -> Predictor:
+    """``predict`` of the weights ``fast`` and ``slow`` for a task whose support labels are ``support_y``."""
+    return lambda x: predict(fast, slow, x, support_y)
+
+
+def absent_classes_masked(logits: torch.Tensor, support_y: torch.Tensor) -> torch.Tensor:
+    """``logits`` (..., classes) with -inf for the classes no label of one task's ``support_y`` names."""
+    present = (support_y.unsqueeze(-1) == torch.arange(logits.shape[-1], device=logits.device)).any(dim=0)
+    return logits.masked_fill(~present, float("-inf"))
+
+
+def class_balanced_sum(loss: Loss, prediction: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The sum over the classes of ``y`` of each class's mean ``loss``, for one task: sum_i loss_i / n_(y_i), each
+    example's loss (``loss`` of it alone) over the number of examples of its class. N x the mean ``loss`` on a
+    balanced N-way support set; on an imbalanced one every class weighs the same."""
+    each = vmap(loss)(prediction.unsqueeze(1), y.unsqueeze(1))
+    same_class = (y.unsqueeze(0) == y.unsqueeze(1)).sum(dim=1)
+    return (each / same_class).sum()

@@ -18,7 +18,7 @@ import time
 import warnings
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from bench.api import (Episode, FloatRange, Learner, MetaGradient, MetaTrainContext, Predictor, SeedGroup,
                        SeedsApart, Support, TaskKind)
@@ -113,6 +113,37 @@ def inner_loss_scale(config: OuterLoopConfig, ctx: MetaTrainContext) -> float:
     if config.inner_loss == "class_sum" and ctx.suite.kind is TaskKind.CLASSIFICATION:
         return float(ctx.setting.ways)
     return 1.0
+
+
+def inner_loop_options(config: OuterLoopConfig, ctx: MetaTrainContext) -> dict[str, Any]:
+    """The ``InnerLoop`` fields the cell's setting decides: on fixed ways its ``support_scale`` (``inner_loss_scale``);
+    on a ``variable`` setting (Meta-Dataset's episodes) ``episode_classes``, and for ``class_sum`` the sum over each
+    episode's own classes of their mean losses (``class_balanced``)."""
+    if ctx.setting.variable is None:
+        return {"support_scale": inner_loss_scale(config, ctx)}
+    return {"episode_classes": True, "class_balanced": config.inner_loss == "class_sum"}
+
+
+OuterConfig = TypeVar("OuterConfig", bound=OuterLoopConfig)
+
+
+def as_run_on(config: OuterConfig, ctx: MetaTrainContext) -> OuterConfig:
+    """``config`` as its outer loop runs on the cell's setting. On a ``variable`` setting the episodes differ in shape:
+    they come one a step (``MetaTrainContext.batches``), so the meta-batch is 1 and a step decay of the rate comes
+    after as many episodes as configured; and they are not compiled (each new shape would compile again). A note
+    says what changed."""
+    if ctx.setting.variable is None:
+        return config
+    changes: dict[str, Any] = {"compile": "false"}
+    if config.meta_batch > 1:
+        changes.update(meta_batch=1, outer_lr_decay_every=config.outer_lr_decay_every * config.meta_batch)
+        ctx.note(f"meta-batch {config.meta_batch} -> 1 on '{ctx.setting.name}' (its episodes vary in ways and shots and "
+                 "cannot be stacked; one episode a step, as Meta-Dataset trains)"
+                 + (f"; the outer rate decays every {changes['outer_lr_decay_every']} steps, the episodes configured"
+                    if config.outer_lr_decay_every else ""))
+    if str(config.compile).lower() != "false":
+        ctx.note(f"compile={config.compile} -> false on '{ctx.setting.name}': every episode has its own shapes")
+    return dataclasses.replace(config, **changes)
 
 
 class OuterOptimizer:
@@ -417,11 +448,14 @@ class GradientMetaLearner(Learner, MetaGradient, SeedGroup):
             self._meta_gradient = MetaGradientStep(self.loop, self.config, self.first_order, self.fast, self.slow)
         return self._meta_gradient(batch)
 
+    variable_episodes = True  # episode_classes and class_balanced (inner_loop_options), one episode a step (as_run_on)
+
     def meta_train(self, ctx: MetaTrainContext) -> None:
         self.build(ctx)
-        self._meta_gradient = MetaGradientStep(self.loop, self.config, self.first_order, self.fast, self.slow,
-                                               steps=-(-ctx.task_budget // self.config.meta_batch), note=ctx.note)
-        adam_outer_loop(ctx, self.meta_parameters(), self.config, self.accumulate_meta_gradient)
+        config = as_run_on(self.config, ctx)
+        self._meta_gradient = MetaGradientStep(self.loop, config, self.first_order, self.fast, self.slow,
+                                               steps=-(-ctx.task_budget // config.meta_batch), note=ctx.note)
+        adam_outer_loop(ctx, self.meta_parameters(), config, self.accumulate_meta_gradient)
 
     together_fields: ClassVar[tuple[str, ...]] = ("inner_lr", "outer_lr")
     """Config fields in which learners meta-trained together may differ (tuning trials as one population): the outer
@@ -439,6 +473,8 @@ class GradientMetaLearner(Learner, MetaGradient, SeedGroup):
         members = [learner for learner in learners if isinstance(learner, GradientMetaLearner)]
         if len(members) < len(learners):
             raise SeedsApart("not all learners are gradient learners")
+        if contexts[0].setting.variable is not None:
+            raise SeedsApart(f"the episodes of '{contexts[0].setting.name}' vary in shape: they cannot be stacked")
         first = members[0]
         differ = {field.name for learner in members for field in dataclasses.fields(first.config)
                   if getattr(learner.config, field.name) != getattr(first.config, field.name)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from bench_plugins.learners._gradient import OUTER_LR_RANGE, GradientConfig, GradientMetaLearner, inner_loss_scale
+from bench_plugins.learners._gradient import OUTER_LR_RANGE, GradientConfig, GradientMetaLearner, inner_loop_options
 
 from bench.api import FloatRange, IntRange, MetaTrainContext, SearchRange, Setting, TaskKind, TaskSuite
 
@@ -107,7 +107,7 @@ class AdaptationLayer(GradientMetaLearner):
             forward=lambda fast, slow, x: functional_call(network, slow, (x, fast["context"])),
             loss=ctx.suite.loss,
             lr=self.config.inner_lr,
-            support_scale=inner_loss_scale(self.config, ctx),
+            **inner_loop_options(self.config, ctx),
         )
         self.fast = {"context": network.initial_context()}
         self.slow = dict(network.named_parameters())

@@ -1,7 +1,7 @@
 """ANIL (Raghu et al. 2019, "Rapid learning or feature reuse?", ICLR 2020): MAML whose inner loop adapts only the head."""
 from __future__ import annotations
 
-from bench_plugins.learners._gradient import inner_loss_scale
+from bench_plugins.learners._gradient import inner_loop_options
 from bench_plugins.learners.maml import MAML
 
 from bench.api import MetaTrainContext
@@ -39,7 +39,7 @@ class ANIL(MAML):
             forward=lambda fast, slow, x: functional_call(model, {**slow, **fast}, (x,)),
             loss=ctx.suite.loss,
             lr=self.config.inner_lr,
-            support_scale=inner_loss_scale(self.config, ctx),
+            **inner_loop_options(self.config, ctx),
         )
         self.fast = {name: weight for name, weight in weights.items() if name.startswith(head)}
         self.slow = {name: weight for name, weight in weights.items() if not name.startswith(head)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from bench_plugins.learners._gradient import OUTER_LR_RANGE, GradientConfig, GradientMetaLearner, inner_loss_scale
+from bench_plugins.learners._gradient import OUTER_LR_RANGE, GradientConfig, GradientMetaLearner, inner_loop_options
 
 from bench.api import FloatRange, IntRange, MetaTrainContext, SearchRange, Setting, TaskKind, TaskSuite
 
@@ -32,6 +32,9 @@ class MAMLConfig(GradientConfig):
     (``tf.clip_by_value``, datasource miniimagenet only) of its outer loss, the sum over tasks and query examples of
     cross-entropy / K over the meta-batch: N x 15 / K times our mean query loss (15 queries per class,
     main.py's update_batch_size+15), so the same clamp on ours is 10 K / (15 N) (``reference_clip``).
+
+    A ``variable`` setting (``--shots vary``, Meta-Dataset's episodes; the paper has none): Meta-Dataset's own MAML
+    baseline, ``META_DATASET_MAML``.
     """
 
     inner_loss: Literal["mean", "class_sum"] = "class_sum"
@@ -42,6 +45,16 @@ def reference_clip(ways: int, shots: int) -> float:
     ways x 15 / shots times ours: 15 queries per class, cross-entropy / shots per example)."""
     return 10.0 * shots / (15 * ways)
 
+
+META_DATASET_MAML = {
+    # Triantafillou et al. 2020's MAML on its variable-way, variable-shot episodes, from google-research/meta-dataset
+    # (read): learn/gin/learners/maml_config.gin (MAMLLearner.alpha 0.01, num_update_steps 5; first_order True there:
+    # fomaml is that baseline, maml its second-order form) and learner_config.gin (Trainer.learning_rate 1e-4,
+    # decay_every 5,000, decay_rate 0.5, decay_learning_rate True in maml_config.gin); one episode an update; the mean
+    # support cross-entropy (tf.losses.softmax_cross_entropy).
+    "inner_lr": 0.01, "inner_steps": 5, "meta_batch": 1, "inner_loss": "mean", "outer_lr": 1e-4,
+    "outer_lr_decay": 0.5, "outer_lr_decay_every": 5000,
+}
 
 PAPER_DEFAULTS = {
     # cbfinn/maml main.py's usage lines and the paper's appendix A.1: (suite, ways[, shots]) -> inner lr, inner
@@ -67,7 +80,9 @@ class MAML(GradientMetaLearner):
     @classmethod
     def suite_defaults(cls, suite: TaskSuite, setting: Setting) -> dict[str, Any]:
         """The paper's settings for Omniglot and mini-ImageNet, its Omniglot 5-way ones for other classification
-        suites, the sinusoid ones for regression."""
+        suites, the sinusoid ones for regression; Meta-Dataset's MAML on a variable setting."""
+        if setting.variable is not None:
+            return dict(META_DATASET_MAML)
         fallback = PAPER_DEFAULTS[("omniglot", 5)] if suite.kind is TaskKind.CLASSIFICATION else {}
         return dict(PAPER_DEFAULTS.get((suite.name, setting.ways, setting.shots))
                     or PAPER_DEFAULTS.get((suite.name, setting.ways), fallback))
@@ -98,7 +113,7 @@ class MAML(GradientMetaLearner):
             forward=lambda fast, slow, x: functional_call(model, fast, (x,)),
             loss=ctx.suite.loss,
             lr=self.config.inner_lr,
-            support_scale=inner_loss_scale(self.config, ctx),
+            **inner_loop_options(self.config, ctx),
         )
         self.fast = dict(model.named_parameters())
         self.slow = {}

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from bench_plugins.learners._gradient import (OUTER_LR_RANGE, GradientConfig, GradientMetaLearner, MetaGradientStep,
-                                              OuterOptimizer, adam_outer_loop, inner_loss_scale)
+                                              OuterOptimizer, adam_outer_loop, as_run_on,
+                                              inner_loop_options)
 
 from bench.api import (Episode, FloatRange, IntRange, MetaTrainContext, Predictor, SearchRange, Setting, Support,
                        TaskKind, TaskSuite)
@@ -175,7 +176,8 @@ class PerStepLoop:
                 view = self.at_step(slow, step)
                 fast = self.inner.step(fast, view, episode.support_x, episode.support_y, first_order)
                 if self.multi_step or step == steps - 1:
-                    losses.append(self.inner.loss(self.inner.forward(fast, view, episode.query_x), episode.query_y))
+                    losses.append(self.inner.loss(self.inner.predict(fast, view, episode.query_x, episode.support_y),
+                                                  episode.query_y))
             return (torch.stack(losses) * slow[MSL_WEIGHTS]).sum() if self.multi_step else losses[-1]
 
         return vmap(task_loss, in_dims=(None, None, 0))(fast, slow, batch).mean()
@@ -188,18 +190,18 @@ class PerStepLoop:
         norm (``at_step``). ``batched``: many tasks at once, as ``InnerLoop.trajectory``."""
         from torch.func import vmap
 
-        from bench.nn.functional import detached
+        from bench.nn.functional import detached, task_predictor
 
         fast, slow = detached(fast), detached(slow)
-        step, forward = functools.partial(self.inner.step, first_order=True), self.inner.forward
+        step, predict = functools.partial(self.inner.step, first_order=True), self.inner.predict
         if batched:
             fast = {name: tensor.expand(support.x.shape[0], *tensor.shape) for name, tensor in fast.items()}
-            step, forward = vmap(step, in_dims=(0, None, 0, 0)), vmap(forward, in_dims=(0, None, 0))
-        yield functools.partial(forward, fast, self.at_step(slow, 0))
+            step, predict = vmap(step, in_dims=(0, None, 0, 0)), vmap(predict, in_dims=(0, None, 0, 0))
+        yield task_predictor(predict, fast, self.at_step(slow, 0), support.y)
         for index in range(steps):
             view = self.at_step(slow, index)
             fast = detached(step(fast, view, support.x, support.y))
-            yield functools.partial(forward, fast, view)
+            yield task_predictor(predict, fast, view, support.y)
 
 
 class MAMLPlusPlus(GradientMetaLearner):
@@ -281,16 +283,17 @@ class MAMLPlusPlus(GradientMetaLearner):
             forward=lambda fast, slow, x: functional_call(model, {**fast, **{name: slow[name] for name in norms}}, (x,)),
             loss=ctx.suite.loss,
             lr=None,
-            support_scale=inner_loss_scale(config, ctx),
+            **inner_loop_options(config, ctx),
         )
         self.loop = PerStepLoop(inner, trained_steps=config.inner_steps, multi_step=config.msl_fraction > 0)
 
     def meta_train(self, ctx: MetaTrainContext) -> None:
         """``GradientMetaLearner.meta_train`` with ``follow_schedule`` before every outer step."""
         self.build(ctx)
-        self._meta_gradient = MetaGradientStep(self.loop, self.config, self.first_order, self.fast, self.slow,
-                                               steps=-(-ctx.task_budget // self.config.meta_batch), note=ctx.note)
-        adam_outer_loop(ctx, self.meta_parameters(), self.config, self.accumulate_meta_gradient,
+        config = as_run_on(self.config, ctx)
+        self._meta_gradient = MetaGradientStep(self.loop, config, self.first_order, self.fast, self.slow,
+                                               steps=-(-ctx.task_budget // config.meta_batch), note=ctx.note)
+        adam_outer_loop(ctx, self.meta_parameters(), config, self.accumulate_meta_gradient,
                         schedule=self.follow_schedule)
 
     def follow_schedule(self, done: float, optimizer: OuterOptimizer) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from bench_plugins.learners._gradient import OUTER_LR_RANGE, GradientMetaLearner, OuterLoopConfig, inner_loss_scale
+from bench_plugins.learners._gradient import OUTER_LR_RANGE, GradientMetaLearner, OuterLoopConfig, inner_loop_options
 from bench_plugins.learners.maml import MAML
 
 from bench.api import FloatRange, MetaTrainContext, SearchRange, Setting, TaskKind, TaskSuite
@@ -84,7 +84,7 @@ class MetaSGD(GradientMetaLearner):
 
         model = ctx.backbone()
         self.loop = InnerLoop(forward=lambda fast, slow, x: functional_call(model, fast, (x,)),
-                              loss=ctx.suite.loss, lr=None, support_scale=inner_loss_scale(self.config, ctx))
+                              loss=ctx.suite.loss, lr=None, **inner_loop_options(self.config, ctx))
         self.fast = dict(model.named_parameters())
         self.slow = {
             LR_PREFIX + name: torch.empty(weight.shape, dtype=weight.dtype)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from bench_plugins.learners._gradient import OUTER_LR_RANGE, GradientConfig, GradientMetaLearner, inner_loss_scale
+from bench_plugins.learners._gradient import OUTER_LR_RANGE, GradientConfig, GradientMetaLearner, inner_loop_options
 from bench_plugins.learners._metric import embedding_network
 from bench_plugins.learners.protonet import class_prototypes
 
@@ -59,7 +59,6 @@ class ProtoMAML(GradientMetaLearner):
 
     Config = ProtoMAMLConfig
     first_order = True
-    variable_episodes = True  # the head covers the setting's most ways; those an episode lacks get bias -inf
 
     @classmethod
     def unsupported_reason(cls, suite: TaskSuite) -> str | None:
@@ -102,7 +101,7 @@ class ProtoMAML(GradientMetaLearner):
             forward=lambda fast, slow, x: functional_call(model, {**slow, **fast}, (x,)),
             loss=ctx.suite.loss,
             lr=self.config.inner_lr,
-            support_scale=inner_loss_scale(self.config, ctx),
+            **inner_loop_options(self.config, ctx),
             init=prototype_head,
         )
         weights = dict(model.named_parameters())

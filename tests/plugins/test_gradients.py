@@ -11,7 +11,7 @@ from bench_plugins.suites.sinusoid import Sinusoid
 from helpers import learn2learn_meta_loss
 from torch.nn import functional as F
 
-from bench.api import Episode
+from bench.api import Episode, Setting
 from bench.nn.backbones import conv4, conv4_strided, mlp, resnet12
 
 TOLERANCE = 1e-8
@@ -29,8 +29,8 @@ def build(learner_class, **overrides):
     torch.manual_seed(0)
     network = mlp([1, 8, 8, 1]).double()
     learner = learner_class(learner_class.Config(**overrides))
-    context = types.SimpleNamespace(backbone=lambda: network, suite=Sinusoid(), device=torch.device("cpu"),
-                                    generator=torch.Generator().manual_seed(1))
+    context = types.SimpleNamespace(backbone=lambda: network, suite=Sinusoid(), setting=Sinusoid().settings()[0],
+                                    device=torch.device("cpu"), generator=torch.Generator().manual_seed(1))
     learner.build(context)
     if learner_class is AdaptationLayer:
         learner.slow = {name: tensor.detach().double().requires_grad_() for name, tensor in learner.slow.items()}
@@ -158,7 +158,8 @@ def test_batch_norm_second_order_meta_gradient_under_vmap_matches_unbatched_refe
     network = make_network().double()
     learner = MAML(MAML.Config(inner_lr=0.4, inner_steps=2, inner_loss="mean"))
     context = types.SimpleNamespace(backbone=lambda: network, suite=types.SimpleNamespace(loss=F.cross_entropy),
-                                    device=torch.device("cpu"), generator=torch.Generator().manual_seed(1))
+                                    setting=Setting("3-way 2-shot", 2, 2, 3), device=torch.device("cpu"),
+                                    generator=torch.Generator().manual_seed(1))
     learner.build(context)
     generator = torch.Generator().manual_seed(2)
     tasks = 4
@@ -239,7 +240,7 @@ def reference_inner_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
 
 def three_way(**overrides) -> tuple[MAML, torch.nn.Module, Episode]:
     """MAML on a float64 4-8-3 MLP for a 3-way 2-shot setting, and 2 tasks of random inputs (balanced support)."""
-    from bench.api import Setting, TaskKind
+    from bench.api import TaskKind
 
     torch.manual_seed(0)
     network = mlp([4, 8, 3]).double()

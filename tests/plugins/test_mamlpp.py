@@ -12,7 +12,7 @@ from bench_plugins.suites.sinusoid import Sinusoid
 from torch import nn
 from torch.nn import functional as F
 
-from bench.api import Episode, TaskKind
+from bench.api import Episode, Setting, TaskKind
 from bench.config import ConfigError, learner_config
 from bench.nn.backbones import EpisodeBatchNorm
 from bench.protocol import evaluate
@@ -59,8 +59,8 @@ def unrolled_loss(learner: MAMLPlusPlus, batch: Episode, steps: int, first_order
 
 def built(network: nn.Module, suite, **overrides) -> MAMLPlusPlus:
     learner = MAMLPlusPlus(MAMLPlusPlus.Config(**overrides))
-    learner.build(types.SimpleNamespace(backbone=lambda: network, suite=suite, device=torch.device("cpu"),
-                                        generator=torch.Generator().manual_seed(1)))
+    learner.build(types.SimpleNamespace(backbone=lambda: network, suite=suite, setting=Setting("fixed", 2, 2, 3),
+                                        device=torch.device("cpu"), generator=torch.Generator().manual_seed(1)))
     return learner
 
 

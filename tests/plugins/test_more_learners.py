@@ -123,8 +123,8 @@ def build(learner_class, **overrides):
     torch.manual_seed(0)
     network = mlp([1, 8, 8, 1]).double()
     learner = learner_class(learner_class.Config(**overrides))
-    learner.build(types.SimpleNamespace(backbone=lambda: network, suite=Sinusoid(), device=CPU,
-                                        generator=torch.Generator().manual_seed(1)))
+    learner.build(types.SimpleNamespace(backbone=lambda: network, suite=Sinusoid(), setting=Sinusoid().settings()[0],
+                                        device=CPU, generator=torch.Generator().manual_seed(1)))
     return learner, network
 
 

@@ -87,7 +87,7 @@ def test_plugins_lists_builtins_with_their_distribution(capsys):
     names = {(entry["kind"], entry["name"]) for entry in listed["plugins"]}
     assert names == {*(("learner", name) for name in BUILTIN_LEARNERS.split(", ")),
                      *(("suite", name) for name in BUILTIN_SUITES.split(", ")), ("executor", "inline"),
-                     ("executor", "processes"), ("executor", "ray")}
+                     ("executor", "processes"), ("executor", "ray"), ("logger", "mlflow"), ("logger", "tensorboard")}
     assert all(entry["distribution"] == "metabench" and entry["description"] for entry in listed["plugins"])
     assert listed["problems"] == []
     assert main(["plugins"]) == 0

@@ -7,7 +7,8 @@ import graphlib
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
-CONTRACT = {"bench.api": {"bench.errors", "bench.seeding"}, "bench.hookspecs": {"bench.errors"}}
+CONTRACT = {"bench.api": {"bench.errors", "bench.seeding"}, "bench.hookspecs": {"bench.errors"},
+            "bench.loggers": {"bench.api", "bench.errors", "bench.seeding"}}
 """What the plugin contract may import: leaves that import nothing of bench (bench.seeding: numpy only, behind
 ``episode_rngs``)."""
 """The contract modules and the only bench modules they may import."""

@@ -78,7 +78,7 @@ def test_a_cell_runs_on_the_threads_its_network_gets_and_records_the_load(regist
                        val_episodes=0)
     (cell,) = plan(config, registry)
     threads = torch.get_num_threads()
-    ((_, metadata, records, _),) = CellWork(config, "cpu")([cell])
+    ((_, metadata, records, *_),) = CellWork(config, "cpu")([cell])
     assert metadata.status is CellStatus.OK and records is not None
     assert metadata.torch_threads == 1 and torch.get_num_threads() == threads  # restored afterwards
     assert metadata.cpu_cores == machine_load.cpu_cores() and metadata.machine_load >= 0
