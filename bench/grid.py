@@ -140,34 +140,42 @@ def _check_suites(config: RunConfig, registry: Registry, instances: dict[str, Ta
         if config.backbone and config.backbone not in instance.backbone_names:
             offered = ", ".join(instance.backbone_names) or "only its standard network, no choice"
             raise ConfigError(f"--backbone {config.backbone}: suite '{name}' does not offer it; it offers: {offered}")
-    for target in registry.select("suite", config.test_suites or []) if config.test_suites else []:
+    for target in _test_suites(config, registry):
         if target.name in instances:
             raise ConfigError(f"--test-suites {target.name}: it is also meta-trained on (--suites): its own test "
                               "split is scored anyway")
-        if not any(cross_domain_targets(config, registry, instance, setting, only=target.name)
-                   for instance in instances.values() for setting in instance.settings()):
+        test_suite = config.make_suite(target.cls)
+        if all(_same_setting(test_suite, instance, setting) is None
+               for instance in instances.values() for setting in instance.settings()):
             trained = ", ".join(f"{name} ({', '.join(s.name for s in instance.settings())})"
                                 for name, instance in instances.items())
-            offered = ", ".join(setting.name for setting in config.make_suite(target.cls).settings())
+            offered = ", ".join(setting.name for setting in test_suite.settings())
             raise ConfigError(f"--test-suites {target.name}: none of its settings ({offered}) has the kind, ways and "
                               f"shots of a meta-training suite's: {trained}")
 
 
-def cross_domain_targets(config: RunConfig, registry: Registry, instance: TaskSuite, setting: Setting,
-                         only: str | None = None) -> list[tuple[Registration, Setting]]:
-    """The ``--test-suites`` suites (or the one named ``only``) that can test a model meta-trained on ``instance``'s
-    ``setting``, each with its setting of the same kind, ways and shots."""
+def _test_suites(config: RunConfig, registry: Registry) -> list[Registration]:
+    """The ``--test-suites`` suites, in the order given; none without the option."""
+    return registry.select("suite", config.test_suites) if config.test_suites else []
+
+
+def _same_setting(test_suite: TaskSuite, instance: TaskSuite, setting: Setting) -> Setting | None:
+    """``test_suite``'s first setting of the kind, ways and shots of ``instance``'s ``setting``; None if it has none."""
+    if test_suite.kind is not instance.kind:
+        return None
+    return next((s for s in test_suite.settings()
+                 if (s.ways, s.shots, s.variable) == (setting.ways, setting.shots, setting.variable)), None)
+
+
+def cross_domain_targets(config: RunConfig, registry: Registry, instance: TaskSuite,
+                         setting: Setting) -> list[tuple[Registration, Setting]]:
+    """The ``--test-suites`` suites that can test a model meta-trained on ``instance``'s ``setting``, each with its
+    setting of the same kind, ways and shots."""
     targets = []
-    for target in registry.select("suite", config.test_suites) if config.test_suites else []:
-        if only is not None and target.name != only:
-            continue
-        test_suite = config.make_suite(target.cls)
-        if test_suite.kind is not instance.kind:
-            continue
-        matching = [s for s in test_suite.settings()
-                    if (s.ways, s.shots, s.variable) == (setting.ways, setting.shots, setting.variable)]
-        if matching:
-            targets.append((target, matching[0]))
+    for target in _test_suites(config, registry):
+        matching = _same_setting(config.make_suite(target.cls), instance, setting)
+        if matching is not None:
+            targets.append((target, matching))
     return targets
 
 

@@ -1,11 +1,13 @@
-"""``bench leaderboard``: a static site of every learner's best result per suite setting across the runs of a
-results folder.
+"""``bench leaderboard``: a static site of every learner's best result per suite setting and budget across the
+runs of a results folder.
 
 The numbers are the runs' own reports' (``bench.headline``): the mean at the val-chosen steps with its 95% interval
-over episodes, and the t interval over the seeds' means. A learner's best run on a setting is the one with the best
-mean (lower or higher as the suite's metric has it; non-finite means last). Each row shows the budget it had (meta-
-training tasks, test episodes, seeds), whether it was tuned, when it ran, and links to that run's report.html,
-copied into the site (its figures are inside it, as data URIs): the site needs no network and works when moved.
+over episodes, and the t interval over the seeds' means. Results are ranked only against results of the same budget
+(``Budget``: meta-training tasks and test episodes per cell), one table each, largest budget first within a suite
+setting. A learner's best run in a table is the one with the best mean (lower or higher as the suite's metric has it;
+non-finite means last). Each row shows its seeds, whether it was tuned, when it ran, and links to that run's
+report.html, copied into the site (its figures are inside it, as data URIs): the site needs no network and works when
+moved.
 
 Layout of the site::
 
@@ -21,7 +23,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 from bench import render
@@ -35,6 +37,21 @@ GENERATOR = '<meta name="generator" content="bench leaderboard">'
 """Marks a folder as a site this command wrote (and may rewrite)."""
 REPORTS = "runs"
 SettingKey = tuple[str, str]
+
+
+class Budget(NamedTuple):
+    """What makes two results of a suite setting comparable: the cells' meta-training tasks and test episodes."""
+
+    tasks: int
+    test_episodes: int
+
+    @classmethod
+    def of(cls, headline: Headline) -> Budget:
+        """The budget ``headline``'s cells had."""
+        return cls(headline.task_budget, headline.test_episodes)
+
+    def __str__(self) -> str:
+        return f"{self.tasks:,} meta-training tasks, {self.test_episodes:,} test episodes per cell"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +87,10 @@ class RunPage:
 class Entry:
     run: RunPage
     headline: Headline
+
+
+Board = dict[SettingKey, dict[Budget, list[Entry]]]
+"""Per suite setting, per budget (largest first), each learner's best entry, best first."""
 
 
 def _rank_key(headline: Headline) -> tuple[bool, float]:
@@ -109,23 +130,24 @@ def _report_html(folder: Path, report: Report) -> str:
     return render.html_document(report, plots.figures(report))
 
 
-def _setting_order(learners: dict[str, Entry]) -> tuple[str, int, str]:
-    headline = next(iter(learners.values())).headline
+def _setting_order(budgets: dict[Budget, dict[str, Entry]]) -> tuple[str, int, str]:
+    headline = next(iter(next(iter(budgets.values())).values())).headline
     return headline.suite, headline.setting_index, headline.setting
 
 
-def leaderboard(runs: list[RunPage]) -> dict[SettingKey, list[Entry]]:
-    """Per suite setting (by suite, then in the suite's order of settings), each learner's best entry across ``runs``,
-    best first."""
-    best: dict[SettingKey, dict[str, Entry]] = {}
+def leaderboard(runs: list[RunPage]) -> Board:
+    """Per suite setting (by suite, then in the suite's order of settings), per budget (largest first), each learner's
+    best entry across the runs of that budget, best first."""
+    best: dict[SettingKey, dict[Budget, dict[str, Entry]]] = {}
     for run in runs:
         for headline in run.headlines:
-            learners = best.setdefault((headline.suite, headline.setting), {})
+            learners = best.setdefault((headline.suite, headline.setting), {}).setdefault(Budget.of(headline), {})
             held = learners.get(headline.learner)
             if held is None or _rank_key(headline) < _rank_key(held.headline):
                 learners[headline.learner] = Entry(run, headline)
-    return {key: sorted(learners.values(), key=lambda entry: _rank_key(entry.headline))
-            for key, learners in sorted(best.items(), key=lambda item: _setting_order(item[1]))}
+    return {key: {budget: sorted(budgets[budget].values(), key=lambda entry: _rank_key(entry.headline))
+                  for budget in sorted(budgets, reverse=True)}
+            for key, budgets in sorted(best.items(), key=lambda item: _setting_order(item[1]))}
 
 
 STYLE = render.STYLE + """
@@ -137,13 +159,15 @@ a { color: #0b57d0; }
 """
 """The reports' style, with the best row of each table in bold and numbers right-aligned."""
 
-COLUMNS = ("#", "learner", "mean ± 95% CI", "± 95% CI over seeds", "val-chosen step", "meta-train tasks",
-           "test episodes", "seeds", "tuning", "date", "run")
-NOTE = ("Each learner's best result on the setting across the runs read: the metric at the adaptation step chosen on "
+COLUMNS = ("#", "learner", "mean ± 95% CI", "± 95% CI over seeds", "val-chosen step", "seeds", "tuning", "date",
+           "run")
+NOTE = ("One table per suite setting and budget (meta-training tasks and test episodes per cell, named in its "
+        "heading; largest budget first): a result is ranked only against results of the same budget. Each row is a "
+        "learner's best result in the table across the runs read: the metric at the adaptation step chosen on "
         "meta-validation (never on test episodes), over every test episode and seed, with the 95% interval over "
-        "episodes; then the t interval over the seeds' means. The numbers are the runs' own reports'. Runs may differ "
-        "in budget (meta-training tasks, test episodes, seeds) and tuning: compare those columns before the numbers. "
-        "Best first, in bold; the run link opens that run's full report.")
+        "episodes; then the t interval over the seeds' means. The numbers are the runs' own reports'. Rows may still "
+        "differ in seeds and tuning: compare those columns before the numbers. Best first, in bold; the run link opens "
+        "that run's full report.")
 
 
 def _cell(text: str, numeric: bool = False) -> str:
@@ -158,14 +182,14 @@ def _entry_row(place: int, entry: Entry) -> str:
     return "<tr>" + "".join([
         _cell(str(place), True), _cell(headline.learner),
         _cell(f"{format_number(headline.mean)} ± {format_number(headline.ci95, 2)}", True), _cell(seed_ci, True),
-        _cell(format_steps(headline.selected_steps), True), _cell(f"{headline.task_budget:,}", True),
-        _cell(f"{headline.test_episodes:,}", True), _cell(seeds, True), _cell(run.tuning(headline)),
+        _cell(format_steps(headline.selected_steps), True), _cell(seeds, True), _cell(run.tuning(headline)),
         _cell(run.date, True), f'<td><a href="{run.report_href}">{html.escape(run.path)}</a></td>']) + "</tr>"
 
 
-def _setting_section(key: SettingKey, entries: list[Entry]) -> str:
+def _table_section(key: SettingKey, budget: Budget, entries: list[Entry]) -> str:
     first = entries[0].headline
-    title = f"{key[0]} {key[1]}: {first.metric_name} {'↓ lower' if first.lower_is_better else '↑ higher'} is better"
+    title = (f"{key[0]} {key[1]}, {budget}: {first.metric_name} "
+             f"{'↓ lower' if first.lower_is_better else '↑ higher'} is better")
     head = "".join(f"<th>{html.escape(column)}</th>" for column in COLUMNS)
     rows = "".join(_entry_row(place, entry) for place, entry in enumerate(entries, start=1))
     return f"<h2>{html.escape(title)}</h2>\n<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
@@ -181,9 +205,10 @@ def _runs_section(runs: list[RunPage]) -> str:
             f"<th>learners with results</th></tr></thead><tbody>{rows}</tbody></table>")
 
 
-def index_html(results: Path, runs: list[RunPage], board: dict[SettingKey, list[Entry]]) -> str:
-    """The site's index page: one table per suite setting, then the runs read."""
-    sections = [_setting_section(key, entries) for key, entries in board.items()] or ["<p>No run has results yet.</p>"]
+def index_html(results: Path, runs: list[RunPage], board: Board) -> str:
+    """The site's index page: one table per suite setting and budget, then the runs read."""
+    sections = [_table_section(key, budget, entries) for key, budgets in board.items()
+                for budget, entries in budgets.items()] or ["<p>No run has results yet.</p>"]
     body = [f"<h1>metabench leaderboard: {html.escape(results.name or str(results))}</h1>",
             (f'<p class="note">{html.escape(NOTE)} Built {time.strftime("%Y-%m-%d %H:%M")} from {len(runs)} run '
              f"folder(s).</p>"), *sections, _runs_section(runs)]
@@ -205,7 +230,7 @@ def _prepare(out: Path) -> None:
         raise BenchError(f"cannot create {out}: {error.strerror}") from None
 
 
-def write_site(results: Path, out: Path, warn: Callable[[str], None]) -> dict[SettingKey, list[Entry]]:
+def write_site(results: Path, out: Path, warn: Callable[[str], None]) -> Board:
     """Write the leaderboard of the runs under ``results`` into ``out``; return it."""
     runs, pages = read_runs(results, warn)
     board = leaderboard(runs)

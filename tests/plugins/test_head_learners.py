@@ -12,9 +12,13 @@ from bench_plugins.learners.matchingnet import MatchingNet, MatchingNetConfig
 from bench_plugins.learners.metaoptnet import MetaOptNet, MetaOptNetConfig
 from bench_plugins.learners.protomaml import ProtoMAML, ProtoMAMLConfig
 from bench_plugins.learners.r2d2 import R2D2, R2D2Config, ridge_weights
+from bench_plugins.suites.cifarfs import CIFARFS
+from bench_plugins.suites.cub import CUB
+from bench_plugins.suites.fc100 import FC100
 from bench_plugins.suites.miniimagenet import MiniImageNet
 from bench_plugins.suites.omniglot import Omniglot
 from bench_plugins.suites.sinusoid import Sinusoid
+from bench_plugins.suites.tieredimagenet import TieredImageNet
 from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
@@ -312,6 +316,12 @@ def test_the_papers_defaults_per_suite_and_setting():
     assert R2D2.suite_defaults(MiniImageNet(), mini_one_shot) == {"train_ways": 16, "train_query": 14,
                                                                   "init_scale": 1e-4}
     assert MetaOptNet.suite_defaults(MiniImageNet(), mini_one_shot) == {"train_shots": 15, "label_smoothing": 0.1}
+    cifar_one_shot = CIFARFS().settings()[0]
+    assert R2D2.suite_defaults(CIFARFS(), cifar_one_shot) == {"train_ways": 20, "train_query": 11, "init_scale": 10.0}
+    for suite, shots in ((TieredImageNet(), 10), (CIFARFS(), 5), (FC100(), 15)):
+        assert MetaOptNet.suite_defaults(suite, suite.settings()[0]) == {"train_shots": shots}
+    for suite in (TieredImageNet(), FC100(), CUB()):  # not in r2d2's experiments.sh
+        assert R2D2.suite_defaults(suite, suite.settings()[0]) == {}
     assert MatchingNet.suite_defaults(MiniImageNet(), mini_one_shot) == {"fce": True}
     for learner_class in (MetaOptNet, MatchingNet, ProtoMAML):  # the papers' Omniglot defaults are the Configs'
         assert learner_class.suite_defaults(Omniglot(), omniglot_five_shot) == {}

@@ -1,8 +1,9 @@
 """``bench leaderboard``: a self-contained site from real run folders (test_db.make_results, plus a run with the tuned
 hyper-parameters): every link resolves inside the site (also once moved), no URL leaves it, the best run per learner
-is chosen by the reports' own numbers in the metric's direction."""
+is chosen by the reports' own numbers in the metric's direction, among the runs of the same budget only."""
 from __future__ import annotations
 
+import dataclasses
 import html.parser
 import shutil
 from pathlib import Path
@@ -14,7 +15,7 @@ from test_db import SMOKE, make_results
 
 from bench import cli
 from bench.headline import Headline
-from bench.leaderboard import RunPage, leaderboard
+from bench.leaderboard import Budget, RunPage, index_html, leaderboard
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,10 @@ def test_every_link_resolves_inside_the_site_also_once_moved(site, tmp_path):
 
 
 def test_each_learner_has_its_best_run_with_the_reports_numbers(results, site):
-    k5, k10, runs = Page((site / "index.html").read_text()).frames()  # settings in the suite's order
+    index = (site / "index.html").read_text()
+    k5, k10, runs = Page(index).frames()  # settings in the suite's order, all runs of one budget
+    for setting in ("K=5", "K=10"):
+        assert f"<h2>sinusoid {setting}, 50 meta-training tasks, 5 test episodes per cell: MSE" in index
     texts = k5.map(lambda cell: cell[0])
     finetune = {}
     for run in ("plain", "resumed", "tuned"):
@@ -110,14 +114,14 @@ def test_each_learner_has_its_best_run_with_the_reports_numbers(results, site):
     means = [float(text.split(" ± ")[0]) for text in texts["mean ± 95% CI"]]
     assert sorted(texts["learner"]) == ["finetune", "reptile", "trouble"] and means == sorted(means)
     trouble = k10[k10["learner"].map(lambda cell: cell[0]) == "trouble"].iloc[0]
-    assert (trouble["seeds"][0], trouble["meta-train tasks"][0]) == ("1 of 2", "50")
+    assert trouble["seeds"][0] == "1 of 2"
     assert trouble["run"] == ("nested/failed", "runs/nested/failed/report.html")
     assert sorted(text for text, _ in runs["run"]) == ["nested/failed", "plain", "resumed", "tuned"]
 
 
-def headline(learner: str, mean: float, lower_is_better: bool) -> Headline:
-    return Headline("omniglot", "5-way 1-shot", 0, learner, "accuracy", lower_is_better, mean, 0.01, mean, 600, 0,
-                    [mean], None, 1, 1, [1], 100, 600, 10, 1)
+def headline(learner: str, mean: float, lower_is_better: bool, tasks: int = 100, test_episodes: int = 600) -> Headline:
+    return Headline("omniglot", "5-way 1-shot", 0, learner, "accuracy", lower_is_better, mean, 0.01, mean,
+                    test_episodes, 0, [mean], None, 1, 1, [1], tasks, test_episodes, 10, 1)
 
 
 @pytest.mark.parametrize("lower_is_better, best, order", [
@@ -127,9 +131,37 @@ def test_best_follows_the_metrics_direction(lower_is_better, best, order):
              headline("diverged", float("nan"), lower_is_better)]
     runs = [RunPage(name, {}, [headline("maml", mean, lower_is_better), *fixed])
             for name, mean in (("a", 0.4), ("b", 0.9), ("c", float("nan")))]
-    ((_, entries),) = leaderboard(runs).items()
+    ((_, budgets),) = leaderboard(runs).items()
+    ((_, entries),) = budgets.items()
     assert [entry.headline.learner for entry in entries] == order
     assert entries[0].run.path == best
+
+
+def test_runs_of_different_budgets_are_ranked_apart_largest_budget_first(tmp_path):
+    smoke = RunPage("smoke", {}, [headline("maml", 0.9, False, tasks=50, test_episodes=5),
+                                  headline("protonet", 0.3, False, tasks=50, test_episodes=5)])
+    full = RunPage("full", {}, [headline("maml", 0.6, False), headline("protonet", 0.7, False)])
+    fewer_episodes = RunPage("fewer-episodes", {}, [headline("maml", 0.8, False, test_episodes=100)])
+    other_setting = RunPage("other", {}, [dataclasses.replace(headline("maml", 0.5, False), setting="5-way 5-shot",
+                                                              setting_index=1)])
+    board = leaderboard([smoke, other_setting, fewer_episodes, full])
+    assert list(board) == [("omniglot", "5-way 1-shot"), ("omniglot", "5-way 5-shot")]
+    tables = board["omniglot", "5-way 1-shot"]
+    assert list(tables) == [Budget(100, 600), Budget(100, 100), Budget(50, 5)]
+    assert [(entry.headline.learner, entry.run.path) for entry in tables[Budget(100, 600)]] == [
+        ("protonet", "full"), ("maml", "full")]
+    assert [(entry.headline.learner, entry.run.path) for entry in tables[Budget(100, 100)]] == [
+        ("maml", "fewer-episodes")]
+    assert [(entry.headline.learner, entry.run.path) for entry in tables[Budget(50, 5)]] == [
+        ("maml", "smoke"), ("protonet", "smoke")]
+    page = index_html(tmp_path, [smoke, full], board)
+    headings = [line.split("</h2>")[0].removeprefix("<h2>") for line in page.splitlines() if line.startswith("<h2>")]
+    assert headings == [
+        "omniglot 5-way 1-shot, 100 meta-training tasks, 600 test episodes per cell: accuracy ↑ higher is better",
+        "omniglot 5-way 1-shot, 100 meta-training tasks, 100 test episodes per cell: accuracy ↑ higher is better",
+        "omniglot 5-way 1-shot, 50 meta-training tasks, 5 test episodes per cell: accuracy ↑ higher is better",
+        "omniglot 5-way 5-shot, 100 meta-training tasks, 600 test episodes per cell: accuracy ↑ higher is better",
+        "Runs read"]
 
 
 def test_a_folder_that_is_no_site_is_refused_and_a_site_is_rewritten(results, site, tmp_path, capsys):

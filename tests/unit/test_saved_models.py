@@ -138,3 +138,30 @@ def test_a_learner_without_a_state_is_noted_and_the_run_goes_on(tmp_path, instal
     assert cell["status"] == "ok" and any("model not saved" in note and "state_dict() is None" in note
                                           for note in cell["notes"])
     assert not list((out / "cells").glob("*.model.pt"))
+
+
+def test_eval_on_another_suite_scores_the_saved_models_on_its_episodes(runs, tmp_path, capsys):
+    """``--test-suites``: each saved model is also scored on sinusoid-shift's test episodes, as cross-domain cells
+    beside the home cells, whose numbers stay the run's; a suite of another kind is one line, nothing written."""
+    saved, out = runs["saved"], tmp_path / "shifted"
+    assert cli.main(["eval", str(saved), "--out", str(out), "--test-suites", "sinusoid-shift", "--no-progress"]) == 0
+    cells = cells_of(out)
+    for learner in ("maml", "finetune"):
+        cross = cells[f"sinusoid-to-sinusoid-shift__K=5__{learner}__seed0"]
+        home = cells_of(saved)[f"sinusoid__K=5__{learner}__seed0"]
+        assert cross["status"] == "ok" and cross["test_suite"] == "sinusoid-shift"
+        assert cross["selected_step"] == home["selected_step"]  # chosen on the home suite's meta-validation
+    records = records_of(out)
+    shifted = records[records.suite == "sinusoid→sinusoid-shift"]
+    assert len(shifted) == 2 * 5 * 3 and shifted["metric"].notna().all()
+    home = records[records.suite == "sinusoid"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(home, records_of(saved).reset_index(drop=True))
+    assert not (shifted["metric"].to_numpy() == home["metric"].to_numpy()).all()  # other episodes, other numbers
+    assert "| sinusoid→sinusoid-shift | K=5" in (out / "report.md").read_text()
+
+    capsys.readouterr()
+    refused = tmp_path / "refused"
+    assert cli.main(["eval", str(saved), "--out", str(refused), "--test-suites", "digits", "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("bench eval: error: --test-suites digits: "), error
+    assert not refused.exists()
