@@ -12,7 +12,9 @@ SUITES = {  # what each built-in suite's instructions must name: a source and it
     "miniimagenet": ("https://github.com/twitter/meta-learning-lstm", "mini-imagenet-cache-{train,validation,test}.pkl",
                      "DIR/miniimagenet/"),
     "tieredimagenet": ("https://github.com/renmengye/few-shot-ssl-public",
-                       "{train,val,test}_images_png.pkl with {train,val,test}_labels.pkl", "DIR/tiered-imagenet/"),
+                       "{train,val,test}_images_png.pkl with {train,val,test}_labels.pkl", "DIR/tiered-imagenet/",
+                       "https://github.com/kjunelee/MetaOptNet",
+                       "{train,val,test}_images.npz with {train,val,test}_labels.pkl (MetaOptNet's)"),
     "cifarfs": ("https://github.com/bertinetto/r2d2",
                 ("CIFAR_FS_{train,val,test}.pickle, or data/<class>/*.png with the class lists "
                  "splits/bertinetto/{train,val,test}.txt"), "DIR/CIFAR_FS/ or DIR/cifar100/"),

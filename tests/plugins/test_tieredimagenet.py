@@ -1,4 +1,5 @@
-"""The tieredImageNet suite on tiny generated data in both layouts: Ren et al.'s PNG pickles and class folders."""
+"""The tieredImageNet suite on tiny generated data in its three layouts: Ren et al.'s PNG pickles, MetaOptNet's npz
+and class folders."""
 from __future__ import annotations
 
 import io
@@ -65,6 +66,20 @@ def write_pickles(root: Path, split: str, items: list[tuple[int, np.ndarray]]) -
                      "label_general_str": {0: "things"}}, stream, protocol=2)
 
 
+def bgr(image: np.ndarray) -> np.ndarray:
+    """``image`` with its channels reversed: what cv2.imdecode returns for the PNG of an RGB image."""
+    return image[..., ::-1]
+
+
+def write_npz(root: Path, split: str, items: list[tuple[int, np.ndarray]]) -> None:
+    """MetaOptNet's ``{split}_images.npz`` (``images``: uint8 [N, 84, 84, 3] BGR, as Ren et al.'s ``decompress``
+    writes it) and ``{split}_labels.pkl`` (``labels``: a list of ints)."""
+    root.mkdir(parents=True, exist_ok=True)
+    np.savez(root / f"{split}_images.npz", images=np.stack([bgr(image) for _, image in items]))
+    with (root / f"{split}_labels.pkl").open("wb") as stream:
+        pickle.dump({"labels": [label for label, _ in items]}, stream, protocol=2)
+
+
 def write_folders(root: Path, split: str, items: list[tuple[int, np.ndarray]]) -> None:
     """``{split}/<class>/*.png``, class folders named so that they sort as the labels do."""
     for position, (label, image) in enumerate(items):
@@ -73,20 +88,23 @@ def write_folders(root: Path, split: str, items: list[tuple[int, np.ndarray]]) -
         Image.fromarray(image).save(folder / f"{position:06d}.png")
 
 
+WRITERS = {"pickle": write_pickles, "npz": write_npz, "folders": write_folders}
+
+
 def make_root(root: Path, layout: str, data=DATA) -> Path:
     for split, items in data.items():
-        (write_pickles if layout == "pickle" else write_folders)(root, split, items)
+        WRITERS[layout](root, split, items)
     return root
 
 
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory):
     base = tmp_path_factory.mktemp("tiered")
-    return {layout: make_root(base / layout / "tiered-imagenet", layout) for layout in ("pickle", "folders")}
+    return {layout: make_root(base / layout / "tiered-imagenet", layout) for layout in WRITERS}
 
 
-@pytest.mark.parametrize("layout", ["pickle", "folders"])
-def test_both_layouts_load_with_classes_sorted_and_unequal(roots, layout):
+@pytest.mark.parametrize("layout", sorted(WRITERS))
+def test_every_layout_loads_rgb_with_classes_sorted_and_unequal(roots, layout):
     suite = TieredImageNet(data_dir=roots[layout].parent)  # DIR/tiered-imagenet
     suite.prepare()
     for split, items in DATA.items():
@@ -115,20 +133,45 @@ def test_episode_shapes_labels_and_queries(roots):
 
 
 def test_layouts_give_identical_episodes_and_same_seed_same_episode(roots):
-    pickled, folders = TieredImageNet(data_dir=roots["pickle"]), TieredImageNet(data_dir=roots["folders"])
+    pickled = TieredImageNet(data_dir=roots["pickle"])
+    others = [TieredImageNet(data_dir=roots[layout]) for layout in ("npz", "folders")]
     one_shot = setting(pickled, "5-way 1-shot")
     for split in SPLIT_CLASSES:
         a = pickled.sample_episode(split, one_shot, seed=1, index=3)
-        b = folders.sample_episode(split, one_shot, seed=1, index=3)
-        assert all(x.numpy().tobytes() == y.numpy().tobytes() for x, y in zip(a, b)), split
+        for other in others:
+            b = other.sample_episode(split, one_shot, seed=1, index=3)
+            assert all(x.numpy().tobytes() == y.numpy().tobytes() for x, y in zip(a, b)), (split, other.data_dir)
     TieredImageNet._pools.clear()  # read back from the image cache
     again = TieredImageNet(data_dir=roots["pickle"]).sample_episode("test", one_shot, seed=1, index=3)
     assert all(torch.equal(x, y) for x, y in zip(a, again))
     assert not torch.equal(a.support_x, pickled.sample_episode("test", one_shot, seed=2, index=3).support_x)
 
 
-def test_suite_passes_the_conformance_kit(roots):
-    assert_suite_conforms(TieredImageNet(data_dir=roots["pickle"]), SuiteCheck(episodes=3))
+@pytest.mark.parametrize("layout", ["pickle", "npz"])
+def test_suite_passes_the_conformance_kit(roots, layout):
+    assert_suite_conforms(TieredImageNet(data_dir=roots[layout]), SuiteCheck(episodes=3))
+
+
+def test_npz_episodes_hold_its_pixels_in_rgb_order(tmp_path):
+    rng = np.random.default_rng(7)
+    rgb = rng.integers(0, 256, size=(5, 6, 84, 84, 3), dtype=np.uint8)  # 5 classes x 6 random images
+    write_npz(tmp_path, "val", [(100 + c, rgb[c, j]) for j in range(6) for c in range(5)])
+    suite = TieredImageNet(data_dir=tmp_path)
+    for index in range(3):
+        episode = suite.sample_episode("val", setting(suite, "5-way 1-shot"), seed=0, index=index)
+        for images, labels in ((episode.support_x, episode.support_y), (episode.query_x, episode.query_y)):
+            for image, label in zip(images, labels):
+                pixels = np.rint(image.numpy().transpose(1, 2, 0) * 255).astype(np.uint8)
+                assert any(np.array_equal(pixels, source) for source in rgb[int(episode.classes[label])])
+    TieredImageNet._pools.clear()  # read back from the image cache: still RGB
+    pool = TieredImageNet(data_dir=tmp_path).pool("val")
+    assert np.array_equal(pool.base_images(2, np.arange(6)), rgb[2])
+
+
+def test_npz_beside_the_png_pickle_is_not_read(tmp_path):
+    write_pickles(tmp_path, "val", DATA["val"])
+    (tmp_path / "val_images.npz").write_bytes(b"Ren et al.'s read_cache writes its decompressed copy here")
+    assert TieredImageNet(data_dir=tmp_path).num_classes("val") == SPLIT_CLASSES["val"]
 
 
 def test_folder_images_of_another_size_are_resized(tmp_path):
@@ -144,10 +187,15 @@ def test_missing_data_and_files_are_reported(tmp_path):
                  "{train,val,test}_images_png.pkl with {train,val,test}_labels.pkl", str(tmp_path / "tiered-imagenet"))
     write_pickles(tmp_path, "train", DATA["train"])
     expect_error(TieredImageNet(data_dir=tmp_path), f"tieredimagenet: {tmp_path} has no 'val' split; expected "
-                 "val_images_png.pkl with val_labels.pkl, or val/<class>/*.jpg", split="val")
+                 "val_images_png.pkl with val_labels.pkl, val_images.npz with val_labels.pkl, or val/<class>/*.jpg",
+                 split="val")
     (tmp_path / "train_labels.pkl").unlink()
     expect_error(TieredImageNet(data_dir=tmp_path), f"{tmp_path / 'train_images_png.pkl'} has no train_labels.pkl "
                  "beside it", split="train")
+    write_npz(tmp_path / "npz", "test", DATA["test"])
+    (tmp_path / "npz" / "test_labels.pkl").unlink()
+    expect_error(TieredImageNet(data_dir=tmp_path / "npz"), f"{tmp_path / 'npz' / 'test_images.npz'} has no "
+                 "test_labels.pkl beside it", split="test")
 
 
 def test_corrupt_and_mismatched_files_are_reported(tmp_path):
@@ -186,6 +234,63 @@ def test_corrupt_and_mismatched_files_are_reported(tmp_path):
     expect_error(TieredImageNet(data_dir=root), f"tieredimagenet: cannot decode {victim}: ", split="test")
 
 
+NPZ_EXPECTED = "expected an npz archive whose images is uint8 [N, 84, 84, 3], without pickled objects"
+
+
+def npz_root(tmp_path: Path, name: str, **arrays: np.ndarray) -> Path:
+    """A root whose test split is MetaOptNet's form of ``DATA["test"]``, its npz holding ``arrays`` if given."""
+    root = tmp_path / name
+    write_npz(root, "test", DATA["test"])
+    if arrays:
+        np.savez(root / "test_images.npz", **arrays)
+    return root
+
+
+def test_bad_npz_files_are_reported(tmp_path):
+    images = np.stack([bgr(image) for _, image in DATA["test"]])
+    root = npz_root(tmp_path, "truncated")
+    path = root / "test_images.npz"
+    path.write_bytes(path.read_bytes()[:5000])
+    expect_error(TieredImageNet(data_dir=root), f"tieredimagenet: {path} is not a zip archive (truncated, or not an "
+                 f"npz); {NPZ_EXPECTED}", split="test")
+
+    root = npz_root(tmp_path, "corrupt")
+    path = root / "test_images.npz"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one pixel byte: the member's CRC no longer holds
+    path.write_bytes(bytes(data))
+    expect_error(TieredImageNet(data_dir=root), f"tieredimagenet: cannot read {path}: BadZipFile: ", NPZ_EXPECTED,
+                 split="test")
+
+    root = npz_root(tmp_path, "nokey", pictures=images)
+    expect_error(TieredImageNet(data_dir=root), f"tieredimagenet: {root / 'test_images.npz'} has no images array "
+                 f"(it holds pictures); {NPZ_EXPECTED}", split="test")
+
+    root = npz_root(tmp_path, "shape", images=images[:, :32, :32])
+    expect_error(TieredImageNet(data_dir=root), f"tieredimagenet: {root / 'test_images.npz'}: images is uint8 "
+                 f"[{len(images)}, 32, 32, 3]; {NPZ_EXPECTED}", split="test")
+
+    root = npz_root(tmp_path, "dtype", images=images.astype(np.float32))
+    expect_error(TieredImageNet(data_dir=root), f"tieredimagenet: {root / 'test_images.npz'}: images is float32 "
+                 f"[{len(images)}, 84, 84, 3]; {NPZ_EXPECTED}", split="test")
+
+    objects = np.empty(len(images), dtype=object)
+    objects[:] = list(images)
+    root = npz_root(tmp_path, "objects", images=objects)
+    expect_error(TieredImageNet(data_dir=root), f"tieredimagenet: cannot read {root / 'test_images.npz'}: "
+                 "ValueError: Object arrays cannot be loaded when allow_pickle=False; " + NPZ_EXPECTED, split="test")
+
+    root = npz_root(tmp_path, "count", images=images[:-1])
+    expect_error(TieredImageNet(data_dir=root), f"tieredimagenet: {root / 'test_images.npz'} holds {len(images) - 1} "
+                 f"images but its labels file {len(images)} labels", split="test")
+
+    root = npz_root(tmp_path, "renlabels")  # Ren et al.'s labels file beside MetaOptNet's images
+    write_pickles(tmp_path / "ren", "test", DATA["test"])
+    (root / "test_labels.pkl").write_bytes((tmp_path / "ren" / "test_labels.pkl").read_bytes())
+    expect_error(TieredImageNet(data_dir=root), f"tieredimagenet: {root / 'test_labels.pkl'} is not a tieredImageNet "
+                 "labels file; expected a pickled dict with labels", split="test")
+
+
 class RunsShell:
     def __init__(self, marker: Path):
         self.marker = marker
@@ -204,9 +309,10 @@ def test_malicious_labels_pickle_is_refused(tmp_path):
     assert not marker.exists()
 
 
-def test_too_few_classes_or_images_are_reported(tmp_path):
+@pytest.mark.parametrize("layout", ["pickle", "npz"])
+def test_too_few_classes_or_images_are_reported(tmp_path, layout):
     data = {"val": make_split("val", classes=4), "test": make_split("test", counts=lambda c: 12 if c == 2 else 20)}
-    root = make_root(tmp_path / "few", "pickle", data)
+    root = make_root(tmp_path / "few", layout, data)
     suite = TieredImageNet(data_dir=root)
     with pytest.raises(DataError, match="^suite 'tieredimagenet': split 'val' has 4 classes, fewer than the 5 that "
                                         "5-way 1-shot needs$"):
