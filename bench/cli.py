@@ -320,10 +320,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _print_plan(config, registry)
 
     from bench import render
-    from bench.session import AUTO_EXECUTOR, EXECUTOR_ENV, INTERRUPTED, Execution, run_benchmark
+    from bench.session import (AUTO_EXECUTOR, EXECUTOR_ENV, INTERRUPTED, Execution, resumed_checkpoint_every,
+                               run_benchmark)
 
     executor = args.executor or os.environ.get(EXECUTOR_ENV) or AUTO_EXECUTOR
-    execution = Execution(executor, args.workers, args.ray_address, args.cell_timeout, args.checkpoint_every,
+    checkpoint_every = args.checkpoint_every
+    if checkpoint_every is None and args.resume is not None:  # go on from the killed run's checkpoints
+        checkpoint_every = resumed_checkpoint_every(args.resume)
+    execution = Execution(executor, args.workers, args.ray_address, args.cell_timeout, checkpoint_every,
                           show_progress=not args.no_progress, seeds_together=args.seeds_together,
                           loggers=tuple(name.strip() for name in (args.loggers or "").split(",") if name.strip()),
                           logger_options=tuple(args.logger_option))

@@ -79,6 +79,13 @@ def resumed_config(run_dir: Path) -> RunConfig:
     return build_run_config(values | {"out": str(run_dir)}, origin=f"{run_dir / RUN_FILE}")
 
 
+def resumed_checkpoint_every(run_dir: Path) -> int | None:
+    """How often the run in ``run_dir`` last wrote mid-cell checkpoints (``--checkpoint-every``, in run.json's
+    environment), so that ``bench run --resume`` goes on from them and keeps writing them; None where it wrote none."""
+    execution = RunStore(run_dir).run_info().get("environment", {}).get("execution", {})
+    return execution.get("checkpoint_every")
+
+
 def make_executor(registry: Registry, execution: Execution) -> Executor:
     """The executor the run asks for, with its options."""
     (registration,) = registry.select("executor", [execution.executor])

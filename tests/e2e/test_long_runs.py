@@ -110,8 +110,8 @@ def test_executors_give_identical_results(tmp_path, uninterrupted, executor):
 
 
 def test_a_cell_killed_mid_way_resumes_from_its_checkpoint(tmp_path):
-    """One long maml cell, checkpointed every 500 tasks, killed after a checkpoint: the resumed cell goes on
-    from there and ends with exactly the numbers of an uninterrupted cell. The in-process test (an interrupt
+    """One long maml cell, checkpointed every 500 tasks, killed after a checkpoint: the resumed cell (``--resume``
+    alone) goes on from there and ends with exactly the numbers of an uninterrupted cell. The in-process test (an interrupt
     right after the first checkpoint) does not replace it: here the kill lands wherever the process is, not
     where the test chose, and the resume starts in a fresh process that remembers nothing of the first."""
     cell = ("--learners", "maml", "--suites", "sinusoid", "--shots", "5", "--profile", "smoke", "--tasks", "2000",
@@ -129,8 +129,9 @@ def test_a_cell_killed_mid_way_resumes_from_its_checkpoint(tmp_path):
     process.wait()
     assert checkpoint.exists() and not cells_of(out), "killed before the first checkpoint or after the cell"
 
-    resumed = run_bench("run", "--resume", str(out), "--checkpoint-every", "500")
+    resumed = run_bench("run", "--resume", str(out))  # keeps the run's --checkpoint-every (run.json)
     assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((out / "run.json").read_text())["environment"]["execution"]["checkpoint_every"] == 500
     (metadata,) = cells_of(out).values()
     assert metadata["resumed_from_tasks"] >= 500 and metadata["tasks_seen"] == 2000
     assert not checkpoint.exists()  # removed once the cell finished
