@@ -27,4 +27,5 @@ def register_executors(register: Callable[[str, type], None]) -> None:
 
 @hookspec
 def register_loggers(register: Callable[[str, type], None]) -> None:
-    """Register live loggers of meta-training: ``register("tensorboard", TensorBoardLogger)``. Each must subclass bench.loggers.Logger."""
+    """Register live loggers of meta-training: ``register("tensorboard", TensorBoardLogger)``. Each must subclass
+    bench.loggers.Logger."""

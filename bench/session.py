@@ -240,8 +240,8 @@ def run_benchmark(config: RunConfig, registry: Registry, execution: Execution, s
     try:
         run_cells(cells, config, store, device, show_progress=execution.show_progress, executor=executor,
                   cell_timeout=execution.cell_timeout, checkpoint_every=execution.checkpoint_every,
-                  seeds_together=execution.seeds_together, loggers=loggers, warn=lambda message: say(f"warning: {message}"),
-                  on_start=on_start,
+                  seeds_together=execution.seeds_together, loggers=loggers,
+                  warn=lambda message: say(f"warning: {message}"), on_start=on_start,
                   on_cell=lambda cell, metadata: say(_cell_line(cell, metadata, said)))
     except KeyboardInterrupt:
         store.write_run_file(resolved, env, status=INTERRUPTED)

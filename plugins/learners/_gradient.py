@@ -137,8 +137,8 @@ def as_run_on(config: OuterConfig, ctx: MetaTrainContext) -> OuterConfig:
     changes: dict[str, Any] = {"compile": "false"}
     if config.meta_batch > 1:
         changes.update(meta_batch=1, outer_lr_decay_every=config.outer_lr_decay_every * config.meta_batch)
-        ctx.note(f"meta-batch {config.meta_batch} -> 1 on '{ctx.setting.name}' (its episodes vary in ways and shots and "
-                 "cannot be stacked; one episode a step, as Meta-Dataset trains)"
+        ctx.note(f"meta-batch {config.meta_batch} -> 1 on '{ctx.setting.name}' (its episodes vary in ways and shots "
+                 "and cannot be stacked; one episode a step, as Meta-Dataset trains)"
                  + (f"; the outer rate decays every {changes['outer_lr_decay_every']} steps, the episodes configured"
                     if config.outer_lr_decay_every else ""))
     if str(config.compile).lower() != "false":

@@ -28,7 +28,8 @@ def _experiment(run_dir: Path, options: dict[str, str]) -> str:
 
 
 class MLflowLogger(Logger):
-    """MLflow: one run per cell (hyper-parameters; training loss, meta-val metric per step by tasks seen; RUN/mlflow.db)."""
+    """MLflow: one run per cell (hyper-parameters; training loss, meta-val metric per step by tasks seen;
+    RUN/mlflow.db)."""
 
     requires = ("mlflow", "sqlalchemy", "alembic")
     install_hint = "pip install 'metabench[mlflow]'"

@@ -111,8 +111,8 @@ def test_executors_give_identical_results(tmp_path, uninterrupted, executor):
 
 def test_a_cell_killed_mid_way_resumes_from_its_checkpoint(tmp_path):
     """One long maml cell, checkpointed every 500 tasks, killed after a checkpoint: the resumed cell (``--resume``
-    alone) goes on from there and ends with exactly the numbers of an uninterrupted cell. The in-process test (an interrupt
-    right after the first checkpoint) does not replace it: here the kill lands wherever the process is, not
+    alone) goes on from there and ends with exactly the numbers of an uninterrupted cell. The in-process test (an
+    interrupt right after the first checkpoint) does not replace it: here the kill lands wherever the process is, not
     where the test chose, and the resume starts in a fresh process that remembers nothing of the first."""
     cell = ("--learners", "maml", "--suites", "sinusoid", "--shots", "5", "--profile", "smoke", "--tasks", "2000",
             "--episodes", "5", "--steps", "2", "--no-progress")

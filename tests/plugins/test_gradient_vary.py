@@ -69,9 +69,9 @@ def test_meta_gradient_and_predictions_equal_meta_datasets_sliced_logits(class_b
     weights = {"weight": torch.randn(HEAD_OUTPUTS, FEATURES, generator=generator, dtype=torch.float64),
                "bias": torch.randn(HEAD_OUTPUTS, generator=generator, dtype=torch.float64)}
     weights = {name: tensor.requires_grad_() for name, tensor in weights.items()}
-    episode = Episode(torch.randn(len(SUPPORT_LABELS), FEATURES, generator=generator, dtype=torch.float64),
-                      SUPPORT_LABELS, torch.randn(len(QUERY_LABELS), FEATURES, generator=generator, dtype=torch.float64),
-                      QUERY_LABELS, torch.arange(4))
+    support_x = torch.randn(len(SUPPORT_LABELS), FEATURES, generator=generator, dtype=torch.float64)
+    query_x = torch.randn(len(QUERY_LABELS), FEATURES, generator=generator, dtype=torch.float64)
+    episode = Episode(support_x, SUPPORT_LABELS, query_x, QUERY_LABELS, torch.arange(4))
     loop = InnerLoop(forward=lambda fast, slow, x: x @ fast["weight"].T + fast["bias"], loss=F.cross_entropy, lr=0.3,
                      episode_classes=True, class_balanced=class_balanced)
     batch = Episode(*(field.unsqueeze(0) for field in episode))

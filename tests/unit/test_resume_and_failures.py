@@ -127,7 +127,7 @@ def test_corrupt_and_truncated_cells_are_moved_aside_and_run_again(tmp_path, cap
     assert f"{names[0]}.json: unreadable or corrupt" in warnings[0] and "the cell runs again" in warnings[0]
     assert f"{names[1]}.json: its records {names[1]}.csv are truncated (3 of 15 rows)" in warnings[1]
     assert "6 cells (4 already finished)" in stderr
-    assert len(list((out / "cells" / "corrupt").rglob("*"))) == 1 + 8  # a dated folder with all four files of both cells
+    assert len(list((out / "cells" / "corrupt").rglob("*"))) == 1 + 8  # a dated folder, all 4 files of 2 cells
     pd.testing.assert_frame_equal(records_of(out), records_of(uninterrupted))
 
 
@@ -168,7 +168,7 @@ def test_full_disk_keeps_finished_cells_and_says_how_to_resume(tmp_path, monkeyp
 
     def filling_disk(path, text):
         writes.append(path)
-        if len(writes) > 9:  # run.json and two cells (training curve, validation, records and metadata each) fit, then the disk is full
+        if len(writes) > 9:  # run.json and two cells (training curve, validation, records, metadata) fit; then full
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_write(path, text)
 
