@@ -177,7 +177,7 @@ class InnerLoop:
 
 
 def task_predictor(predict: Callable[..., torch.Tensor], fast: Params, slow: Params,
-               support_y: torch.Tensor) -> Predictor:
+                   support_y: torch.Tensor) -> Predictor:
     """``predict`` of the weights ``fast`` and ``slow`` for a task whose support labels are ``support_y``."""
     return lambda x: predict(fast, slow, x, support_y)
 

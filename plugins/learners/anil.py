@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from bench_plugins.learners._gradient import inner_loop_options
-from bench_plugins.learners.maml import MAML
+from bench_plugins.learners.maml import MAML, zero_head
 
 from bench.api import MetaTrainContext
 
@@ -33,6 +33,8 @@ class ANIL(MAML):
         from bench.nn.functional import InnerLoop
 
         model = ctx.backbone()
+        if self.config.zero_head:
+            zero_head(model)
         head = f"{len(model) - 1}."  # backbones are nn.Sequential stacks whose last module is the head
         weights = dict(model.named_parameters())
         self.loop = InnerLoop(

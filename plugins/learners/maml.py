@@ -38,6 +38,9 @@ class MAMLConfig(GradientConfig):
     """
 
     inner_loss: Literal["mean", "class_sum"] = "class_sum"
+    zero_head: bool = False
+    """Start the head (the backbone's last layer, a Linear) at zero: every class's logit equal before adaptation
+    (Meta-Dataset's ``MAMLLearner.zero_fc_layer``, its MAML's default: on by default on a variable setting only)."""
 
 
 def reference_clip(ways: int, shots: int) -> float:
@@ -51,9 +54,9 @@ META_DATASET_MAML = {
     # (read): learn/gin/learners/maml_config.gin (MAMLLearner.alpha 0.01, num_update_steps 5; first_order True there:
     # fomaml is that baseline, maml its second-order form) and learner_config.gin (Trainer.learning_rate 1e-4,
     # decay_every 5,000, decay_rate 0.5, decay_learning_rate True in maml_config.gin); one episode an update; the mean
-    # support cross-entropy (tf.losses.softmax_cross_entropy).
+    # support cross-entropy (tf.losses.softmax_cross_entropy); the head initialised at zero (zero_fc_layer True).
     "inner_lr": 0.01, "inner_steps": 5, "meta_batch": 1, "inner_loss": "mean", "outer_lr": 1e-4,
-    "outer_lr_decay": 0.5, "outer_lr_decay_every": 5000,
+    "outer_lr_decay": 0.5, "outer_lr_decay_every": 5000, "zero_head": True,
 }
 
 PAPER_DEFAULTS = {
@@ -66,6 +69,20 @@ PAPER_DEFAULTS = {
     ("miniimagenet", 5, 5): {"inner_lr": 0.01, "inner_steps": 5, "meta_batch": 2,
                              "clip_grad": reference_clip(5, 5)},
 }
+
+
+def zero_head(model: "torch.nn.Module") -> None:
+    """Set the weights and bias of ``model``'s head, its last module, to zero (``MAMLConfig.zero_head``); a
+    ValueError where that is not a Linear layer."""
+    import torch
+
+    head = model[-1] if isinstance(model, torch.nn.Sequential) else None
+    if not isinstance(head, torch.nn.Linear):
+        raise ValueError(f"zero_head needs a backbone whose last module is a Linear head, got {type(head).__name__}")
+    with torch.no_grad():
+        head.weight.zero_()
+        if head.bias is not None:
+            head.bias.zero_()
 
 
 class MAML(GradientMetaLearner):
@@ -109,6 +126,8 @@ class MAML(GradientMetaLearner):
         from bench.nn.functional import InnerLoop
 
         model = ctx.backbone()
+        if self.config.zero_head:
+            zero_head(model)
         self.loop = InnerLoop(
             forward=lambda fast, slow, x: functional_call(model, fast, (x,)),
             loss=ctx.suite.loss,

@@ -162,7 +162,8 @@ def test_config_file_and_overrides(tmp_path):
     assert hyperparameters == {"maml @ sinusoid K=5": {"inner_lr": 0.02, "inner_steps": 2, "meta_batch": 25,
                                                        "outer_lr": 0.001, "chunk_tasks": 0, "compile": "auto",
                                                        "inner_loss": "class_sum", "clip_grad": 0.0,
-                                                       "outer_lr_decay": 1.0, "outer_lr_decay_every": 0}}
+                                                       "outer_lr_decay": 1.0, "outer_lr_decay_every": 0,
+                                                       "zero_head": False}}
     yaml_config = tmp_path / "bench.yaml"
     yaml_config.write_text("learners: maml\nprofile: smoke\ntasks: 50\nepisodes: 2\nsteps: 1\nshots: 5\n")
     assert main(["run", "--config", str(yaml_config), "--out", str(tmp_path / "yaml"), "--no-progress"]) == 0
