@@ -49,10 +49,20 @@ class MLflowLogger(Logger):
         self.client = _client(self.run_dir, self.options)
         experiment = self.client.get_experiment_by_name(_experiment(self.run_dir, self.options))
         tags = {f"metabench.{key}": str(cell[key]) for key in ("cell_id", "suite", "setting", "learner", "seed")}
+        tags["metabench.run_dir"] = str(self.run_dir.resolve())
+        self._end_killed_attempts(experiment.experiment_id, tags)
         self.run_id = self.client.create_run(experiment.experiment_id, run_name=cell["cell_id"], tags=tags).info.run_id
         values = {**cell["hyperparameters"], "task_budget": cell["task_budget"]}
         self.client.log_batch(self.run_id, params=[Param(key, str(value)) for key, value in values.items()])
         self.metric = cell["metric_name"]
+
+    def _end_killed_attempts(self, experiment_id: str, tags: dict[str, str]) -> None:
+        """Mark ``KILLED`` the runs an earlier attempt at this cell of this run folder left ``RUNNING`` (a process
+        killed mid-cell never finishes its run; the resumed cell starts a new one with the whole curve)."""
+        same_cell = " AND ".join(f"tags.`{key}` = '{tags[key]}'" for key in ("metabench.cell_id", "metabench.run_dir"))
+        running = self.client.search_runs([experiment_id], filter_string=f"{same_cell} AND attributes.status = 'RUNNING'")
+        for run in running:
+            self.client.set_terminated(run.info.run_id, "KILLED")
 
     def train(self, tasks_seen: int, loss: float) -> None:
         self.client.log_metric(self.run_id, "train_loss", loss, step=tasks_seen)

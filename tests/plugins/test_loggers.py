@@ -121,3 +121,31 @@ def test_a_logger_that_raises_is_dropped_with_one_note_and_the_cell_finishes(tmp
     for cell in cells_of(out).values():
         assert cell["status"] == "ok" and note in cell["notes"]
         assert read_csv(out / "cells" / f"{cell['cell_id']}.train.csv")["tasks_seen"].tolist() == [25, 50, 75, 100]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # SQLAlchemy 2.1 on MLflow's own ORM options
+def test_mlflow_marks_the_run_of_a_killed_attempt_killed_when_the_cell_starts_again(tmp_path):
+    """A process killed mid-cell leaves its MLflow run RUNNING; the resumed cell's logger marks it KILLED and starts
+    its own, which finishes. A cell of another run folder with the same id is left alone."""
+    pytest.importorskip("mlflow", reason="the mlflow extra: pip install -e '.[mlflow]'")
+    from bench_plugins.loggers.mlflow import MLflowLogger
+    from mlflow.tracking import MlflowClient
+
+    options = {"tracking_uri": f"sqlite:///{tmp_path / 'shared.db'}", "experiment": "shared"}
+    cell = {"cell_id": CELL, "suite": "sinusoid", "setting": "K=5", "learner": "maml", "seed": 0,
+            "hyperparameters": {"inner_lr": 0.01}, "task_budget": 100, "metric_name": "MSE", "lower_is_better": True}
+    first_run, other_run = tmp_path / "run", tmp_path / "other"
+    MLflowLogger.prepare(first_run, options)
+    other = MLflowLogger(other_run, options)
+    other.start(cell)  # another run folder's cell of the same id, still running
+    killed = MLflowLogger(first_run, options)
+    killed.start(cell)
+    killed.train(25, 1.5)  # ... and the process dies here
+    resumed = MLflowLogger(first_run, options)
+    resumed.start(cell)
+    resumed.train(25, 1.5)
+    resumed.finish("ok")
+    client = MlflowClient(tracking_uri=options["tracking_uri"])
+    statuses = {run.info.run_id: run.info.status
+                for run in client.search_runs([client.get_experiment_by_name("shared").experiment_id])}
+    assert statuses == {killed.run_id: "KILLED", resumed.run_id: "FINISHED", other.run_id: "RUNNING"}
