@@ -3,7 +3,6 @@ task, as the prototypical network's equivalent linear classifier."""
 from __future__ import annotations
 
 import dataclasses
-import math
 
 from bench_plugins.learners._gradient import OUTER_LR_RANGE, GradientConfig, GradientMetaLearner, inner_loop_options
 from bench_plugins.learners._metric import embedding_network
@@ -49,7 +48,8 @@ class ProtoMAML(GradientMetaLearner):
     linear layer supplies only the head's shape (its weights are never used); batch-norm weights are meta-learned but
     not adapted in the inner loop (``adapt_batch_norm = False``). On the ``vary`` setting (Meta-Dataset's
     variable-way, variable-shot episodes) the head has the setting's most ways; the classes an episode lacks get a
-    zero weight and a bias of -inf, so that they never win and take no gradient.
+    zero prototype, and their logits are -inf (``InnerLoop.episode_classes``, as every gradient learner's there), so
+    that they never win and take no gradient.
 
     Deviations: the suites' backbone, not Meta-Dataset's 4-layer convnet (or its tuned ResNet-18); the setting's
     fixed ways and shots unless it runs on ``vary``; no weight decay (the reference's
@@ -77,7 +77,6 @@ class ProtoMAML(GradientMetaLearner):
                 "inner_steps": IntRange(1, 6)}
 
     def build(self, ctx: MetaTrainContext) -> None:
-        import torch
         from torch.func import functional_call
 
         from bench.nn.backbones import EpisodeBatchNorm
@@ -93,9 +92,7 @@ class ProtoMAML(GradientMetaLearner):
             """``fast`` with the head of one task's support prototypes (differentiable in the body's weights)."""
             weights = {name: tensor for name, tensor in {**slow, **fast}.items() if not name.startswith(head)}
             prototypes = class_prototypes(functional_call(body, weights, (x,)), y, ways)
-            absent = (y.unsqueeze(-1) != torch.arange(ways, device=y.device)).all(dim=-2)  # beyond a variable episode's
-            bias = (-prototypes.square().sum(dim=-1)).masked_fill(absent, -math.inf)  # ways: a logit that always loses
-            return {**fast, f"{head}weight": 2 * prototypes, f"{head}bias": bias}
+            return {**fast, f"{head}weight": 2 * prototypes, f"{head}bias": -prototypes.square().sum(dim=-1)}
 
         self.loop = InnerLoop(
             forward=lambda fast, slow, x: functional_call(model, {**slow, **fast}, (x,)),

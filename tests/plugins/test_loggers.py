@@ -131,7 +131,7 @@ def test_mlflow_marks_the_run_of_a_killed_attempt_killed_when_the_cell_starts_ag
     from bench_plugins.loggers.mlflow import MLflowLogger
     from mlflow.tracking import MlflowClient
 
-    options = {"tracking_uri": f"sqlite:///{tmp_path / 'shared.db'}", "experiment": "shared"}
+    options = {"tracking_uri": f"sqlite:///{tmp_path / 'common.db'}", "experiment": "common"}
     cell = {"cell_id": CELL, "suite": "sinusoid", "setting": "K=5", "learner": "maml", "seed": 0,
             "hyperparameters": {"inner_lr": 0.01}, "task_budget": 100, "metric_name": "MSE", "lower_is_better": True}
     first_run, other_run = tmp_path / "run", tmp_path / "other"
@@ -147,5 +147,5 @@ def test_mlflow_marks_the_run_of_a_killed_attempt_killed_when_the_cell_starts_ag
     resumed.finish("ok")
     client = MlflowClient(tracking_uri=options["tracking_uri"])
     statuses = {run.info.run_id: run.info.status
-                for run in client.search_runs([client.get_experiment_by_name("shared").experiment_id])}
+                for run in client.search_runs([client.get_experiment_by_name("common").experiment_id])}
     assert statuses == {killed.run_id: "KILLED", resumed.run_id: "FINISHED", other.run_id: "RUNNING"}
