@@ -48,8 +48,9 @@ class NonFiniteLossError(RuntimeError):
     """A learner reported a NaN or infinite training loss."""
 
 
-class CellTimeoutError(RuntimeError):
-    """A cell ran longer than ``--cell-timeout``."""
+class CellTimeoutError(BaseException):
+    """A cell ran longer than ``--cell-timeout``. Not an ``Exception``, as ``KeyboardInterrupt`` is not: a plugin's
+    ``except Exception`` (a compile failure's eager fallback, say) must not swallow the host's deadline."""
 
 
 @contextlib.contextmanager
@@ -442,13 +443,23 @@ def train_together(cells: list[Cell], config: RunConfig, device: torch.device,
     ``on_point`` and checkpoints; a member whose loss became non-finite comes back as a ``MemberFailure``. Raises
     ``SeedsApart`` when they cannot train together, and what the learner raises. Each member has its own
     ``loggers``."""
+    members = start_together(cells, config, device, on_points, progress, checkpoints, loggers)
+    return _train_seed_group([learner for learner, _ in members], [context for _, context in members])
+
+
+def start_together(cells: list[Cell], config: RunConfig, device: torch.device,
+                   on_points: list[PointCallback | None] | None = None,
+                   progress: Callable[[int, float | None], None] = lambda tasks, loss: None,
+                   checkpoints: Callable[[Cell], Checkpoints | None] = lambda cell: None,
+                   loggers: tuple[LoggerSpec, ...] = ()) -> list[tuple[Learner, HostContext]]:
+    """Each member's learner and host context, ready to meta-train together (``train_together``'s first half). Raises
+    ``SeedsApart`` when they cannot train together."""
     learner_class = cells[0].learner.cls
     if not trains_seeds_together(learner_class):
         raise SeedsApart(f"{cells[0].learner.name} does not meta-train several models together")
     suite: TaskSuite = config.make_suite(cells[0].suite.cls)
-    members = [_start(cell, config, suite, device, progress, checkpoints(cell), on_point, loggers)
-               for cell, on_point in zip(cells, on_points or [None] * len(cells), strict=True)]
-    return _train_seed_group([learner for learner, _ in members], [context for _, context in members])
+    return [_start(cell, config, suite, device, progress, checkpoints(cell), on_point, loggers)
+            for cell, on_point in zip(cells, on_points or [None] * len(cells), strict=True)]
 
 
 def _selection_fields(selection: Selection, validation: MetaValidation | None) -> dict:
@@ -561,9 +572,7 @@ def _test_each(cells: list[Cell], config: RunConfig, home_suite: TaskSuite, trai
     for cell in cells:
         try:
             tested = _test(cell, config, home_suite, trained, device, show_progress)
-        except CellTimeoutError:
-            raise
-        except Exception as error:  # a test that fails fails its cell only
+        except Exception as error:  # a test that fails fails its cell only (a timeout is no Exception: all fail)
             failed = _failed(cell, config, device, error, trained.tasks_seen, training=trained.training, **fields)
             finish.append(lambda memory, failed=failed: failed)
             continue
@@ -608,7 +617,7 @@ def run_cell(cell: Cell, config: RunConfig, device: torch.device, show_progress:
                 learner, context = _start(cell, config, suite, device, loss_progress(bar), checkpoints, None, loggers)
                 trained = _train(learner, context)
             finish = _test_each(targets, config, suite, trained, device, show_progress, models_dir, **fields)
-    except Exception as error:  # a plugin's failure fails its cell, not the run
+    except (Exception, CellTimeoutError) as error:  # a plugin's failure or the deadline fails its cell, not the run
         return [_failed(target, config, device, error, context.tasks_seen if context else 0,
                         training=context.curve.rows if context else [], **fields) for target in targets]
     return [outcome(memory) for outcome in finish]
@@ -633,13 +642,16 @@ def run_seed_group(cells: list[Cell], config: RunConfig, device: torch.device, s
     seeds = [cell.seed for cell in homes]
     label = f"{homes[0].learner.name} | {homes[0].suite.name} {homes[0].setting.name} | seeds {_seed_list(seeds)}"
     finish: list[Callable[[PeakMemory], CellOutcome]] = []
+    contexts: dict[int, HostContext] = {}  # by seed, once started: a timed-out seed keeps its curve
     try:
         with deadline(timeout and timeout * len(homes), f"the group of {len(homes)} seeds"), \
                 PeakMemory(device) as memory:
             with progress_bar(budget.meta_train_tasks * len(homes), f"meta-train {label}", "task",
                               show_progress) as bar:
-                trained = train_together(homes, config, device, progress=loss_progress(bar), checkpoints=checkpoints,
+                members = start_together(homes, config, device, progress=loss_progress(bar), checkpoints=checkpoints,
                                          loggers=loggers)
+                contexts = {home.seed: context for home, (_, context) in zip(homes, members, strict=True)}
+                trained = _train_seed_group([learner for learner, _ in members], list(contexts.values()))
             for home, one in zip(homes, trained, strict=True):
                 targets = _with_targets(home, cells)
                 if not isinstance(one, MemberFailure):
@@ -651,8 +663,13 @@ def run_seed_group(cells: list[Cell], config: RunConfig, device: torch.device, s
                                      seed_group=seeds)
                     finish.append(lambda memory, failed=failed: failed)
     except CellTimeoutError as error:
-        return _in_order(cells, [_failed(target, config, device, error, seed_group=seeds)
-                                 for home in homes for target in _with_targets(home, cells)])
+        timed_out = []
+        for home in homes:
+            context = contexts.get(home.seed)
+            timed_out += [_failed(target, config, device, error, context.tasks_seen if context else 0,
+                                  training=context.curve.rows if context else [], seed_group=seeds)
+                          for target in _with_targets(home, cells)]
+        return _in_order(cells, timed_out)
     except Exception as error:  # the group could not train together: each seed alone, as it would have run
         why = "cannot train together" if isinstance(error, SeedsApart) else "failed in meta-training together"
         note = f"meta-trained alone: the seed group {why} ({type(error).__name__}: {error})"

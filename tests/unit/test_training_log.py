@@ -1,6 +1,6 @@
 """The training curve of every cell (``cells/<cell>.train.csv``): its rows and their means, across a resume from a
-checkpoint, up to a failure, for each seed of a group, in ``bench db`` and in the report; and what live loggers
-hear of it."""
+checkpoint, up to a failure or a timeout, for each seed of a group, in ``bench db`` and in the report; and what live
+loggers hear of it."""
 from __future__ import annotations
 
 import dataclasses
@@ -98,13 +98,13 @@ def registry():
 
 
 def run(registry, out: Path, learners=("counting",), checkpoint_every: int | None = None, seeds_together: int = 0,
-        **overrides) -> RunStore:
+        cell_timeout: float | None = None, **overrides) -> RunStore:
     config = RunConfig(**{**dict(learners=list(learners), profile="smoke", shots=[5], episodes=2, tasks=BUDGET,
                                  steps=1, val_every=250, val_episodes=2), **overrides})
     store = RunStore(out)
     store.open({"test": True}, {})
     run_cells(plan(config, registry), config, store, torch.device("cpu"), show_progress=False,
-              checkpoint_every=checkpoint_every, seeds_together=seeds_together,
+              checkpoint_every=checkpoint_every, seeds_together=seeds_together, cell_timeout=cell_timeout,
               loggers=(LoggerSpec("recorder", Recorder, str(out)),))
     return store
 
@@ -198,6 +198,21 @@ def test_each_seed_of_a_group_has_its_own_curve_as_it_would_alone(registry, tmp_
     mine = curves.set_index(["seed", "tasks_seen"])["train_loss"]
     assert not np.allclose(mine[0], mine[1])  # each seed its own
     np.testing.assert_allclose(mine, apart.set_index(["seed", "tasks_seen"])["train_loss"].loc[mine.index], rtol=1e-4)
+
+
+def test_each_seed_of_a_group_that_runs_out_of_time_keeps_its_curve(registry, tmp_path):
+    """maml's 2 seeds train together under --cell-timeout 2 (4 s for the group) on a budget that takes minutes."""
+    store = run(registry, tmp_path / "run", learners=("maml",), tasks=200_000, val_episodes=0, seeds=2,
+                cell_timeout=2)
+    cells = store.cells()
+    timed_out = "CellTimeoutError: the group of 2 seeds ran longer than --cell-timeout 4 s"
+    assert [cell.error for cell in cells] == [timed_out] * 2
+    for cell in cells:  # the report reads finished cells only: the files themselves
+        rows = pd.read_csv(training_file(store.cells_dir, cell.cell_id))
+        assert rows["seed"].unique().tolist() == [cell.seed]
+        assert len(rows) >= 1 and 0 < rows["tasks_seen"].iloc[-1] <= cell.tasks_seen < 200_000
+        assert np.isfinite(rows["train_loss"]).all()
+        assert Recorder.events[cell.cell_id][-1] == ("finish", "failed")
 
 
 def test_the_report_plots_the_training_curve_and_old_run_folders_still_render(registry, tmp_path):
