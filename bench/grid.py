@@ -41,7 +41,7 @@ class Cell:
     @property
     def suite_label(self) -> str:
         """How tables name the cell's suite: ``omniglot``, or ``omniglot→digits`` for a cross-domain cell."""
-        return f"{self.suite.name}→{self.test_suite.name}" if self.test_suite else self.suite.name
+        return f"{self.suite.name}{CROSS_DOMAIN}{self.test_suite.name}" if self.test_suite else self.suite.name
 
     @property
     def cell_id(self) -> str:
@@ -58,6 +58,15 @@ class Cell:
     @property
     def label(self) -> str:
         return f"{self.learner.name} | {self.suite_label} {self.setting.name} | seed {self.seed}"
+
+
+CROSS_DOMAIN = "→"
+"""Between the meta-training and the test suite in a cross-domain cell's suite label."""
+
+
+def home_suite(suite_label: str) -> str:
+    """The meta-training suite of a table's suite label: ``omniglot`` of ``omniglot→digits`` and of ``omniglot``."""
+    return suite_label.split(CROSS_DOMAIN)[0]
 
 
 def tuned_key(suite: str, setting: Setting) -> str:

@@ -28,6 +28,7 @@ from urllib.parse import quote
 
 from bench import render
 from bench.db import find_folders
+from bench.grid import home_suite
 from bench.errors import BenchError
 from bench.headline import Headline, headlines
 from bench.report import Report, format_number, format_steps
@@ -77,7 +78,8 @@ class RunPage:
         keyed as ``bench.grid.tuned_key`` names settings), or its defaults with any ``--set``."""
         config = self.info.get("config", {})
         tuned = config.get("tuned") or {}
-        if f"{headline.suite} {headline.setting}" in tuned.get("hyperparameters", {}).get(headline.learner, {}):
+        key = f"{home_suite(headline.suite)} {headline.setting}"  # a cross-domain model was tuned on its home suite
+        if key in tuned.get("hyperparameters", {}).get(headline.learner, {}):
             return f"tuned: {tuned.get('trials')} trials x {tuned.get('trial_tasks')} tasks"
         overrides = (config.get("set") or {}).get(headline.learner)
         return "defaults" + (", " + ", ".join(f"{key}={value}" for key, value in overrides.items()) if overrides else "")

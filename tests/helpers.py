@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -235,6 +236,12 @@ def interrupt_once_saved(monkeypatch, checkpoint: Path) -> Callable[[], None]:
 
     monkeypatch.setattr(runner.HostContext, "checkpoint", save_then_interrupt)
     return lambda: monkeypatch.setattr(runner.HostContext, "checkpoint", save)
+
+
+def readme_sql() -> list[str]:
+    """The README's example SQL queries (its ```sql blocks), in the README's order: the tests run them as written."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    return re.findall(r"^```sql\n(.*?)^```$", readme, re.MULTILINE | re.DOTALL)
 
 
 def setting(suite: "TaskSuite", name: str) -> "Setting":

@@ -56,7 +56,11 @@ class MetaSGD(GradientMetaLearner):
 
     @classmethod
     def suite_defaults(cls, suite: TaskSuite, setting: Setting) -> dict[str, Any]:
-        """MAML's paper meta-batch and meta-gradient clamp on the image suites; always one inner step (Meta-SGD)."""
+        """MAML's paper meta-batch and meta-gradient clamp on the image suites; always one inner step (Meta-SGD). On a
+        variable setting one episode a step (Meta-Dataset's), Meta-SGD's outer rate and no clamp: MAML's values there
+        are Meta-Dataset's MAML's, and its mini-ImageNet clamp is defined for a fixed N and K."""
+        if setting.variable is not None:
+            return {"meta_batch": 1, "inner_steps": 1}
         maml = MAML.suite_defaults(suite, setting)
         shared = {key: value for key, value in maml.items() if key in ("meta_batch", "clip_grad")}
         return {**shared, "inner_steps": 1} if maml else {}

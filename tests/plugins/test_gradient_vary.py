@@ -103,6 +103,18 @@ def test_as_run_on_a_variable_setting_takes_one_episode_a_step(staged, registry)
     assert as_run_on(config, fixed) is config
 
 
+def test_metasgd_on_a_variable_setting_keeps_its_own_outer_rate_and_takes_no_clamp(registry):
+    """Not MAML's Meta-Dataset values (outer rate 1e-4, five steps) and not its mini-ImageNet clamp, which is defined
+    for a fixed N and K: one inner step, one episode a step, Meta-SGD's 1e-3."""
+    from bench_plugins.suites.miniimagenet import MiniImageNet
+
+    learner_class = registry.learners["metasgd"].cls
+    for suite in (Omniglot(), MiniImageNet()):
+        config = learner_class.Config(**learner_class.suite_defaults(suite, vary(suite)))
+        assert (config.meta_batch, config.inner_steps, config.outer_lr, config.clip_grad) == (1, 1, 1e-3, 0.0)  # 0: off
+    assert learner_class.Config(**learner_class.suite_defaults(MiniImageNet(), MiniImageNet().settings()[0])).clip_grad
+
+
 def test_seeds_of_a_variable_setting_train_apart(staged, registry):
     suite = Omniglot(data_dir=staged)
     learner_class = registry.learners["maml"].cls

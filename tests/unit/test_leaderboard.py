@@ -124,6 +124,16 @@ def headline(learner: str, mean: float, lower_is_better: bool, tasks: int = 100,
                     test_episodes, 0, [mean], None, 1, 1, [1], tasks, test_episodes, 10, 1)
 
 
+def test_a_cross_domain_result_of_a_tuned_learner_says_tuned():
+    """The tuned table names the meta-training suite's setting; the cross-domain row's suite is the pair's label."""
+    info = {"config": {"tuned": {"trials": 2, "trial_tasks": 20,
+                                 "hyperparameters": {"maml": {"omniglot 5-way 1-shot": {"inner_lr": 0.3}}}}}}
+    page = RunPage("run", info, [])
+    for suite in ("omniglot", "omniglot→digits"):
+        assert page.tuning(dataclasses.replace(headline("maml", 0.9, False), suite=suite)) == "tuned: 2 trials x 20 tasks"
+    assert page.tuning(headline("anil", 0.9, False)) == "defaults"
+
+
 @pytest.mark.parametrize("lower_is_better, best, order", [
     (False, "b", ["maml", "anil", "protonet", "diverged"]), (True, "a", ["maml", "protonet", "anil", "diverged"])])
 def test_best_follows_the_metrics_direction(lower_is_better, best, order):

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import interrupt_once_saved
+from helpers import interrupt_once_saved, readme_sql
 
 from bench import db, hookimpl
 from bench.api import Learner
@@ -184,6 +184,10 @@ def test_a_failed_cell_keeps_its_curve_up_to_the_failure_and_bench_db_reads_it(r
     pd.testing.assert_frame_equal(
         stored[[*IDENTITY, "tasks_seen", "train_loss"]].sort_values(["learner", "tasks_seen"]).reset_index(drop=True),
         files.sort_values(["learner", "tasks_seen"]).reset_index(drop=True))
+    *_, last_loss_of_failed_cells = readme_sql()  # the README's example, as written
+    (last,) = pd.read_sql(last_loss_of_failed_cells, sqlite3.connect(database)).itertuples()
+    assert (last.cell_id, last.tasks_seen, last.error) == (failed.cell_id, failed.tasks_seen, failed.error)
+    assert pd.isna(last.train_loss)
 
 
 def test_each_seed_of_a_group_has_its_own_curve_as_it_would_alone(registry, tmp_path):
