@@ -130,7 +130,8 @@ def test_a_cross_domain_result_of_a_tuned_learner_says_tuned():
                                  "hyperparameters": {"maml": {"omniglot 5-way 1-shot": {"inner_lr": 0.3}}}}}}
     page = RunPage("run", info, [])
     for suite in ("omniglot", "omniglot→digits"):
-        assert page.tuning(dataclasses.replace(headline("maml", 0.9, False), suite=suite)) == "tuned: 2 trials x 20 tasks"
+        tuned = page.tuning(dataclasses.replace(headline("maml", 0.9, False), suite=suite))
+        assert tuned == "tuned: 2 trials x 20 tasks"
     assert page.tuning(headline("anil", 0.9, False)) == "defaults"
 
 
