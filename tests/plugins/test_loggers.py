@@ -71,6 +71,24 @@ def test_tensorboard_and_mlflow_hear_the_training_and_validation_curves_of_the_c
         assert [(metric.step, metric.value) for metric in client.get_metric_history(run.info.run_id, key)] == points
 
 
+def test_cells_in_worker_processes_log_from_their_workers(tmp_path):
+    """Two cells in two worker processes: each worker's TensorBoard writer holds its own cell's curve."""
+    pytest.importorskip("tensorboard", reason="the tensorboard extra: pip install -e '.[tensorboard]'")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    assert cli.main([*RUN, "--learners", "maml,fomaml", "--executor", "processes", "--workers", "2",
+                     "--loggers", "tensorboard", "--out", str(out)]) == 0
+    assert json.loads((out / "run.json").read_text())["environment"]["execution"]["executor"] == "processes"
+    for cell in ("sinusoid__K=5__maml__seed0", "sinusoid__K=5__fomaml__seed0"):
+        training = read_csv(out / "cells" / f"{cell}.train.csv")
+        events = EventAccumulator(str(out / "tensorboard" / cell))
+        events.Reload()
+        expected = zip(training["tasks_seen"], training["train_loss"])
+        assert [(event.step, event.value) for event in events.Scalars("train_loss")] == [
+            (tasks, pytest.approx(loss, rel=1e-6)) for tasks, loss in expected]
+
+
 def test_an_unknown_logger_is_one_line_before_any_work(tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main([*RUN, "--loggers", "tensorboard,wandb", "--out", str(out)]) == 2

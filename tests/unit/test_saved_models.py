@@ -88,6 +88,12 @@ def test_eval_at_more_steps_and_episodes_repeats_the_run_on_the_episodes_they_sh
     capsys.readouterr()
     assert cli.main(["runs", "--results", str(tmp_path)]) == 0
     assert "eval" in capsys.readouterr().out
+    records = records_of(out)
+    assert cli.main(["eval", str(saved), "--out", str(out), "--steps", "4", "--episodes", "8", "--no-progress"]) == 0
+    assert "(2 already finished)" in capsys.readouterr().err  # the same command again goes on from what is written
+    pd.testing.assert_frame_equal(records_of(out), records)
+    assert cli.main(["compare", str(saved), str(out)]) == 2  # other steps: not comparable, as any two such runs
+    assert "adaptation steps" in capsys.readouterr().err
 
 
 def _truncate(run: Path) -> str:
@@ -107,7 +113,24 @@ def _other_version(run: Path) -> str:
             f"{installed} is installed")
 
 
-@pytest.mark.parametrize("damage", [_truncate, _other_version])
+def _other_hyperparameters(run: Path) -> str:
+    path = run / "cells" / f"{MAML}.model.pt"
+    model = torch.load(path, weights_only=True)
+    model["info"]["hyperparameters"]["inner_lr"] *= 2
+    torch.save(model, path)
+    return f"cell {MAML}: its saved model is refused: its hyper-parameters differ now in inner_lr"
+
+
+def _other_fingerprint(run: Path) -> str:
+    path = run / "cells" / f"{MAML}.model.pt"
+    model = torch.load(path, weights_only=True)
+    now, model["info"]["cell_fingerprint"] = model["info"]["cell_fingerprint"], "0" * 16
+    torch.save(model, path)
+    return (f"cell {MAML}: its saved model is refused: its cell fingerprint was {'0' * 16}, the run's configuration "
+            f"now gives {now} (budget, selection, data folder or backbone)")
+
+
+@pytest.mark.parametrize("damage", [_truncate, _other_version, _other_hyperparameters, _other_fingerprint])
 def test_a_bad_model_is_one_line_and_touches_nothing(runs, tmp_path, capsys, damage):
     run, out = tmp_path / "run", tmp_path / "eval"
     shutil.copytree(runs["saved"], run)
@@ -118,6 +141,18 @@ def test_a_bad_model_is_one_line_and_touches_nothing(runs, tmp_path, capsys, dam
     err = capsys.readouterr().err
     assert err.startswith(f"bench eval: error: {expected}") and err.count("\n") == 1
     assert snapshot(run) == before and not out.exists()
+
+
+def test_fewer_steps_than_a_cells_val_chosen_step_are_refused(runs, tmp_path, capsys):
+    """The re-evaluation's curves must reach the step each cell is read at (chosen on meta-validation in the run)."""
+    run, out = tmp_path / "run", tmp_path / "eval"
+    shutil.copytree(runs["saved"], run)
+    meta = run / "cells" / f"{MAML}.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "selected_step": 2}))
+    assert cli.main(["eval", str(run), "--out", str(out), "--steps", "1", "--no-progress"]) == 2
+    assert capsys.readouterr().err == (f"bench eval: error: --steps 1: cell {MAML} was chosen on meta-validation at "
+                                       "step 2, which its curve would not reach; use --steps 2 or more\n")
+    assert not out.exists()
 
 
 def test_a_run_without_saved_models_is_refused(runs, tmp_path, capsys):
