@@ -164,3 +164,16 @@ def test_run_end_to_end_with_protonet_and_a_refused_learner(staged, tmp_path, ca
     assert any("protonet" in row and "accuracy ↑ 0." in row for row in rows), rows
     assert any("metaoptnet" in row and "n/a: MetaOptNet does not handle" in row for row in rows), rows
     assert "protonet" in (out / "report.md").read_text()
+
+
+def test_the_refusal_is_the_same_line_in_dry_run_and_describe(staged, capsys):
+    reason = ("n/a: MetaOptNet does not handle episodes of varying ways and shots (setting 'vary': Meta-Dataset's "
+              "sampler); run it on a fixed setting")
+    assert main(["run", "--learners", "metaoptnet", "--suites", "omniglot", "--shots", VARY, "--data-dir", str(staged),
+                 "--dry-run"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("omniglot  vary")]
+    assert rows and all(row.endswith(reason) for row in rows), rows
+    assert main(["describe", "metaoptnet"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if " vary " in line]
+    assert len(rows) >= 6 and all(row.endswith(reason) for row in rows), rows
+

@@ -111,6 +111,18 @@ def test_a_missing_cross_domain_cell_runs_again_and_its_finished_home_cell_is_ke
     np.testing.assert_allclose(after.sort_values(key).metric, cross_before.sort_values(key).metric, rtol=1e-6)
 
 
+def test_settings_a_test_suite_has_no_counterpart_of_are_named_in_a_note(registry, staged):
+    """omniglot's 20-way settings have no digits counterpart (digits is 5-way): tested on omniglot only."""
+    from bench.session import check_cross_domain
+
+    config = RunConfig(learners=["protonet"], suites=["omniglot"], ways=[5, 20], shots=[1], test_suites=["digits"],
+                       seeds=1, data_dir=str(staged))
+    said: list[str] = []
+    check_cross_domain(config, plan(config, registry), said.append)
+    assert said == ["note: --test-suites digits has no setting of the kind, ways and shots of omniglot 20-way 1-shot: "
+                    "tested on their own suite only"]
+
+
 def test_a_test_only_suite_refuses_its_other_splits():
     setting = SinusoidShift().settings()[0]
     with pytest.raises(DataError, match="suite 'sinusoid-shift' is test-only: it has no 'train' split"):
