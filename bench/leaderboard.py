@@ -28,8 +28,8 @@ from urllib.parse import quote
 
 from bench import render
 from bench.db import find_folders
-from bench.grid import home_suite
 from bench.errors import BenchError
+from bench.grid import home_suite
 from bench.headline import Headline, headlines
 from bench.report import Report, format_number, format_steps
 from bench.store import RunStore, atomic_write_bytes, atomic_write_text

@@ -488,7 +488,7 @@ def _metadata(cell: Cell, config: RunConfig, device: torch.device) -> Callable[.
     )
 
 
-def _failed(cell: Cell, config: RunConfig, device: torch.device, error: Exception, tasks_seen: int = 0, *,
+def _failed(cell: Cell, config: RunConfig, device: torch.device, error: BaseException, tasks_seen: int = 0, *,
             training: list[tuple[int, float]] = (), **fields: Any) -> CellOutcome:
     """A failed cell's outcome, with its training curve up to the failure."""
     return _metadata(cell, config, device)(
