@@ -205,8 +205,8 @@ def measure(cell: Cell, suite: TaskSuite, device: torch.device, iterations: int,
     ``cell_budget`` tasks as their budget (a run's, for what they decide from it)."""
     implementations: list[type[Learner]] = [cell.learner.cls]
     reference = cell.learner.cls.reference()
-    if reference is not None and reference.unavailable_reason() is None:  # e.g. learn2learn not installed
-        implementations.append(reference)
+    if reference is not None and reference.unavailable_reason() is None and not declined(reference, suite, cell.setting):
+        implementations.append(reference)  # not where it is not installed or does not apply (e.g. on 'vary')
     rows = []
     for learner_class in implementations:
         learner = learner_class(cell.hyperparameters)

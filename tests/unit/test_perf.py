@@ -52,6 +52,19 @@ def test_perf_skips_a_learner_that_does_not_apply_with_a_note(capsys):
             "a regression suite") in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("private_cache")
+def test_perf_on_vary_times_the_learner_without_its_reference_which_does_not_apply_there(staged, tmp_path, capsys):
+    """learn2learn's MAML is "n/a" on Meta-Dataset's episodes (no episode-class mask): not timed beside fomaml there,
+    and no gradient check that would compare two different objectives."""
+    out = tmp_path / "perf.json"
+    assert main(["perf", "--suites", "omniglot", "--shots", "vary", "--learners", "fomaml", "--data-dir", str(staged),
+                 "--iterations", "2", "--warmup", "0", "--eval-episodes", "1", "--json", str(out)]) == 0, \
+        capsys.readouterr().err
+    (row,) = json.loads(out.read_text())["rows"]
+    assert (row["setting"], row["implementation"], row["gradient_check"]) == ("vary", "metabench", None)
+    assert row["train_tasks_per_s"] > 0 and "compile=auto -> false on 'vary'" in row["notes"]
+
+
 THIRD_PARTY_LEARNER = '''
 """A third-party learner that declares a reference; neither implements bench.api.MetaGradient."""
 import dataclasses
