@@ -80,8 +80,8 @@ def positive_float(text: str) -> float:
 
 
 SELECTION_FLAGS = (  # flag, type, metavar, help, the default of bench run (from the config)
-    ("--learners", str, None, "'all' or comma-separated learner names", "all"),
-    ("--suites", str, None, "'all' or comma-separated suite names", "sinusoid"),
+    ("--learners", str, None, "'all' and/or comma-separated learner names (all,l2l-maml: both)", "all"),
+    ("--suites", str, None, "'all' and/or comma-separated suite names", "sinusoid"),
     ("--shots", shot_counts, "K,...", "only the settings with these shots; 'vary': the settings whose episodes vary in "
      "ways and shots (Meta-Dataset's sampler)", "all settings"),
     ("--ways", positive_ints, "N,...", "only the settings with these ways (classification suites)", "all settings"),

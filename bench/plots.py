@@ -26,10 +26,12 @@ def _png(figure: plt.Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _color(report: Report, learner: str) -> str:
-    """One colour per learner across every figure of a report."""
+def _color(report: Report, learner: str) -> tuple[float, ...] | str:
+    """One colour per learner across every figure of a report: matplotlib's default cycle for up to 10 learners,
+    ``tab20`` (20 distinct colours) for more, repeating only beyond 20."""
     learners = sorted({cell.learner for cell in report.cells})
-    return f"C{learners.index(learner) % 10}"
+    index = learners.index(learner)
+    return f"C{index}" if len(learners) <= 10 else plt.get_cmap("tab20")(index % 20)
 
 
 def _axis_label(report: Report, suite: str) -> str:
@@ -41,6 +43,11 @@ LOG_SCALE_RANGE = 100.0
 """Positive values spanning more than this factor (e.g. a diverging learner beside converged ones) get a log axis."""
 
 
+ROW_OF_NAMES = 6
+"""Learner names that fit side by side under a bar chart, or in a legend over a line chart; more are slanted, or
+the legend goes beside the axes."""
+
+
 def _decorate(axes: plt.Axes, title: str, xlabel: str, ylabel: str) -> None:
     """Labels, grid, legend, and a log axis where the plotted values span more than ``LOG_SCALE_RANGE``."""
     values = np.concatenate([np.asarray(line.get_ydata(), dtype=float) for line in axes.get_lines()] or [np.empty(0)])
@@ -49,7 +56,10 @@ def _decorate(axes: plt.Axes, title: str, xlabel: str, ylabel: str) -> None:
         axes.set_yscale("log")
     axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
     axes.grid(alpha=0.3)
-    if axes.get_legend_handles_labels()[0]:
+    handles = axes.get_legend_handles_labels()[0]
+    if len(handles) > ROW_OF_NAMES:  # a legend this long would cover the curves: beside the axes
+        axes.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    elif handles:
         axes.legend(frameon=False)
 
 
@@ -120,11 +130,13 @@ def metric_versus_time(report: Report, suite: str, setting: str) -> bytes:
 def final_bars(report: Report, suite: str, setting: str) -> bytes:
     ranked = report.rankings[suite, setting]
     finals = [group.result for group in ranked]
-    figure, axes = plt.subplots(figsize=(6, 3.2))
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.5 * len(ranked)), 3.2))
     positions = np.arange(len(ranked))
     axes.bar(positions, [row["mean"] for row in finals], yerr=[row["ci95"] for row in finals], capsize=4,
              color=[_color(report, group.learner) for group in ranked])
-    axes.set_xticks(positions, [group.learner for group in ranked])
+    slanted = len(ranked) > ROW_OF_NAMES  # more names than fit side by side: slanted, so that none overlaps
+    axes.set_xticks(positions, [group.learner for group in ranked], rotation=35 if slanted else 0,
+                    ha="right" if slanted else "center", rotation_mode="anchor")
     axes.set(title=f"{suite} {setting}: at the val-chosen step (mean, 95% CI)", ylabel=_axis_label(report, suite))
     axes.grid(axis="y", alpha=0.3)
     return _png(figure)

@@ -112,17 +112,14 @@ class Registry:
         return {name: reason for name, reason in reasons.items() if reason}
 
     def select(self, kind: str, names: str | Iterable[str]) -> list[Registration]:
-        """Resolve ``"all"`` (every available one but those with ``in_all = False``) or a list / comma-separated
-        string of names, in the order given."""
+        """Resolve a list / comma-separated string of names, in the order given, where ``"all"`` stands for every
+        available one but those with ``in_all = False`` (``all,l2l-maml``: those and a named one besides)."""
         registered = self.of_kind(kind)
         if isinstance(names, str):
             names = [part.strip() for part in names.split(",") if part.strip()]
         names = list(names)
         unavailable = self.unavailable(kind)
-        if names == ["all"]:
-            return [registered[name] for name in sorted(registered)
-                    if name not in unavailable and getattr(registered[name].cls, "in_all", True)]
-        unknown = [name for name in names if name not in registered]
+        unknown = [name for name in names if name not in registered and name != "all"]
         if unknown or not names:
             valid = ", ".join(sorted(registered)) or "none installed"
             what = ", ".join(repr(name) for name in unknown) or "nothing"
@@ -130,7 +127,10 @@ class Registry:
         for name in names:
             if name in unavailable:
                 raise UnknownNameError(f"{kind} '{name}' is unavailable: {unavailable[name]}")
-        return [registered[name] for name in dict.fromkeys(names)]
+        everything = [name for name in sorted(registered)
+                      if name not in unavailable and getattr(registered[name].cls, "in_all", True)]
+        chosen = [one for name in names for one in (everything if name == "all" else [name])]
+        return [registered[name] for name in dict.fromkeys(chosen)]
 
 
 def _source_of(entry_point: EntryPoint) -> PluginSource:

@@ -145,12 +145,13 @@ def resolve_auto_executor(execution: Execution, cells: list[Cell], config: RunCo
 def _note_what_all_leaves_out(config: RunConfig, registry: Registry, say: Say) -> None:
     """Say which learners and suites ``all`` skipped: those unavailable here and those run only when named."""
     for kind, names in (("learner", config.learners), ("suite", config.suites)):
-        if list(names) == ["all"]:
+        if "all" in names:
             for name, reason in registry.unavailable(kind).items():
                 say(f"note: skipping {kind} '{name}': {reason}")
-    if list(config.learners) == ["all"]:
+    if "all" in config.learners:
         named_only = sorted(name for name, registration in registry.learners.items()
-                            if not registration.cls.in_all and not registration.unavailable_reason)
+                            if not registration.cls.in_all and not registration.unavailable_reason
+                            and name not in config.learners)
         if named_only:
             say(f"note: not in 'all', run when named: {', '.join(named_only)}")
 

@@ -14,6 +14,7 @@ import pytest
 from bench_plugins.suites.sinusoid import Sinusoid
 
 from bench import plugins
+from bench.plugins import UnknownNameError
 from bench.cli import build_parser, main
 from bench.config import CONFIG_KEYS, RunConfig, build_run_config, parse_set_options, resolve_run_config
 
@@ -118,6 +119,17 @@ def test_disable_plugins_by_entry_point_name(third_party, capsys, monkeypatch):
     listed = json.loads(capsys.readouterr().out)
     assert listed["problems"] == []
     assert "zero-shot" in {entry["name"] for entry in listed["plugins"]}
+
+
+def test_all_beside_named_learners_adds_them_once(registry):
+    everything = [registration.name for registration in registry.select("learner", "all")]
+    named_only = [name for name, registration in registry.learners.items()
+                  if not registration.cls.in_all and not registration.unavailable_reason]
+    for extra in named_only:
+        chosen = [registration.name for registration in registry.select("learner", f"all,{extra},maml")]
+        assert chosen == [*everything, extra] and extra not in everything
+    with pytest.raises(UnknownNameError, match="^unknown learner 'nope'; valid learners: all, "):
+        registry.select("learner", "all,nope")
 
 
 def test_smoke_run_writes_results_and_resumes(tmp_path, third_party, registry, capsys):
