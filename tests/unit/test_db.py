@@ -136,6 +136,18 @@ def test_a_second_build_skips_unchanged_folders_replaces_changed_ones_and_drops_
         assert query(database, f"SELECT count(*) FROM {table} WHERE {column} = 'plain'") == [(0,)], table
 
 
+def test_a_database_of_another_schema_is_built_anew(results, tmp_path):
+    database = tmp_path / "results.db"
+    first = db.build(results, database, warn=pytest.fail)
+    with sqlite3.connect(database) as connection:  # as a database written by an earlier metabench
+        connection.execute("UPDATE db_info SET value = 'an older schema' WHERE key = 'schema'")
+        connection.execute("CREATE TABLE gone (x)")
+    again = db.build(results, database, warn=pytest.fail)
+    assert sorted(again.added) == sorted(first.added) and not again.unchanged
+    assert query(database, "SELECT name FROM sqlite_master WHERE name = 'gone'") == []
+    assert query(database, "SELECT count(*) FROM runs") == [(len(first.added),)]
+
+
 def test_a_changed_run_is_replaced_in_one_transaction(results, tmp_path, monkeypatch):
     database = tmp_path / "results.db"
     db.build(results, database, warn=pytest.fail)

@@ -196,3 +196,13 @@ def test_an_unreadable_run_is_named_and_left_out(results, tmp_path, capsys):
     (warning,) = capsys.readouterr().err.splitlines()
     assert warning.startswith(f"warning: skipped {copy / 'plain'}: ")
     assert not (site / "runs" / "plain").exists() and (site / "runs" / "resumed" / "report.html").is_file()
+
+
+def test_a_run_killed_before_its_report_gets_one_rendered_in_the_site(results, tmp_path):
+    copy = Path(shutil.copytree(results, tmp_path / "results"))
+    (copy / "plain" / "report.html").unlink()  # as a run killed before its end leaves it
+    site = tmp_path / "site"
+    assert cli.main(["leaderboard", str(copy), "--out", str(site)]) == 0
+    page = (site / "runs" / "plain" / "report.html").read_text()
+    assert "<table" in page and "reptile" in page and broken_links(site) == []
+
