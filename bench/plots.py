@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+from matplotlib.colors import to_hex  # noqa: E402
 from matplotlib.ticker import ScalarFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -26,12 +27,12 @@ def _png(figure: plt.Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _color(report: Report, learner: str) -> tuple[float, ...] | str:
+def _color(report: Report, learner: str) -> str:
     """One colour per learner across every figure of a report: matplotlib's default cycle for up to 10 learners,
     ``tab20`` (20 distinct colours) for more, repeating only beyond 20."""
     learners = sorted({cell.learner for cell in report.cells})
     index = learners.index(learner)
-    return f"C{index}" if len(learners) <= 10 else plt.get_cmap("tab20")(index % 20)
+    return f"C{index}" if len(learners) <= 10 else to_hex(plt.get_cmap("tab20")(index % 20))
 
 
 def _axis_label(report: Report, suite: str) -> str:
