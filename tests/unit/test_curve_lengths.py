@@ -160,3 +160,30 @@ def test_curves_of_similar_lengths_keep_a_linear_step_axis(tmp_path, monkeypatch
     assert scales == [] and report.speed_table.columns[3:9] == ["step 0", "step 1", "step 2", "step 5", "step 10",
                                                                  "steps to 90%"]
     assert np.isfinite(report.groups["toy", "5-way", "finetune"].curve["mean"]).all()
+
+
+def test_a_report_of_many_learners_keeps_their_colours_and_names_apart(tmp_path, monkeypatch):
+    """15 learners (a cross-domain Omniglot run's): 15 colours, slanted bar labels, the legend beside the curves."""
+    store = RunStore(tmp_path / "run")
+    store.open({"profile": "smoke"}, {"command": ["bench", "run"]})
+    learners = [f"learner-{index:02d}" for index in range(15)]
+    for index, learner in enumerate(learners):
+        records = pd.DataFrame([{"suite": "toy", "setting": "5-way", "learner": learner, "seed": 0, "episode": episode,
+                                 "step": step, "metric": 0.5 + 0.01 * index + 0.1 * step + 0.001 * episode}
+                                for episode in range(4) for step in (0, 1, 2)])
+        cell = finished_cell("toy", "5-way", learner, test_episodes=4, test_steps=2, metric_name="accuracy",
+                             lower_is_better=False, test_episodes_sha256="same", adapt_ms_per_episode=1.0,
+                             meta_train_seconds=1.0, tasks_seen=16, peak_rss_mib=500.0)
+        store.write_cell(cell.cell_id, cell, records)
+    report = Report(store.records(), store.cells())
+    assert len({plots._color(report, learner) for learner in learners}) == 15
+    ticks, legends = [], []
+    original_ticks, original_legend = Axes.set_xticks, Axes.legend
+    monkeypatch.setattr(Axes, "set_xticks", lambda axes, *args, **kwargs: ticks.append(kwargs)
+                        or original_ticks(axes, *args, **kwargs))
+    monkeypatch.setattr(Axes, "legend", lambda axes, *args, **kwargs: legends.append(kwargs)
+                        or original_legend(axes, *args, **kwargs))
+    plots.final_bars(report, "toy", "5-way")
+    plots.adaptation_curves(report, "toy", "5-way")
+    assert any(kwargs.get("rotation") == 35 for kwargs in ticks), ticks
+    assert legends and all(kwargs.get("bbox_to_anchor") == (1.01, 1.0) for kwargs in legends), legends
